@@ -1,0 +1,1 @@
+//! Rust mirrors of every map key and value of the C datapath, with layout checks.

@@ -1,0 +1,2 @@
+//! cilium-rs daemon and CLI.
+fn main() {}
