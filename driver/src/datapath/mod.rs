@@ -1,1 +1,188 @@
 //! The kernel behind one trait: Linux (rtnetlink + aya) and a recording fake for tests.
+//!
+//! The driver calls these in a fixed order and registers an undo for each; every removal is
+//! idempotent ("not found" is done), so a repeated or half-done teardown finishes cleanly.
+
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+/// Everything the kernel needs to know about one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    pub number: u32,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    pub mac: [u8; 6],
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub gateway_ipv4: Option<Ipv4Addr>,
+}
+
+/// The veth pair of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    pub host_ifname: String,
+    pub peer_ifname: String,
+    pub mtu: u32,
+    pub peer_mac: [u8; 6],
+}
+
+/// The host side of a created veth pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLink {
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+/// Packets and bytes one way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters of one endpoint: forwarded traffic each way and drops by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Sent by the container.
+    pub egress: Traffic,
+    /// Delivered to the container.
+    pub ingress: Traffic,
+    /// Dropped, by (reason name, direction "egress"/"ingress").
+    pub drops: BTreeMap<String, Traffic>,
+}
+
+impl Counters {
+    pub fn dropped_packets(&self) -> u64 {
+        self.drops.values().map(|t| t.packets).sum()
+    }
+}
+
+/// What a restore found and fixed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Endpoints whose host link no longer exists (their container is gone).
+    pub missing_links: Vec<String>,
+    /// Endpoints whose programs had to be attached again.
+    pub reattached: Vec<String>,
+    /// Stale datapath entries (maps, pins) removed because no endpoint owns them.
+    pub stale_removed: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    #[error(transparent)]
+    Bpf(#[from] bpf::BpfError),
+    #[error("{0}")]
+    Other(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Many(Vec<DatapathError>),
+}
+
+impl DatapathError {
+    /// Folds the errors of a teardown that went on past failures.
+    pub fn collect(errors: Vec<DatapathError>) -> Result<(), DatapathError> {
+        let mut errors = errors;
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(DatapathError::Many(errors)),
+        }
+    }
+}
+
+pub mod bpf;
+pub mod link;
+pub mod linux;
+
+/// The kernel operations the driver needs.
+pub trait Datapath: Send + Sync + 'static {
+    /// Prefixes routed on the host, which automatically chosen pools must avoid.
+    fn host_prefixes(&self) -> impl Future<Output = Result<Vec<IpNet>, DatapathError>> + Send;
+
+    /// MTU of the host's default-route interface (the default endpoint MTU).
+    fn default_mtu(&self) -> impl Future<Output = Result<u32, DatapathError>> + Send;
+
+    /// Creates the veth pair (host side up, peer left for dockerd to move).
+    fn create_veth(&self, spec: &VethSpec) -> impl Future<Output = Result<HostLink, DatapathError>> + Send;
+
+    /// Deletes the veth pair by its host-side name; absent is fine.
+    fn delete_veth(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Attaches the endpoint programs to the host side (pinned, so they outlive the daemon).
+    fn attach(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Detaches them; absent is fine.
+    fn detach(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Makes the endpoint reachable: host routes, neighbour entries and map entries.
+    fn install(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Undoes `install`; absent entries are fine; goes on past errors and reports them all.
+    fn uninstall(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Counters of every endpoint, by endpoint number.
+    fn counters(&self) -> impl Future<Output = Result<BTreeMap<u32, Counters>, DatapathError>> + Send;
+
+    /// Forgets an endpoint's counters.
+    fn remove_counters(&self, number: u32) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// After a restart: makes the kernel match the joined endpoints (attach, install) and
+    /// removes datapath entries that belong to none of them.
+    fn restore(&self, joined: &[EndpointState]) -> impl Future<Output = Result<RestoreReport, DatapathError>> + Send;
+}
+
+/// A shared datapath is a datapath (tests keep the fake "kernel" across daemon restarts).
+impl<D: Datapath> Datapath for std::sync::Arc<D> {
+    async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError> {
+        (**self).host_prefixes().await
+    }
+
+    async fn default_mtu(&self) -> Result<u32, DatapathError> {
+        (**self).default_mtu().await
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<HostLink, DatapathError> {
+        (**self).create_veth(spec).await
+    }
+
+    async fn delete_veth(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        (**self).delete_veth(host_ifname).await
+    }
+
+    async fn attach(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        (**self).attach(host_ifname).await
+    }
+
+    async fn detach(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        (**self).detach(host_ifname).await
+    }
+
+    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
+        (**self).install(endpoint).await
+    }
+
+    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
+        (**self).uninstall(endpoint).await
+    }
+
+    async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
+        (**self).counters().await
+    }
+
+    async fn remove_counters(&self, number: u32) -> Result<(), DatapathError> {
+        (**self).remove_counters(number).await
+    }
+
+    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {
+        (**self).restore(joined).await
+    }
+}

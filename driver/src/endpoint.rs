@@ -1,0 +1,173 @@
+//! Endpoints: the persisted record, interface naming, MAC handling and the Join plan (no I/O).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EndpointId, NetworkId};
+use crate::ipam::{PoolId, GATEWAY_IPV6};
+
+/// Host-side veth name prefix; the rest is the first 11 hex digits of the endpoint id.
+pub const HOST_IFNAME_PREFIX: &str = "lxc";
+/// Name of the container-side veth while it waits in the host namespace for dockerd to move it.
+pub const PEER_IFNAME_PREFIX: &str = "tmp";
+/// dockerd names the interface inside the container `eth<N>`.
+pub const CONTAINER_IFNAME_PREFIX: &str = "eth";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub network: NetworkId,
+    /// Daemon-assigned number: the key of the endpoint's counters in the datapath.
+    pub number: u32,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Set when the driver took the IPv6 address itself (dockerd did not ask for one); the
+    /// driver releases it with the endpoint.
+    pub ipv6_pool: Option<PoolId>,
+    pub mac: [u8; 6],
+    /// The link-local IPv4 gateway of the endpoint's pool.
+    pub gateway_ipv4: Option<Ipv4Addr>,
+    pub created_at: u64,
+    pub joined: Option<Joined>,
+}
+
+/// What exists in the kernel while the endpoint is joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    pub sandbox_key: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    pub mtu: u32,
+}
+
+impl Endpoint {
+    pub fn host_ifname(&self) -> String {
+        host_ifname(&self.id)
+    }
+
+    pub fn peer_ifname(&self) -> String {
+        peer_ifname(&self.id)
+    }
+
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.ipv6.map(IpAddr::V6).into_iter().chain(self.ipv4.map(IpAddr::V4)).collect()
+    }
+
+    /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link
+    /// route that makes the IPv4 gateway reachable (IPv6's `fe80::1` is on-link already).
+    pub fn join_plan(&self) -> JoinPlan {
+        JoinPlan {
+            src_name: self.peer_ifname(),
+            gateway_ipv4: self.ipv4.and(self.gateway_ipv4),
+            gateway_ipv6: self.ipv6.map(|_| GATEWAY_IPV6),
+            connected_routes: self
+                .ipv4
+                .and(self.gateway_ipv4)
+                .map(|gw| IpNet::from(IpAddr::V4(gw)))
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinPlan {
+    pub src_name: String,
+    pub gateway_ipv4: Option<Ipv4Addr>,
+    pub gateway_ipv6: Option<Ipv6Addr>,
+    /// Routes installed on the container interface with scope link.
+    pub connected_routes: Vec<IpNet>,
+}
+
+pub fn host_ifname(id: &EndpointId) -> String {
+    format!("{HOST_IFNAME_PREFIX}{}", &id.as_str()[..11])
+}
+
+pub fn peer_ifname(id: &EndpointId) -> String {
+    format!("{PEER_IFNAME_PREFIX}{}", &id.as_str()[..11])
+}
+
+/// Formats a MAC as dockerd prints it: `02:42:0a:14:00:05`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let mut out = String::with_capacity(17);
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with dashes); refuses multicast MACs, which cannot be an
+/// interface address.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    let bad = || format!("invalid MAC address {text:?}: expected six hex bytes like 02:42:0a:14:00:05");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("invalid MAC address {text}: multicast addresses cannot name an interface"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            id: EndpointId::parse("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").expect("id"),
+            network: NetworkId::parse("fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210").expect("id"),
+            number: 7,
+            ipv4: Some(Ipv4Addr::new(10, 1, 0, 5)),
+            ipv6: Some("fdc1:1a00::5".parse().expect("ip")),
+            ipv6_pool: None,
+            mac: [2, 0x42, 10, 1, 0, 5],
+            gateway_ipv4: Some(Ipv4Addr::new(169, 254, 1, 1)),
+            created_at: 0,
+            joined: None,
+        }
+    }
+
+    #[test]
+    fn interface_names_fit_ifnamsiz() {
+        let ep = endpoint();
+        assert_eq!(ep.host_ifname(), "lxc0123456789a");
+        assert_eq!(ep.peer_ifname(), "tmp0123456789a");
+        assert!(ep.host_ifname().len() <= 15);
+    }
+
+    #[test]
+    fn join_plan_gives_link_local_gateways_and_the_on_link_route() {
+        let plan = endpoint().join_plan();
+        assert_eq!(plan.gateway_ipv4, Some(Ipv4Addr::new(169, 254, 1, 1)));
+        assert_eq!(plan.gateway_ipv6, Some(GATEWAY_IPV6));
+        assert_eq!(plan.connected_routes, vec!["169.254.1.1/32".parse::<IpNet>().expect("net")]);
+        let mut v6_only = endpoint();
+        v6_only.ipv4 = None;
+        let plan = v6_only.join_plan();
+        assert_eq!((plan.gateway_ipv4, plan.connected_routes.len()), (None, 0));
+    }
+
+    #[test]
+    fn macs_round_trip_and_bad_ones_are_refused() {
+        let mac = parse_mac("02:42:0A:14:00:05").expect("mac");
+        assert_eq!(format_mac(&mac), "02:42:0a:14:00:05");
+        assert!(parse_mac("02:42:0a:14:00").is_err());
+        assert!(parse_mac("zz:42:0a:14:00:05").is_err());
+        assert!(parse_mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
+    }
+}

@@ -1,0 +1,60 @@
+//! A small HTTP/1.1 client over unix sockets, for the CLI (API socket) and Docker's socket.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connect {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("{method} {uri} on {path}: {source}")]
+    Transport { method: Method, uri: String, path: PathBuf, source: hyper::Error },
+    #[error("{method} {uri}: {status}: {body}")]
+    Status { method: Method, uri: String, status: StatusCode, body: String },
+    #[error("{method} {uri}: decode reply: {source}")]
+    Decode { method: Method, uri: String, source: serde_json::Error },
+    #[error("build request {uri}: {source}")]
+    Build { uri: String, source: hyper::http::Error },
+}
+
+impl HttpError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Sends one request and returns the whole reply body of a 2xx answer.
+pub async fn request(socket: &Path, method: Method, uri: &str, body: Option<Vec<u8>>) -> Result<Bytes, HttpError> {
+    let stream =
+        UnixStream::connect(socket).await.map_err(|source| HttpError::Connect { path: socket.to_owned(), source })?;
+    let transport = |source| HttpError::Transport { method: method.clone(), uri: uri.to_owned(), path: socket.to_owned(), source };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(transport)?;
+    tokio::spawn(connection);
+    let builder = Request::builder().method(method.clone()).uri(uri).header("host", "localhost");
+    let builder = if body.is_some() { builder.header("content-type", "application/json") } else { builder };
+    let request = builder
+        .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+        .map_err(|source| HttpError::Build { uri: uri.to_owned(), source })?;
+    let response = sender.send_request(request).await.map_err(transport)?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(transport)?.to_bytes();
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&bytes).chars().take(500).collect();
+        return Err(HttpError::Status { method, uri: uri.to_owned(), status, body });
+    }
+    Ok(bytes)
+}
+
+pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, HttpError> {
+    let bytes = request(socket, Method::GET, uri, None).await?;
+    serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode { method: Method::GET, uri: uri.to_owned(), source })
+}

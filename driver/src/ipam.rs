@@ -1,0 +1,619 @@
+//! IP address management: pools, their link-local gateways and address allocation (no I/O).
+//!
+//! Pools are handed to dockerd (`RequestPool`) or taken by the driver itself (the IPv6 pool of a
+//! network created without `--ipv6`). Endpoint addresses are host routes (/32 and /128), so every
+//! address of a subnet but the network address (and the IPv4 broadcast address) is usable, and
+//! gateways live outside the subnets: `fe80::1` for IPv6, one `169.254.0.0/16` address per IPv4
+//! pool (distinct per pool, so a container on several networks gets distinct on-link routes).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Address space reported to dockerd for local-scope networks.
+pub const LOCAL_ADDRESS_SPACE: &str = "CiliumRsLocal";
+/// Address space reported to dockerd for global-scope networks (unused by a local driver).
+pub const GLOBAL_ADDRESS_SPACE: &str = "CiliumRsGlobal";
+/// The IPv6 gateway of every endpoint: link-local, answered by the datapath on each veth.
+pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Cloud metadata address: never handed out as a gateway.
+const METADATA_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// Opaque pool identifier handed to dockerd: the subnet plus a serial that is never reused, so
+/// a late, repeated release of an old pool can never free a newer pool with the same subnet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PoolId(pub String);
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where automatically chosen subnets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamConfig {
+    pub ipv4_range: Ipv4Net,
+    pub ipv4_prefix: u8,
+    pub ipv6_range: Ipv6Net,
+    pub ipv6_prefix: u8,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig {
+            ipv4_range: Ipv4Net::new(Ipv4Addr::new(10, 220, 0, 0), 16).unwrap_or_default(),
+            ipv4_prefix: 22,
+            ipv6_range: Ipv6Net::new(Ipv6Addr::new(0xfdc1, 0x1a00, 0, 0, 0, 0, 0, 0), 48).unwrap_or_default(),
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+impl IpamConfig {
+    /// Checks that the ranges can hold at least one subnet of the configured size.
+    pub fn validate(&self) -> Result<(), IpamError> {
+        if self.ipv4_prefix < self.ipv4_range.prefix_len() || self.ipv4_prefix > 30 {
+            return Err(IpamError::BadConfig(format!(
+                "--ipv4-pool-prefix {} must lie between the prefix of --ipv4-pool-range {} and 30",
+                self.ipv4_prefix, self.ipv4_range
+            )));
+        }
+        if self.ipv6_prefix < self.ipv6_range.prefix_len() || self.ipv6_prefix > 126 {
+            return Err(IpamError::BadConfig(format!(
+                "--ipv6-pool-prefix {} must lie between the prefix of --ipv6-pool-range {} and 126",
+                self.ipv6_prefix, self.ipv6_range
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why an address is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocationKind {
+    /// Reserved as the network's gateway (`--gateway`); never handed to an endpoint.
+    Gateway,
+    /// Requested by dockerd for an endpoint or an auxiliary address.
+    Address,
+    /// Taken by the driver itself for an endpoint (IPv6 without `--ipv6`).
+    Driver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub kind: AllocationKind,
+    /// Unix seconds, used by reconciliation to leave fresh allocations alone.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: PoolId,
+    pub subnet: IpNet,
+    /// `--ip-range`: where addresses without a preference come from.
+    pub range: Option<IpNet>,
+    /// Link-local gateway of the endpoints using this pool.
+    pub gateway: IpAddr,
+    /// The user chose the subnet (`--subnet`).
+    pub explicit: bool,
+    /// Taken by the driver itself rather than by dockerd.
+    pub internal: bool,
+    pub created_at: u64,
+    pub allocations: BTreeMap<IpAddr, Allocation>,
+    /// Offset of the next address to try, so released addresses are not reused at once.
+    pub cursor: u128,
+}
+
+/// What dockerd (or the driver) asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolRequest {
+    pub v6: bool,
+    pub subnet: Option<IpNet>,
+    pub range: Option<IpNet>,
+    pub internal: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IpamError {
+    #[error("invalid configuration: {0}")]
+    BadConfig(String),
+    #[error("--subnet {subnet} is an IPv{} subnet but dockerd asked for an IPv{} pool", family(.subnet), if *.v6 { 6 } else { 4 })]
+    FamilyMismatch { subnet: IpNet, v6: bool },
+    #[error("--subnet {subnet} is too small: endpoints need at least a /{max} (IPv4) or /126 (IPv6)", max = 30)]
+    SubnetTooSmall { subnet: IpNet },
+    #[error("--subnet {subnet} overlaps {existing}, which is already in use")]
+    SubnetInUse { subnet: IpNet, existing: IpNet },
+    #[error("--ip-range {range} needs a --subnet")]
+    RangeWithoutSubnet { range: IpNet },
+    #[error("--ip-range {range} is not inside --subnet {subnet}")]
+    RangeOutsideSubnet { range: IpNet, subnet: IpNet },
+    #[error("no free IPv{family} subnet left in {range} (/{prefix} each): pass --subnet or widen the daemon's pool range")]
+    NoFreeSubnet { family: u8, range: IpNet, prefix: u8 },
+    #[error("no free link-local IPv4 gateway left in 169.254.0.0/16")]
+    NoFreeGateway,
+    #[error("unknown pool {0}")]
+    UnknownPool(PoolId),
+    #[error("address {addr} is outside pool {subnet}")]
+    OutsidePool { addr: IpAddr, subnet: IpNet },
+    #[error("address {addr} is the {what} of pool {subnet} and cannot be assigned")]
+    Reserved { addr: IpAddr, subnet: IpNet, what: &'static str },
+    #[error("address {addr} is already in use in pool {subnet}")]
+    InUse { addr: IpAddr, subnet: IpNet },
+    #[error("pool {subnet} has no free addresses left")]
+    Exhausted { subnet: IpNet },
+}
+
+fn family(net: &IpNet) -> u8 {
+    match net {
+        IpNet::V4(_) => 4,
+        IpNet::V6(_) => 6,
+    }
+}
+
+/// All pools and their allocations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ipam {
+    pub pools: BTreeMap<PoolId, Pool>,
+    pub next_serial: u64,
+}
+
+impl Ipam {
+    /// Creates a pool: the requested subnet, or the first free one of the configured range that
+    /// overlaps neither another pool nor anything in `avoid` (host routes, nameservers).
+    pub fn request_pool(
+        &mut self,
+        config: &IpamConfig,
+        request: &PoolRequest,
+        avoid: &[IpNet],
+        now: u64,
+    ) -> Result<&Pool, IpamError> {
+        let (subnet, explicit) = match request.subnet {
+            Some(subnet) => {
+                let subnet = subnet.trunc();
+                if matches!(subnet, IpNet::V6(_)) != request.v6 {
+                    return Err(IpamError::FamilyMismatch { subnet, v6: request.v6 });
+                }
+                let too_small = match subnet {
+                    IpNet::V4(n) => n.prefix_len() > 30,
+                    IpNet::V6(n) => n.prefix_len() > 126,
+                };
+                if too_small {
+                    return Err(IpamError::SubnetTooSmall { subnet });
+                }
+                if let Some(existing) = self.pools.values().find(|p| overlaps(&p.subnet, &subnet)) {
+                    return Err(IpamError::SubnetInUse { subnet, existing: existing.subnet });
+                }
+                (subnet, true)
+            }
+            None => (self.free_subnet(config, request.v6, avoid)?, false),
+        };
+        let range = match request.range {
+            None => None,
+            Some(range) if !explicit => return Err(IpamError::RangeWithoutSubnet { range }),
+            Some(range) => {
+                let range = range.trunc();
+                if !subnet.contains(&range.network()) || range.prefix_len() < subnet.prefix_len() {
+                    return Err(IpamError::RangeOutsideSubnet { range, subnet });
+                }
+                Some(range)
+            }
+        };
+        let gateway = if request.v6 { IpAddr::V6(GATEWAY_IPV6) } else { IpAddr::V4(self.free_gateway()?) };
+        self.next_serial += 1;
+        let id = PoolId(format!("{subnet}@{}", self.next_serial));
+        let pool = Pool {
+            id: id.clone(),
+            subnet,
+            range,
+            gateway,
+            explicit,
+            internal: request.internal,
+            created_at: now,
+            allocations: BTreeMap::new(),
+            cursor: 0,
+        };
+        Ok(self.pools.entry(id).or_insert(pool))
+    }
+
+    /// Removes a pool. Unknown pools are fine: dockerd repeats releases.
+    pub fn release_pool(&mut self, id: &PoolId) -> Option<Pool> {
+        self.pools.remove(id)
+    }
+
+    pub fn pool(&self, id: &PoolId) -> Result<&Pool, IpamError> {
+        self.pools.get(id).ok_or_else(|| IpamError::UnknownPool(id.clone()))
+    }
+
+    /// The live pool with exactly this subnet (subnets of live pools never overlap).
+    pub fn pool_by_subnet(&self, subnet: &IpNet) -> Option<&Pool> {
+        let subnet = subnet.trunc();
+        self.pools.values().find(|p| p.subnet == subnet)
+    }
+
+    /// The pool holding `addr`, if any.
+    pub fn pool_containing(&self, addr: IpAddr) -> Option<&Pool> {
+        self.pools.values().find(|p| p.subnet.contains(&addr))
+    }
+
+    /// Takes `preferred`, or the next free address of the pool's range (or subnet).
+    pub fn request_address(
+        &mut self,
+        id: &PoolId,
+        preferred: Option<IpAddr>,
+        kind: AllocationKind,
+        now: u64,
+    ) -> Result<IpAddr, IpamError> {
+        let pool = self.pools.get_mut(id).ok_or_else(|| IpamError::UnknownPool(id.clone()))?;
+        let addr = match preferred {
+            Some(addr) => {
+                pool.check_assignable(addr)?;
+                if pool.allocations.contains_key(&addr) {
+                    return Err(IpamError::InUse { addr, subnet: pool.subnet });
+                }
+                addr
+            }
+            None => pool.next_free()?,
+        };
+        pool.allocations.insert(addr, Allocation { kind, at: now });
+        Ok(addr)
+    }
+
+    /// Frees an address. Unknown pools and free addresses are fine (dockerd repeats releases);
+    /// an address outside the pool is an error. Returns whether something was freed.
+    pub fn release_address(&mut self, id: &PoolId, addr: IpAddr) -> Result<bool, IpamError> {
+        let Some(pool) = self.pools.get_mut(id) else { return Ok(false) };
+        if addr == pool.gateway {
+            // dockerd releases the gateway it got from RequestPool's Data too; it is not held.
+            return Ok(false);
+        }
+        if !pool.subnet.contains(&addr) {
+            return Err(IpamError::OutsidePool { addr, subnet: pool.subnet });
+        }
+        Ok(pool.allocations.remove(&addr).is_some())
+    }
+
+    fn free_subnet(&self, config: &IpamConfig, v6: bool, avoid: &[IpNet]) -> Result<IpNet, IpamError> {
+        let taken = |candidate: &IpNet| {
+            self.pools.values().any(|p| overlaps(&p.subnet, candidate)) || avoid.iter().any(|a| overlaps(a, candidate))
+        };
+        if v6 {
+            let subnets = config.ipv6_range.subnets(config.ipv6_prefix).map_err(|_| IpamError::NoFreeSubnet {
+                family: 6,
+                range: config.ipv6_range.into(),
+                prefix: config.ipv6_prefix,
+            })?;
+            subnets.map(IpNet::V6).find(|c| !taken(c)).ok_or(IpamError::NoFreeSubnet {
+                family: 6,
+                range: config.ipv6_range.into(),
+                prefix: config.ipv6_prefix,
+            })
+        } else {
+            let subnets = config.ipv4_range.subnets(config.ipv4_prefix).map_err(|_| IpamError::NoFreeSubnet {
+                family: 4,
+                range: config.ipv4_range.into(),
+                prefix: config.ipv4_prefix,
+            })?;
+            subnets.map(IpNet::V4).find(|c| !taken(c)).ok_or(IpamError::NoFreeSubnet {
+                family: 4,
+                range: config.ipv4_range.into(),
+                prefix: config.ipv4_prefix,
+            })
+        }
+    }
+
+    /// The lowest 169.254.x.y (x, y in 1..=254) that no IPv4 pool uses as its gateway.
+    fn free_gateway(&self) -> Result<Ipv4Addr, IpamError> {
+        let used: std::collections::BTreeSet<IpAddr> = self.pools.values().map(|p| p.gateway).collect();
+        (1..=254u8)
+            .flat_map(|x| (1..=254u8).map(move |y| Ipv4Addr::new(169, 254, x, y)))
+            .find(|gw| *gw != METADATA_IPV4 && !used.contains(&IpAddr::V4(*gw)))
+            .ok_or(IpamError::NoFreeGateway)
+    }
+}
+
+impl Pool {
+    pub fn is_v6(&self) -> bool {
+        matches!(self.subnet, IpNet::V6(_))
+    }
+
+    /// Number of addresses held.
+    pub fn used(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn check_assignable(&self, addr: IpAddr) -> Result<(), IpamError> {
+        if !self.subnet.contains(&addr) {
+            return Err(IpamError::OutsidePool { addr, subnet: self.subnet });
+        }
+        let offset = offset_in(&self.subnet, addr);
+        if offset == 0 {
+            return Err(IpamError::Reserved { addr, subnet: self.subnet, what: "network address" });
+        }
+        if !self.is_v6() && offset == size_of(&self.subnet) - 1 {
+            return Err(IpamError::Reserved { addr, subnet: self.subnet, what: "broadcast address" });
+        }
+        Ok(())
+    }
+
+    /// Offsets (inclusive) that dynamic allocation may use.
+    fn dynamic_bounds(&self) -> (u128, u128) {
+        let size = size_of(&self.subnet);
+        let (mut lo, mut hi) = (1, if self.is_v6() { size - 1 } else { size - 2 });
+        if let Some(range) = self.range {
+            let start = offset_in(&self.subnet, range.network());
+            lo = lo.max(start);
+            hi = hi.min(start + size_of(&range) - 1);
+        }
+        (lo, hi)
+    }
+
+    fn next_free(&mut self) -> Result<IpAddr, IpamError> {
+        let (lo, hi) = self.dynamic_bounds();
+        let exhausted = IpamError::Exhausted { subnet: self.subnet };
+        if lo > hi {
+            return Err(exhausted);
+        }
+        let held = self
+            .allocations
+            .range(addr_at(&self.subnet, lo)..=addr_at(&self.subnet, hi))
+            .count() as u128;
+        if held > hi - lo {
+            return Err(exhausted);
+        }
+        let mut offset = if (lo..=hi).contains(&self.cursor) { self.cursor } else { lo };
+        // Among held + 1 consecutive candidates at least one is free.
+        for _ in 0..=held {
+            let addr = addr_at(&self.subnet, offset);
+            offset = if offset == hi { lo } else { offset + 1 };
+            if !self.allocations.contains_key(&addr) {
+                self.cursor = offset;
+                return Ok(addr);
+            }
+        }
+        Err(exhausted)
+    }
+}
+
+/// Whether two prefixes share any address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn size_of(net: &IpNet) -> u128 {
+    1u128 << (net.max_prefix_len() - net.prefix_len())
+}
+
+fn offset_in(net: &IpNet, addr: IpAddr) -> u128 {
+    to_u128(addr).wrapping_sub(to_u128(net.network()))
+}
+
+fn addr_at(net: &IpNet, offset: u128) -> IpAddr {
+    match net {
+        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from((u32::from(n.network()) as u128 + offset) as u32)),
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + offset)),
+    }
+}
+
+fn to_u128(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Parses a CIDR the way users type it, with messages that say what is wrong
+/// ("invalid --subnet fd5c::/129: prefix length over 128").
+pub fn parse_cidr(text: &str, what: &str) -> Result<IpNet, String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err(format!("invalid {what} {text:?}: expected address/prefix-length"));
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| format!("invalid {what} {text:?}: {addr:?} is not an IP address"))?;
+    let len: u8 = len.parse().map_err(|_| format!("invalid {what} {text:?}: {len:?} is not a prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("invalid {what} {text}: prefix length over {max}"));
+    }
+    IpNet::new(addr, len).map_err(|e| format!("invalid {what} {text}: {e}"))
+}
+
+/// Parses a bare address ("10.1.0.5", no mask).
+pub fn parse_addr(text: &str, what: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| format!("invalid {what} {text:?}: not an IP address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test cidr")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test ip")
+    }
+
+    fn v4(subnet: Option<&str>, range: Option<&str>) -> PoolRequest {
+        PoolRequest { v6: false, subnet: subnet.map(net), range: range.map(net), internal: false }
+    }
+
+    fn v6(subnet: Option<&str>) -> PoolRequest {
+        PoolRequest { v6: true, subnet: subnet.map(net), range: None, internal: false }
+    }
+
+    #[test]
+    fn auto_pools_skip_host_routes_existing_pools_and_differ_on_re_request() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let avoid = [net("10.220.0.0/23"), net("10.220.4.1/32")];
+        let first = ipam.request_pool(&cfg, &v4(None, None), &avoid, 1).expect("pool").subnet;
+        assert_eq!(first, net("10.220.8.0/22"));
+        // dockerd's overlap loop re-requests while holding the first: it must get another one.
+        let second = ipam.request_pool(&cfg, &v4(None, None), &avoid, 1).expect("pool").subnet;
+        assert_eq!(second, net("10.220.12.0/22"));
+        let six = ipam.request_pool(&cfg, &v6(None), &[net("fdc1:1a00::/64")], 1).expect("pool").subnet;
+        assert_eq!(six, net("fdc1:1a00:0:1::/64"));
+    }
+
+    #[test]
+    fn explicit_subnets_are_canonical_checked_and_never_overlap() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let pool = ipam.request_pool(&cfg, &v4(Some("10.1.2.3/24"), None), &[], 1).expect("pool");
+        assert_eq!(pool.subnet, net("10.1.2.0/24"));
+        assert!(pool.explicit);
+        let err = ipam.request_pool(&cfg, &v4(Some("10.1.0.0/16"), None), &[], 1).unwrap_err();
+        assert_eq!(err.to_string(), "--subnet 10.1.0.0/16 overlaps 10.1.2.0/24, which is already in use");
+        let err = ipam.request_pool(&cfg, &v4(Some("10.9.0.0/31"), None), &[], 1).unwrap_err();
+        assert!(matches!(err, IpamError::SubnetTooSmall { .. }), "{err}");
+        let err = ipam.request_pool(&cfg, &v6(Some("10.9.0.0/24")), &[], 1).unwrap_err();
+        assert!(matches!(err, IpamError::FamilyMismatch { .. }), "{err}");
+        let err = ipam.request_pool(&cfg, &v4(None, Some("10.9.0.0/24")), &[], 1).unwrap_err();
+        assert!(matches!(err, IpamError::RangeWithoutSubnet { .. }), "{err}");
+        let err = ipam.request_pool(&cfg, &v4(Some("10.9.0.0/24"), Some("10.8.0.0/25")), &[], 1).unwrap_err();
+        assert_eq!(err.to_string(), "--ip-range 10.8.0.0/25 is not inside --subnet 10.9.0.0/24");
+        assert_eq!(ipam.pools.len(), 1, "failed requests leave nothing behind");
+    }
+
+    #[test]
+    fn ipv4_pools_get_distinct_link_local_gateways_and_ipv6_pools_fe80_1() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let a = ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("pool").gateway;
+        let b = ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("pool").gateway;
+        let c = ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").gateway;
+        assert_eq!(a, ip("169.254.1.1"));
+        assert_eq!(b, ip("169.254.1.2"));
+        assert_eq!(c, ip("fe80::1"));
+    }
+
+    #[test]
+    fn addresses_skip_network_and_broadcast_and_are_not_reused_at_once() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let id = ipam.request_pool(&cfg, &v4(Some("10.3.0.0/30"), None), &[], 1).expect("pool").id.clone();
+        let a = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
+        let b = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
+        assert_eq!((a, b), (ip("10.3.0.1"), ip("10.3.0.2")));
+        let err = ipam.request_address(&id, None, AllocationKind::Address, 1).unwrap_err();
+        assert_eq!(err.to_string(), "pool 10.3.0.0/30 has no free addresses left");
+        assert!(ipam.release_address(&id, a).expect("release"));
+        assert!(!ipam.release_address(&id, a).expect("double release is fine"));
+        assert_eq!(ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr"), a);
+    }
+
+    #[test]
+    fn cursor_moves_past_released_addresses() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let id = ipam.request_pool(&cfg, &v4(Some("10.3.0.0/24"), None), &[], 1).expect("pool").id.clone();
+        let a = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
+        ipam.release_address(&id, a).expect("release");
+        let b = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
+        assert_ne!(a, b, "a just-released address is not handed out again at once");
+    }
+
+    #[test]
+    fn preferred_addresses_are_checked() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let id = ipam.request_pool(&cfg, &v6(Some("fdc1:1a00:5::/64")), &[], 1).expect("pool").id.clone();
+        let want = ip("fdc1:1a00:5::42");
+        assert_eq!(ipam.request_address(&id, Some(want), AllocationKind::Address, 1), Ok(want));
+        assert!(matches!(
+            ipam.request_address(&id, Some(want), AllocationKind::Address, 1),
+            Err(IpamError::InUse { .. })
+        ));
+        assert!(matches!(
+            ipam.request_address(&id, Some(ip("fdc1:1a00:6::1")), AllocationKind::Address, 1),
+            Err(IpamError::OutsidePool { .. })
+        ));
+        assert!(matches!(
+            ipam.request_address(&id, Some(ip("fdc1:1a00:5::")), AllocationKind::Address, 1),
+            Err(IpamError::Reserved { .. })
+        ));
+        assert!(matches!(
+            ipam.release_address(&id, ip("10.0.0.1")),
+            Err(IpamError::OutsidePool { .. })
+        ));
+        let unknown = PoolId("nope".into());
+        assert_eq!(ipam.release_address(&unknown, want), Ok(false));
+        assert!(matches!(
+            ipam.request_address(&unknown, None, AllocationKind::Address, 1),
+            Err(IpamError::UnknownPool(_))
+        ));
+    }
+
+    #[test]
+    fn ip_range_limits_dynamic_allocation_only() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let id = ipam
+            .request_pool(&cfg, &v4(Some("10.4.0.0/24"), Some("10.4.0.128/30")), &[], 1)
+            .expect("pool")
+            .id
+            .clone();
+        let got: Vec<IpAddr> =
+            (0..4).map(|_| ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr")).collect();
+        assert_eq!(got, vec![ip("10.4.0.128"), ip("10.4.0.129"), ip("10.4.0.130"), ip("10.4.0.131")]);
+        assert!(ipam.request_address(&id, None, AllocationKind::Address, 1).is_err());
+        assert_eq!(
+            ipam.request_address(&id, Some(ip("10.4.0.7")), AllocationKind::Address, 1),
+            Ok(ip("10.4.0.7"))
+        );
+    }
+
+    #[test]
+    fn pool_ids_are_never_reused() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let a = ipam.request_pool(&cfg, &v4(Some("10.5.0.0/24"), None), &[], 1).expect("pool").id.clone();
+        ipam.release_pool(&a);
+        let b = ipam.request_pool(&cfg, &v4(Some("10.5.0.0/24"), None), &[], 1).expect("pool").id.clone();
+        assert_ne!(a, b);
+        assert!(ipam.release_pool(&a).is_none(), "a late release of the old id frees nothing");
+        assert!(ipam.pools.contains_key(&b));
+    }
+
+    #[test]
+    fn exhausting_auto_subnets_is_a_clear_error() {
+        let cfg = IpamConfig {
+            ipv4_range: "10.6.0.0/23".parse().expect("net"),
+            ipv4_prefix: 24,
+            ..IpamConfig::default()
+        };
+        let mut ipam = Ipam::default();
+        ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("first");
+        ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("second");
+        let err = ipam.request_pool(&cfg, &v4(None, None), &[], 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no free IPv4 subnet left in 10.6.0.0/23 (/24 each): pass --subnet or widen the daemon's pool range"
+        );
+    }
+
+    #[test]
+    fn cidr_parsing_says_what_is_wrong() {
+        assert_eq!(parse_cidr("fd5c::/129", "--subnet").unwrap_err(), "invalid --subnet fd5c::/129: prefix length over 128");
+        assert!(parse_cidr("10.0.0.0", "--subnet").unwrap_err().contains("expected address/prefix-length"));
+        assert!(parse_cidr("10.0.0.300/24", "--subnet").unwrap_err().contains("is not an IP address"));
+        assert_eq!(parse_cidr("10.0.0.0/8", "--subnet"), Ok(net("10.0.0.0/8")));
+    }
+
+    #[test]
+    fn large_ipv6_pools_allocate_quickly_and_state_round_trips() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let id = ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").id.clone();
+        for _ in 0..2000 {
+            ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
+        }
+        let json = serde_json::to_string(&ipam).expect("serialize");
+        let back: Ipam = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, ipam);
+    }
+}

@@ -1,0 +1,57 @@
+//! The API socket the CLI talks to: endpoints, networks and status as JSON.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::Datapath;
+use crate::driver::Driver;
+
+pub const ENDPOINTS: &str = "/v1/endpoints";
+pub const NETWORKS: &str = "/v1/networks";
+pub const STATUS: &str = "/v1/status";
+
+/// Error body of the API socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(ApiError { error: message })).into_response()
+}
+
+pub fn router<D: Datapath>(driver: Arc<Driver<D>>) -> Router {
+    Router::new()
+        .route(ENDPOINTS, get(endpoints::<D>))
+        .route(NETWORKS, get(networks::<D>))
+        .route(STATUS, get(status::<D>))
+        .fallback(|uri: Uri| async move {
+            let path: String = uri.path().chars().take(80).collect();
+            error(StatusCode::NOT_FOUND, format!("no such API path {path}"))
+        })
+        .with_state(driver)
+}
+
+async fn endpoints<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+    match driver.endpoints().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "list endpoints");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+async fn networks<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+    Json(driver.networks().await).into_response()
+}
+
+async fn status<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+    Json(driver.status().await).into_response()
+}

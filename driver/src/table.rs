@@ -1,0 +1,101 @@
+//! Plain-text tables for the CLI.
+
+use crate::views::{EndpointView, NetworkView, StatusView};
+
+/// Renders rows under a header, columns padded to their widest cell.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(w - cell.len() + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+fn dash(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn endpoints(list: &[EndpointView]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            vec![
+                short(&e.id),
+                short(&e.network),
+                dash(&e.ipv6),
+                dash(&e.ipv4),
+                e.host_ifname.clone(),
+                if e.joined { "joined" } else { "created" }.to_owned(),
+                e.counters.egress.packets.to_string(),
+                e.counters.egress.bytes.to_string(),
+                e.counters.ingress.packets.to_string(),
+                e.counters.ingress.bytes.to_string(),
+                e.counters.dropped_packets().to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &["ENDPOINT", "NETWORK", "IPV6", "IPV4", "IFNAME", "STATE", "TX-PKTS", "TX-BYTES", "RX-PKTS", "RX-BYTES", "DROPS"],
+        &rows,
+    )
+}
+
+pub fn networks(list: &[NetworkView]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|n| {
+            let subnets: Vec<String> = n
+                .pools
+                .iter()
+                .map(|p| if p.taken_by_driver { format!("{}*", p.subnet) } else { p.subnet.clone() })
+                .collect();
+            vec![
+                short(&n.id),
+                subnets.join(","),
+                n.endpoints.to_string(),
+                n.mtu.map(|m| m.to_string()).unwrap_or_else(|| "auto".to_owned()),
+                if n.internal { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    render(&["NETWORK", "SUBNETS (* = taken by cilium-rs)", "ENDPOINTS", "MTU", "INTERNAL"], &rows)
+}
+
+pub fn status(s: &StatusView) -> String {
+    format!(
+        "cilium-rs {}: running, {} networks, {} endpoints, {} pools\n",
+        s.version, s.networks, s.endpoints, s.pools
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let out = render(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        assert_eq!(out, "A    LONG\nxyz  1\nq    22\n");
+    }
+}
