@@ -1,1 +1,422 @@
 //! Rust mirrors of every map key and value of the C datapath, with layout checks.
+//!
+//! The C side lives in `bpf/lib/endpoints.h`, `bpf/lib/metrics.h` and `bpf/lib/drop.h`; the
+//! contract is `docs/datapath.md`. Change both sides together and bump [`CRS_LAYOUT_VERSION`]
+//! whenever a key or value layout changes.
+
+use std::fmt;
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Version of the pinned map layout; part of the pin path (`<bpf-root>/v<N>/`), so a daemon
+/// never reuses maps pinned with another layout.
+pub const CRS_LAYOUT_VERSION: u32 = 1;
+
+/// `EndpointInfo::flags`: the endpoint has an IPv4 address.
+pub const ENDPOINT_F_IPV4: u32 = 1;
+/// `EndpointInfo::flags`: the endpoint has an IPv6 address.
+pub const ENDPOINT_F_IPV6: u32 = 2;
+
+/// `IpKey::family` of an IPv4 address.
+pub const IP_FAMILY_V4: u8 = 4;
+/// `IpKey::family` of an IPv6 address.
+pub const IP_FAMILY_V6: u8 = 6;
+
+/// `MetricsKey::dir`: sent by the container.
+pub const METRIC_EGRESS: u8 = 1;
+/// `MetricsKey::dir`: delivered to the container.
+pub const METRIC_INGRESS: u8 = 2;
+
+/// Endpoint by host-side ifindex: `u32` → [`EndpointInfo`].
+pub const MAP_ENDPOINTS: &str = "crs_endpoints";
+/// Local endpoint addresses: [`IpKey`] → [`LocalIp`].
+pub const MAP_LOCAL_IPS: &str = "crs_local_ips";
+/// Per-CPU counters: [`MetricsKey`] → [`MetricsValue`].
+pub const MAP_METRICS: &str = "crs_metrics";
+/// Every pinned map of the endpoint object.
+pub const MAP_NAMES: [&str; 3] = [MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS];
+
+/// `max_entries` of the maps, as declared in the C definitions.
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 65_536;
+/// `max_entries` of `crs_local_ips`.
+pub const LOCAL_IPS_MAX_ENTRIES: u32 = 131_072;
+/// `max_entries` of `crs_metrics`.
+pub const METRICS_MAX_ENTRIES: u32 = 262_144;
+
+/// Program attached to tc ingress of the host-side veth (packets the container sends).
+pub const PROG_FROM_CONTAINER: &str = "crs_from_container";
+/// Program attached to tc egress of the host-side veth (packets to the container).
+pub const PROG_TO_CONTAINER: &str = "crs_to_container";
+
+/// Value of `crs_endpoints` (C `struct endpoint_info`, 44 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Daemon-assigned endpoint number; the key of `crs_metrics`.
+    pub endpoint_id: u32,
+    /// [`ENDPOINT_F_IPV4`] | [`ENDPOINT_F_IPV6`].
+    pub flags: u32,
+    /// The endpoint's IPv6 address (network order).
+    pub ipv6: [u8; 16],
+    /// The endpoint's IPv4 address (network order, C `__be32`).
+    pub ipv4: [u8; 4],
+    /// The endpoint's link-local IPv4 gateway (network order, C `__be32`).
+    pub gateway_ipv4: [u8; 4],
+    /// Container-side MAC.
+    pub mac: [u8; 6],
+    /// Host-side MAC.
+    pub host_mac: [u8; 6],
+}
+
+impl EndpointInfo {
+    /// An endpoint without addresses; add them with [`Self::with_ipv6`] and [`Self::with_ipv4`].
+    pub const fn new(endpoint_id: u32, mac: [u8; 6], host_mac: [u8; 6]) -> Self {
+        Self { endpoint_id, flags: 0, ipv6: [0; 16], ipv4: [0; 4], gateway_ipv4: [0; 4], mac, host_mac }
+    }
+
+    /// Sets the endpoint's IPv6 address (its gateway is always `fe80::1`).
+    pub const fn with_ipv6(mut self, addr: Ipv6Addr) -> Self {
+        self.ipv6 = addr.octets();
+        self.flags |= ENDPOINT_F_IPV6;
+        self
+    }
+
+    /// Sets the endpoint's IPv4 address and its link-local gateway.
+    pub const fn with_ipv4(mut self, addr: Ipv4Addr, gateway: Ipv4Addr) -> Self {
+        self.ipv4 = addr.octets();
+        self.gateway_ipv4 = gateway.octets();
+        self.flags |= ENDPOINT_F_IPV4;
+        self
+    }
+
+    /// The IPv6 address, when the endpoint has one.
+    pub const fn ipv6_addr(&self) -> Option<Ipv6Addr> {
+        if self.flags & ENDPOINT_F_IPV6 != 0 {
+            Some(Ipv6Addr::from_octets(self.ipv6))
+        } else {
+            None
+        }
+    }
+
+    /// The IPv4 address and gateway, when the endpoint has them.
+    pub const fn ipv4_addr(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        if self.flags & ENDPOINT_F_IPV4 != 0 {
+            Some((Ipv4Addr::from_octets(self.ipv4), Ipv4Addr::from_octets(self.gateway_ipv4)))
+        } else {
+            None
+        }
+    }
+}
+
+/// Key of `crs_local_ips` (C `struct ip_key`, 20 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    /// [`IP_FAMILY_V4`] or [`IP_FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// The address in network order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
+impl IpKey {
+    /// The address this key stands for; `None` for an unknown family.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.family {
+            IP_FAMILY_V4 => {
+                let [a, b, c, d, ..] = self.addr;
+                Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+            }
+            IP_FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(self.addr))),
+            _ => None,
+        }
+    }
+}
+
+impl From<Ipv4Addr> for IpKey {
+    fn from(ip: Ipv4Addr) -> Self {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&ip.octets());
+        Self { family: IP_FAMILY_V4, pad: [0; 3], addr }
+    }
+}
+
+impl From<Ipv6Addr> for IpKey {
+    fn from(ip: Ipv6Addr) -> Self {
+        Self { family: IP_FAMILY_V6, pad: [0; 3], addr: ip.octets() }
+    }
+}
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => v4.into(),
+            IpAddr::V6(v6) => v6.into(),
+        }
+    }
+}
+
+/// Value of `crs_local_ips` (C `struct local_ip`, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalIp {
+    /// Host-side ifindex of the endpoint holding the address.
+    pub ifindex: u32,
+    /// The endpoint holding the address.
+    pub endpoint_id: u32,
+}
+
+impl LocalIp {
+    /// The address belongs to endpoint `endpoint_id` behind host-side interface `ifindex`.
+    pub const fn new(ifindex: u32, endpoint_id: u32) -> Self {
+        Self { ifindex, endpoint_id }
+    }
+}
+
+/// Key of `crs_metrics` (C `struct metrics_key`, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetricsKey {
+    /// The endpoint; 0 when the program ran on an unknown interface.
+    pub endpoint_id: u32,
+    /// 0 = forwarded, else a [`DropReason`].
+    pub reason: u8,
+    /// [`METRIC_EGRESS`] or [`METRIC_INGRESS`].
+    pub dir: u8,
+    /// Always zero.
+    pub pad: u16,
+}
+
+impl MetricsKey {
+    /// The counter of `endpoint_id` for `reason` in direction `dir`.
+    pub const fn new(endpoint_id: u32, reason: DropReason, dir: Direction) -> Self {
+        Self { endpoint_id, reason: reason as u8, dir: dir as u8, pad: 0 }
+    }
+
+    /// The reason, when it is one this build knows.
+    pub const fn drop_reason(&self) -> Option<DropReason> {
+        DropReason::from_u8(self.reason)
+    }
+
+    /// The direction, when it is one this build knows.
+    pub const fn direction(&self) -> Option<Direction> {
+        Direction::from_u8(self.dir)
+    }
+}
+
+/// Value of `crs_metrics`, per CPU (C `struct metrics_value`, 16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MetricsValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (whole frames, as the program saw them).
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for MetricsValue {
+    fn add_assign(&mut self, other: Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+/// Direction of a counter (`MetricsKey::dir`), seen from the container.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Sent by the container ([`METRIC_EGRESS`]).
+    Egress = METRIC_EGRESS,
+    /// Delivered to the container ([`METRIC_INGRESS`]).
+    Ingress = METRIC_INGRESS,
+}
+
+impl Direction {
+    /// The direction with this numeric value.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            METRIC_EGRESS => Some(Self::Egress),
+            METRIC_INGRESS => Some(Self::Ingress),
+            _ => None,
+        }
+    }
+
+    /// "egress" or "ingress".
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a packet was counted (C `enum drop_reason` in `bpf/lib/drop.h`); 0 is not a drop.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Not a drop: the packet was passed or delivered.
+    Forwarded = 0,
+    /// Truncated or invalid headers.
+    Malformed = 1,
+    /// IP source address is not the endpoint's.
+    SpoofedSource = 2,
+    /// ARP sender address is not the endpoint's.
+    SpoofedArp = 3,
+    /// Ethertype other than IPv4, IPv6 or ARP.
+    UnsupportedProtocol = 4,
+    /// The program ran on an interface the daemon does not know.
+    UnknownEndpoint = 5,
+}
+
+impl DropReason {
+    /// Every reason, in numeric order.
+    pub const ALL: [Self; 6] = [
+        Self::Forwarded,
+        Self::Malformed,
+        Self::SpoofedSource,
+        Self::SpoofedArp,
+        Self::UnsupportedProtocol,
+        Self::UnknownEndpoint,
+    ];
+
+    /// The reason with this numeric value.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Forwarded),
+            1 => Some(Self::Malformed),
+            2 => Some(Self::SpoofedSource),
+            3 => Some(Self::SpoofedArp),
+            4 => Some(Self::UnsupportedProtocol),
+            5 => Some(Self::UnknownEndpoint),
+            _ => None,
+        }
+    }
+
+    /// The name used in docs/datapath.md and printed by the CLI, e.g. `SPOOFED_SOURCE`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Forwarded => "FORWARDED",
+            Self::Malformed => "MALFORMED",
+            Self::SpoofedSource => "SPOOFED_SOURCE",
+            Self::SpoofedArp => "SPOOFED_ARP",
+            Self::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
+            Self::UnknownEndpoint => "UNKNOWN_ENDPOINT",
+        }
+    }
+
+    /// Whether the packet was dropped (every reason but [`DropReason::Forwarded`]).
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Self::Forwarded)
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// SAFETY: `repr(C)` with only integer and byte-array fields and no implicit padding (size and
+// offsets asserted below), so every bit pattern is a valid value and no byte is uninitialised.
+unsafe impl aya::Pod for EndpointInfo {}
+// SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for IpKey {}
+// SAFETY: as above: `repr(C)`, two `u32`s, layout asserted below.
+unsafe impl aya::Pod for LocalIp {}
+// SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for MetricsKey {}
+// SAFETY: as above: `repr(C)`, two `u64`s, layout asserted below.
+unsafe impl aya::Pod for MetricsValue {}
+
+// The C layout, field by field (docs/datapath.md, "Maps").
+const _: () = assert!(size_of::<EndpointInfo>() == 44);
+const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 0);
+const _: () = assert!(offset_of!(EndpointInfo, flags) == 4);
+const _: () = assert!(offset_of!(EndpointInfo, ipv6) == 8);
+const _: () = assert!(offset_of!(EndpointInfo, ipv4) == 24);
+const _: () = assert!(offset_of!(EndpointInfo, gateway_ipv4) == 28);
+const _: () = assert!(offset_of!(EndpointInfo, mac) == 32);
+const _: () = assert!(offset_of!(EndpointInfo, host_mac) == 38);
+
+const _: () = assert!(size_of::<IpKey>() == 20);
+const _: () = assert!(offset_of!(IpKey, family) == 0);
+const _: () = assert!(offset_of!(IpKey, pad) == 1);
+const _: () = assert!(offset_of!(IpKey, addr) == 4);
+
+const _: () = assert!(size_of::<LocalIp>() == 8);
+const _: () = assert!(offset_of!(LocalIp, ifindex) == 0);
+const _: () = assert!(offset_of!(LocalIp, endpoint_id) == 4);
+
+const _: () = assert!(size_of::<MetricsKey>() == 8);
+const _: () = assert!(offset_of!(MetricsKey, endpoint_id) == 0);
+const _: () = assert!(offset_of!(MetricsKey, reason) == 4);
+const _: () = assert!(offset_of!(MetricsKey, dir) == 5);
+const _: () = assert!(offset_of!(MetricsKey, pad) == 6);
+
+const _: () = assert!(size_of::<MetricsValue>() == 16);
+const _: () = assert!(offset_of!(MetricsValue, packets) == 0);
+const _: () = assert!(offset_of!(MetricsValue, bytes) == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_round_trip_with_their_numbers_and_names() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as u8 as usize, i);
+            assert_eq!(DropReason::from_u8(i as u8), Some(*reason));
+            assert_eq!(reason.to_string(), reason.name());
+        }
+        assert_eq!(DropReason::from_u8(6), None);
+        assert_eq!(DropReason::SpoofedSource.name(), "SPOOFED_SOURCE");
+        assert!(!DropReason::Forwarded.is_drop());
+        assert!(DropReason::UnknownEndpoint.is_drop());
+    }
+
+    #[test]
+    fn ip_keys_put_ipv4_in_the_first_four_bytes() {
+        let v4: IpKey = IpAddr::from(Ipv4Addr::new(10, 250, 0, 2)).into();
+        assert_eq!(v4.family, IP_FAMILY_V4);
+        assert_eq!(v4.addr, [10, 250, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(v4.ip(), Some(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 2))));
+
+        let addr: Ipv6Addr = "fdc1:1a00:99::2".parse().expect("valid address");
+        let v6 = IpKey::from(IpAddr::V6(addr));
+        assert_eq!(v6.family, IP_FAMILY_V6);
+        assert_eq!(v6.addr, addr.octets());
+        assert_eq!(v6.ip(), Some(IpAddr::V6(addr)));
+        assert_eq!(IpKey::default().ip(), None);
+    }
+
+    #[test]
+    fn endpoint_info_sets_flags_with_addresses() {
+        let v6: Ipv6Addr = "fdc1:1a00:99::2".parse().expect("valid address");
+        let info = EndpointInfo::new(7, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        assert_eq!(info.flags, 0);
+        assert_eq!(info.ipv6_addr(), None);
+        let info = info.with_ipv6(v6).with_ipv4(Ipv4Addr::new(10, 250, 0, 2), Ipv4Addr::new(169, 254, 1, 1));
+        assert_eq!(info.flags, ENDPOINT_F_IPV4 | ENDPOINT_F_IPV6);
+        assert_eq!(info.ipv6_addr(), Some(v6));
+        assert_eq!(info.ipv4_addr(), Some((Ipv4Addr::new(10, 250, 0, 2), Ipv4Addr::new(169, 254, 1, 1))));
+        assert_eq!(info.ipv4, [10, 250, 0, 2]);
+    }
+
+    #[test]
+    fn metrics_keys_and_values() {
+        let key = MetricsKey::new(9, DropReason::SpoofedArp, Direction::Egress);
+        assert_eq!((key.endpoint_id, key.reason, key.dir, key.pad), (9, 3, METRIC_EGRESS, 0));
+        assert_eq!(key.drop_reason(), Some(DropReason::SpoofedArp));
+        assert_eq!(key.direction(), Some(Direction::Egress));
+        let mut sum = MetricsValue { packets: 1, bytes: 100 };
+        sum += MetricsValue { packets: 2, bytes: 50 };
+        assert_eq!(sum, MetricsValue { packets: 3, bytes: 150 });
+    }
+}

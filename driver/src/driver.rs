@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::docker::DockerSnapshot;
 use crate::datapath::{Datapath, DatapathError, EndpointState, VethSpec};
+use crate::docker::DockerSnapshot;
 use crate::endpoint::{Endpoint, JoinPlan, Joined};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::ipam::{self, AllocationKind, Ipam, IpamConfig, IpamError, PoolId, PoolRequest};
@@ -238,7 +238,9 @@ impl<D: Datapath> Driver<D> {
         }
         if let Some(key) = options.keys().next() {
             let shown: String = key.chars().take(64).collect();
-            return Err(DriverError::BadRequest(format!("unknown --ipam-opt {shown:?}: cilium-rs IPAM takes no options")));
+            return Err(DriverError::BadRequest(format!(
+                "unknown --ipam-opt {shown:?}: cilium-rs IPAM takes no options"
+            )));
         }
         let avoid = if request.subnet.is_none() { self.datapath.host_prefixes().await? } else { Vec::new() };
         let mut state = self.state.lock().await;
@@ -501,7 +503,12 @@ impl<D: Datapath> Driver<D> {
 
     async fn apply_join(&self, endpoint: &Endpoint, mtu: u32, undo: &mut Vec<Undo>) -> Result<Joined, DatapathError> {
         let host_ifname = endpoint.host_ifname();
-        let spec = VethSpec { host_ifname: host_ifname.clone(), peer_ifname: endpoint.peer_ifname(), mtu, peer_mac: endpoint.mac };
+        let spec = VethSpec {
+            host_ifname: host_ifname.clone(),
+            peer_ifname: endpoint.peer_ifname(),
+            mtu,
+            peer_mac: endpoint.mac,
+        };
         let link = self.datapath.create_veth(&spec).await?;
         undo.push(Undo::DeleteVeth(host_ifname.clone()));
         self.datapath.attach(&host_ifname).await?;
@@ -552,8 +559,19 @@ impl<D: Datapath> Driver<D> {
     /// Removes everything of the endpoint, going on past errors; unknown endpoints are fine.
     pub async fn delete_endpoint(&self, network: &NetworkId, id: &EndpointId) -> Result<(), DriverError> {
         let mut state = self.state.lock().await;
-        if !state.endpoints.get(id).is_some_and(|e| &e.network == network) {
-            return Ok(());
+        if state.endpoints.get(id).is_none_or(|e| &e.network != network) {
+            // Not ours any more (state lost, or a repeated call): the veth is still named after
+            // the endpoint id, so remove it and its pins if they exist.
+            let host_ifname = crate::endpoint::host_ifname(id);
+            if state.endpoints.values().any(|e| e.host_ifname() == host_ifname) {
+                return Ok(());
+            }
+            let errors: Vec<DatapathError> =
+                [self.datapath.detach(&host_ifname).await.err(), self.datapath.delete_veth(&host_ifname).await.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            return DatapathError::collect(errors).map_err(DriverError::from);
         }
         let mut next = state.clone();
         let mut dirty = Dirty::default();
@@ -564,7 +582,12 @@ impl<D: Datapath> Driver<D> {
         result.map_err(DriverError::from)
     }
 
-    async fn teardown_endpoint(&self, next: &mut State, dirty: &mut Dirty, id: &EndpointId) -> Result<(), DatapathError> {
+    async fn teardown_endpoint(
+        &self,
+        next: &mut State,
+        dirty: &mut Dirty,
+        id: &EndpointId,
+    ) -> Result<(), DatapathError> {
         let Some(endpoint) = next.endpoints.remove(id) else { return Ok(()) };
         dirty.endpoints.insert(id.clone());
         let host_ifname = endpoint.host_ifname();
@@ -584,7 +607,11 @@ impl<D: Datapath> Driver<D> {
         DatapathError::collect(errors)
     }
 
-    pub async fn endpoint_info(&self, network: &NetworkId, id: &EndpointId) -> Result<BTreeMap<String, String>, DriverError> {
+    pub async fn endpoint_info(
+        &self,
+        network: &NetworkId,
+        id: &EndpointId,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
         let state = self.state.lock().await;
         let ep = lookup(&state, network, id)?;
         let mut info = BTreeMap::from([
@@ -832,7 +859,11 @@ fn own_pools(state: &State, data: &[PoolData]) -> Result<Vec<PoolId>, DriverErro
             DriverError::BadRequest(format!("pool {} was not handed out by this cilium-rs daemon", entry.pool))
         })?;
         if let Some(owner) = state.networks.values().find(|n| n.pools().any(|p| p == &pool.id)) {
-            return Err(DriverError::Conflict(format!("pool {} already belongs to network {}", entry.pool, owner.id.short())));
+            return Err(DriverError::Conflict(format!(
+                "pool {} already belongs to network {}",
+                entry.pool,
+                owner.id.short()
+            )));
         }
         ids.push(pool.id.clone());
     }
@@ -841,7 +872,13 @@ fn own_pools(state: &State, data: &[PoolData]) -> Result<Vec<PoolId>, DriverErro
 
 /// Marks an address that dockerd got from RequestAddress as the endpoint's, checking that it
 /// belongs to the network and is not another endpoint's.
-fn claim(state: &mut State, dirty: &mut Dirty, pools: &[PoolId], addr: IpAddr, now: u64) -> Result<IpAddr, DriverError> {
+fn claim(
+    state: &mut State,
+    dirty: &mut Dirty,
+    pools: &[PoolId],
+    addr: IpAddr,
+    now: u64,
+) -> Result<IpAddr, DriverError> {
     let Some(pool) = pools.iter().find(|id| state.ipam.pools.get(*id).is_some_and(|p| p.subnet.contains(&addr))) else {
         return Err(DriverError::BadRequest(format!("address {addr} is not in any pool of this network")));
     };

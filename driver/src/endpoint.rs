@@ -168,6 +168,6 @@ mod tests {
         assert_eq!(format_mac(&mac), "02:42:0a:14:00:05");
         assert!(parse_mac("02:42:0a:14:00").is_err());
         assert!(parse_mac("zz:42:0a:14:00:05").is_err());
-        assert!(parse_mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
+        assert!(parse_mac("01:00:5e:00:00:01").expect_err("must fail").contains("multicast"));
     }
 }

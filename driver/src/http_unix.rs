@@ -36,8 +36,10 @@ impl HttpError {
 pub async fn request(socket: &Path, method: Method, uri: &str, body: Option<Vec<u8>>) -> Result<Bytes, HttpError> {
     let stream =
         UnixStream::connect(socket).await.map_err(|source| HttpError::Connect { path: socket.to_owned(), source })?;
-    let transport = |source| HttpError::Transport { method: method.clone(), uri: uri.to_owned(), path: socket.to_owned(), source };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(transport)?;
+    let transport =
+        |source| HttpError::Transport { method: method.clone(), uri: uri.to_owned(), path: socket.to_owned(), source };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(transport)?;
     tokio::spawn(connection);
     let builder = Request::builder().method(method.clone()).uri(uri).header("host", "localhost");
     let builder = if body.is_some() { builder.header("content-type", "application/json") } else { builder };
@@ -56,5 +58,9 @@ pub async fn request(socket: &Path, method: Method, uri: &str, body: Option<Vec<
 
 pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, HttpError> {
     let bytes = request(socket, Method::GET, uri, None).await?;
-    serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode { method: Method::GET, uri: uri.to_owned(), source })
+    serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode {
+        method: Method::GET,
+        uri: uri.to_owned(),
+        source,
+    })
 }

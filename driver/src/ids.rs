@@ -67,7 +67,7 @@ mod tests {
             assert!(NetworkId::parse(bad).is_err(), "{bad:?} accepted");
         }
         let long = "a".repeat(10_000);
-        let err = EndpointId::parse(&long).unwrap_err().to_string();
+        let err = EndpointId::parse(&long).expect_err("must fail").to_string();
         assert!(err.len() < 200, "error echoes the whole input: {err}");
     }
 }

@@ -131,7 +131,9 @@ pub enum IpamError {
     RangeWithoutSubnet { range: IpNet },
     #[error("--ip-range {range} is not inside --subnet {subnet}")]
     RangeOutsideSubnet { range: IpNet, subnet: IpNet },
-    #[error("no free IPv{family} subnet left in {range} (/{prefix} each): pass --subnet or widen the daemon's pool range")]
+    #[error(
+        "no free IPv{family} subnet left in {range} (/{prefix} each): pass --subnet or widen the daemon's pool range"
+    )]
     NoFreeSubnet { family: u8, range: IpNet, prefix: u8 },
     #[error("no free link-local IPv4 gateway left in 169.254.0.0/16")]
     NoFreeGateway,
@@ -357,10 +359,7 @@ impl Pool {
         if lo > hi {
             return Err(exhausted);
         }
-        let held = self
-            .allocations
-            .range(addr_at(&self.subnet, lo)..=addr_at(&self.subnet, hi))
-            .count() as u128;
+        let held = self.allocations.range(addr_at(&self.subnet, lo)..=addr_at(&self.subnet, hi)).count() as u128;
         if held > hi - lo {
             return Err(exhausted);
         }
@@ -466,15 +465,16 @@ mod tests {
         let pool = ipam.request_pool(&cfg, &v4(Some("10.1.2.3/24"), None), &[], 1).expect("pool");
         assert_eq!(pool.subnet, net("10.1.2.0/24"));
         assert!(pool.explicit);
-        let err = ipam.request_pool(&cfg, &v4(Some("10.1.0.0/16"), None), &[], 1).unwrap_err();
+        let err = ipam.request_pool(&cfg, &v4(Some("10.1.0.0/16"), None), &[], 1).expect_err("must fail");
         assert_eq!(err.to_string(), "--subnet 10.1.0.0/16 overlaps 10.1.2.0/24, which is already in use");
-        let err = ipam.request_pool(&cfg, &v4(Some("10.9.0.0/31"), None), &[], 1).unwrap_err();
+        let err = ipam.request_pool(&cfg, &v4(Some("10.9.0.0/31"), None), &[], 1).expect_err("must fail");
         assert!(matches!(err, IpamError::SubnetTooSmall { .. }), "{err}");
-        let err = ipam.request_pool(&cfg, &v6(Some("10.9.0.0/24")), &[], 1).unwrap_err();
+        let err = ipam.request_pool(&cfg, &v6(Some("10.9.0.0/24")), &[], 1).expect_err("must fail");
         assert!(matches!(err, IpamError::FamilyMismatch { .. }), "{err}");
-        let err = ipam.request_pool(&cfg, &v4(None, Some("10.9.0.0/24")), &[], 1).unwrap_err();
+        let err = ipam.request_pool(&cfg, &v4(None, Some("10.9.0.0/24")), &[], 1).expect_err("must fail");
         assert!(matches!(err, IpamError::RangeWithoutSubnet { .. }), "{err}");
-        let err = ipam.request_pool(&cfg, &v4(Some("10.9.0.0/24"), Some("10.8.0.0/25")), &[], 1).unwrap_err();
+        let err =
+            ipam.request_pool(&cfg, &v4(Some("10.9.0.0/24"), Some("10.8.0.0/25")), &[], 1).expect_err("must fail");
         assert_eq!(err.to_string(), "--ip-range 10.8.0.0/25 is not inside --subnet 10.9.0.0/24");
         assert_eq!(ipam.pools.len(), 1, "failed requests leave nothing behind");
     }
@@ -499,7 +499,7 @@ mod tests {
         let a = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
         let b = ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr");
         assert_eq!((a, b), (ip("10.3.0.1"), ip("10.3.0.2")));
-        let err = ipam.request_address(&id, None, AllocationKind::Address, 1).unwrap_err();
+        let err = ipam.request_address(&id, None, AllocationKind::Address, 1).expect_err("must fail");
         assert_eq!(err.to_string(), "pool 10.3.0.0/30 has no free addresses left");
         assert!(ipam.release_address(&id, a).expect("release"));
         assert!(!ipam.release_address(&id, a).expect("double release is fine"));
@@ -536,10 +536,7 @@ mod tests {
             ipam.request_address(&id, Some(ip("fdc1:1a00:5::")), AllocationKind::Address, 1),
             Err(IpamError::Reserved { .. })
         ));
-        assert!(matches!(
-            ipam.release_address(&id, ip("10.0.0.1")),
-            Err(IpamError::OutsidePool { .. })
-        ));
+        assert!(matches!(ipam.release_address(&id, ip("10.0.0.1")), Err(IpamError::OutsidePool { .. })));
         let unknown = PoolId("nope".into());
         assert_eq!(ipam.release_address(&unknown, want), Ok(false));
         assert!(matches!(
@@ -552,19 +549,13 @@ mod tests {
     fn ip_range_limits_dynamic_allocation_only() {
         let cfg = IpamConfig::default();
         let mut ipam = Ipam::default();
-        let id = ipam
-            .request_pool(&cfg, &v4(Some("10.4.0.0/24"), Some("10.4.0.128/30")), &[], 1)
-            .expect("pool")
-            .id
-            .clone();
+        let id =
+            ipam.request_pool(&cfg, &v4(Some("10.4.0.0/24"), Some("10.4.0.128/30")), &[], 1).expect("pool").id.clone();
         let got: Vec<IpAddr> =
             (0..4).map(|_| ipam.request_address(&id, None, AllocationKind::Address, 1).expect("addr")).collect();
         assert_eq!(got, vec![ip("10.4.0.128"), ip("10.4.0.129"), ip("10.4.0.130"), ip("10.4.0.131")]);
         assert!(ipam.request_address(&id, None, AllocationKind::Address, 1).is_err());
-        assert_eq!(
-            ipam.request_address(&id, Some(ip("10.4.0.7")), AllocationKind::Address, 1),
-            Ok(ip("10.4.0.7"))
-        );
+        assert_eq!(ipam.request_address(&id, Some(ip("10.4.0.7")), AllocationKind::Address, 1), Ok(ip("10.4.0.7")));
     }
 
     #[test]
@@ -581,15 +572,12 @@ mod tests {
 
     #[test]
     fn exhausting_auto_subnets_is_a_clear_error() {
-        let cfg = IpamConfig {
-            ipv4_range: "10.6.0.0/23".parse().expect("net"),
-            ipv4_prefix: 24,
-            ..IpamConfig::default()
-        };
+        let cfg =
+            IpamConfig { ipv4_range: "10.6.0.0/23".parse().expect("net"), ipv4_prefix: 24, ..IpamConfig::default() };
         let mut ipam = Ipam::default();
         ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("first");
         ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("second");
-        let err = ipam.request_pool(&cfg, &v4(None, None), &[], 1).unwrap_err();
+        let err = ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect_err("must fail");
         assert_eq!(
             err.to_string(),
             "no free IPv4 subnet left in 10.6.0.0/23 (/24 each): pass --subnet or widen the daemon's pool range"
@@ -598,9 +586,12 @@ mod tests {
 
     #[test]
     fn cidr_parsing_says_what_is_wrong() {
-        assert_eq!(parse_cidr("fd5c::/129", "--subnet").unwrap_err(), "invalid --subnet fd5c::/129: prefix length over 128");
-        assert!(parse_cidr("10.0.0.0", "--subnet").unwrap_err().contains("expected address/prefix-length"));
-        assert!(parse_cidr("10.0.0.300/24", "--subnet").unwrap_err().contains("is not an IP address"));
+        assert_eq!(
+            parse_cidr("fd5c::/129", "--subnet").expect_err("must fail"),
+            "invalid --subnet fd5c::/129: prefix length over 128"
+        );
+        assert!(parse_cidr("10.0.0.0", "--subnet").expect_err("must fail").contains("expected address/prefix-length"));
+        assert!(parse_cidr("10.0.0.300/24", "--subnet").expect_err("must fail").contains("is not an IP address"));
         assert_eq!(parse_cidr("10.0.0.0/8", "--subnet"), Ok(net("10.0.0.0/8")));
     }
 

@@ -1,3 +1,14 @@
 //! cilium-rs: a Docker network + IPAM plugin with a routed IPv6 eBPF datapath.
 
 pub mod datapath;
+pub mod docker;
+pub mod driver;
+pub mod endpoint;
+pub mod http_unix;
+pub mod ids;
+pub mod ipam;
+pub mod network;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod views;

@@ -109,19 +109,20 @@ mod tests {
         })))
         .expect("valid");
         assert_eq!(parsed, NetworkOptions { ipv6_enabled: true, internal: true, mtu: Some(1400) });
-        let parsed = parse_options(&opts(json!({"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}})))
-            .expect("valid");
+        let parsed =
+            parse_options(&opts(json!({"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}})))
+                .expect("valid");
         assert_eq!(parsed, NetworkOptions::default());
         assert_eq!(parse_options(&Map::new()).expect("empty"), NetworkOptions::default());
     }
 
     #[test]
     fn refuses_bad_options_with_a_precise_message() {
-        let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtu": "900"}}))).unwrap_err();
+        let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtu": "900"}}))).expect_err("must fail");
         assert_eq!(err, "invalid -o mtu=900: must be between 1280 (the IPv6 minimum) and 65535");
-        let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtuu": "1400"}}))).unwrap_err();
+        let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtuu": "1400"}}))).expect_err("must fail");
         assert!(err.starts_with("unknown driver option \"mtuu\""), "{err}");
-        let err = parse_options(&opts(json!({"com.docker.network.enable_ipv6": "yes"}))).unwrap_err();
+        let err = parse_options(&opts(json!({"com.docker.network.enable_ipv6": "yes"}))).expect_err("must fail");
         assert!(err.contains("must be a boolean"), "{err}");
     }
 }

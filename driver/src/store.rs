@@ -95,11 +95,13 @@ impl RedbStore {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::CreateDir { path: state_dir.to_owned(), source })?;
         let path = state_dir.join(Self::FILE);
-        let db = redb::Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+        let db =
+            redb::Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
         // Create the tables up front so reads never meet a missing table.
         let txn = db.begin_write().map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
         for table in Table::ALL {
-            txn.open_table(table.definition()).map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+            txn.open_table(table.definition())
+                .map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
         }
         txn.commit().map_err(|e| StoreError::Open { path, source: boxed(e) })?;
         Ok(RedbStore { db })
@@ -192,7 +194,11 @@ mod tests {
         {
             let store = RedbStore::open(dir.path()).expect("open");
             store
-                .commit(&[put(Table::Networks, "n1", "a"), put(Table::Pools, "p1", "b"), put(Table::Endpoints, "e1", "c")])
+                .commit(&[
+                    put(Table::Networks, "n1", "a"),
+                    put(Table::Pools, "p1", "b"),
+                    put(Table::Endpoints, "e1", "c"),
+                ])
                 .expect("commit");
             store.commit(&[Change { table: Table::Endpoints, key: "e1".into(), value: None }]).expect("delete");
         }

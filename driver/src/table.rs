@@ -56,7 +56,10 @@ pub fn endpoints(list: &[EndpointView]) -> String {
         })
         .collect();
     render(
-        &["ENDPOINT", "NETWORK", "IPV6", "IPV4", "IFNAME", "STATE", "TX-PKTS", "TX-BYTES", "RX-PKTS", "RX-BYTES", "DROPS"],
+        &[
+            "ENDPOINT", "NETWORK", "IPV6", "IPV4", "IFNAME", "STATE", "TX-PKTS", "TX-BYTES", "RX-PKTS", "RX-BYTES",
+            "DROPS",
+        ],
         &rows,
     )
 }
@@ -83,10 +86,7 @@ pub fn networks(list: &[NetworkView]) -> String {
 }
 
 pub fn status(s: &StatusView) -> String {
-    format!(
-        "cilium-rs {}: running, {} networks, {} endpoints, {} pools\n",
-        s.version, s.networks, s.endpoints, s.pools
-    )
+    format!("cilium-rs {}: running, {} networks, {} endpoints, {} pools\n", s.version, s.networks, s.endpoints, s.pools)
 }
 
 #[cfg(test)]

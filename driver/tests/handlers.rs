@@ -25,11 +25,8 @@ struct Harness {
 }
 
 async fn harness_with(store: Arc<MemoryStore>, kernel: Arc<FakeDatapath>) -> Harness {
-    let driver = Arc::new(
-        Driver::start(DriverConfig::default(), kernel, Box::new(store.clone()))
-            .await
-            .expect("driver starts"),
-    );
+    let driver =
+        Arc::new(Driver::start(DriverConfig::default(), kernel, Box::new(store.clone())).await.expect("driver starts"));
     Harness { router: plugin::router(driver.clone()), driver, store }
 }
 
@@ -47,7 +44,8 @@ impl Harness {
         let response = self.router.clone().oneshot(request).await.expect("router answers");
         let status = response.status();
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method}: reply is not JSON ({e}): {bytes:?}"));
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method}: reply is not JSON ({e}): {bytes:?}"));
         (status, value)
     }
 
@@ -102,10 +100,18 @@ impl Harness {
     }
 
     /// RequestAddress (v4, then v6) + CreateEndpoint + Join + EndpointOperInfo, as `docker run`.
-    async fn start_container(&self, net: &str, ep: &str, v4_pool: &str, v6_pool: Option<&str>) -> (Value, Value, Value) {
+    async fn start_container(
+        &self,
+        net: &str,
+        ep: &str,
+        v4_pool: &str,
+        v6_pool: Option<&str>,
+    ) -> (Value, Value, Value) {
         let v4 = self.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
         let v6 = match v6_pool {
-            Some(pool) => self.ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "", "Options": null})).await,
+            Some(pool) => {
+                self.ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "", "Options": null})).await
+            }
             None => json!({"Address": ""}),
         };
         let created = self
@@ -189,7 +195,11 @@ async fn network_and_container_lifecycle_with_ipv6() {
         assert!(k.counters.is_empty());
     }
     // Releases arrive twice on dockerd's clean-up paths: still fine.
-    h.ok("IpamDriver.ReleaseAddress", json!({"PoolID": v4_pool, "Address": addrs["v4"].as_str().expect("a").split('/').next()})).await;
+    h.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": v4_pool, "Address": addrs["v4"].as_str().expect("a").split('/').next()}),
+    )
+    .await;
     h.ok("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET, "EndpointID": EP})).await;
     h.ok("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": EP})).await;
 
@@ -242,8 +252,12 @@ async fn user_chosen_addresses_mac_and_gateway() {
     assert_eq!(gw["Address"], "10.78.0.1/24");
     let ip = h.ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "10.78.0.9", "Options": null})).await;
     assert_eq!(ip["Address"], "10.78.0.9/32");
-    let (status, msg) = h.err("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "10.78.0.9", "Options": null})).await;
-    assert_eq!((status, msg.as_str()), (StatusCode::CONFLICT, "address 10.78.0.9 is already in use in pool 10.78.0.0/24"));
+    let (status, msg) =
+        h.err("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "10.78.0.9", "Options": null})).await;
+    assert_eq!(
+        (status, msg.as_str()),
+        (StatusCode::CONFLICT, "address 10.78.0.9 is already in use in pool 10.78.0.0/24")
+    );
     let dynamic = h.ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": "", "Options": null})).await;
     assert_eq!(dynamic["Address"], "10.78.0.128/32", "--ip-range bounds dynamic addresses");
 
@@ -260,7 +274,9 @@ async fn user_chosen_addresses_mac_and_gateway() {
         )
         .await;
     assert!(created["Interface"].get("MacAddress").is_none(), "a given MAC is never echoed: {created}");
-    let joined = h.ok("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": null})).await;
+    let joined = h
+        .ok("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": null}))
+        .await;
     // The routed gateway stays link-local whatever --gateway reserved.
     assert_eq!(joined["Gateway"], "169.254.1.1");
     let k = h.fake().kernel();
@@ -306,7 +322,8 @@ async fn failed_commit_rolls_back_the_kernel_and_the_state() {
     )
     .await;
     h.store.fail_commits(true);
-    let (status, msg) = h.err("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})).await;
+    let (status, msg) =
+        h.err("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(msg.starts_with("persist state"), "{msg}");
     assert!(h.fake().kernel().links.is_empty());
@@ -453,7 +470,8 @@ async fn optional_methods_answer_empty_objects() {
     let ids = json!({"NetworkID": NET, "EndpointID": EP, "Options": {}});
     assert_eq!(h.ok("NetworkDriver.ProgramExternalConnectivity", ids.clone()).await, json!({}));
     assert_eq!(h.ok("NetworkDriver.RevokeExternalConnectivity", ids).await, json!({}));
-    let discovery = json!({"DiscoveryType": 1, "DiscoveryData": {"Address": "10.0.0.1", "BindAddress": "", "Self": true}});
+    let discovery =
+        json!({"DiscoveryType": 1, "DiscoveryData": {"Address": "10.0.0.1", "BindAddress": "", "Self": true}});
     assert_eq!(h.ok("NetworkDriver.DiscoverNew", discovery.clone()).await, json!({}));
     assert_eq!(h.ok("NetworkDriver.DiscoverDelete", discovery).await, json!({}));
 }

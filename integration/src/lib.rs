@@ -1,1 +1,299 @@
-//! Shared helpers for the end-to-end tests: dockerd, the cilium-rs daemon, images and clean-up.
+//! Shared helpers for the end-to-end tests and the bench: dockerd, the cilium-rs daemon under
+//! test, containers, and clean-up that also tolerates what an earlier run left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Debian's docker client (a newer one on PATH would work too, but be exact).
+pub const DOCKER: &str = "/usr/bin/docker";
+/// The local image built by scripts/setup.sh.
+pub const IMAGE: &str = "crs-busybox:latest";
+/// Label on every container the tests start, for clean-up of leftovers.
+pub const TEST_LABEL: &str = "io.cilium-rs.test";
+
+/// Tests that drive dockerd run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a command, returning its output whatever the exit status.
+pub fn output(argv: &[&str]) -> Result<Output> {
+    Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("run {argv:?}"))
+}
+
+/// Runs a command and returns its stdout; fails with its stderr when it fails.
+pub fn run(argv: &[&str]) -> Result<String> {
+    let out = output(argv)?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn docker(args: &[&str]) -> Result<String> {
+    let mut argv = vec![DOCKER];
+    argv.extend_from_slice(args);
+    run(&argv)
+}
+
+/// Like `docker`, but returns the combined output of a command expected to fail.
+pub fn docker_fails(args: &[&str]) -> Result<String> {
+    let mut argv = vec![DOCKER];
+    argv.extend_from_slice(args);
+    let out = output(&argv)?;
+    if out.status.success() {
+        bail!("{argv:?} succeeded but should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+pub fn inspect(object: &str) -> Result<Value> {
+    let text = docker(&["inspect", object])?;
+    let mut list: Vec<Value> = serde_json::from_str(&text).context("parse docker inspect")?;
+    list.pop().context("docker inspect returned nothing")
+}
+
+/// Fails loudly (never skips) when the machine cannot run these tests.
+pub fn require_root_and_dockerd() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
+    let ok = output(&[DOCKER, "info"]).map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "end-to-end tests need a running dockerd: run them through `make test`, which starts one");
+    let image = output(&[DOCKER, "image", "inspect", IMAGE]).map(|o| o.status.success()).unwrap_or(false);
+    assert!(image, "image {IMAGE} missing: `make test` (scripts/setup.sh) builds it");
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// A cilium-rs daemon under test, with its own sockets, state and BPF root; killed and cleaned
+/// on drop.
+pub struct Daemon {
+    pub name: String,
+    pub plugin_socket: PathBuf,
+    pub api_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpf_root: PathBuf,
+    pub log: PathBuf,
+    /// Extra environment for the daemon process (e.g. another Docker socket).
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// The cilium-rs binary: $CILIUM_RS_BIN (set by the Makefile), else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    match std::env::var_os("CILIUM_RS_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cilium-rs"),
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon registered with dockerd as plugin `name`.
+    pub fn start(name: &str) -> Result<Daemon> {
+        Daemon::start_with(name, &[])
+    }
+
+    /// Starts a daemon with extra environment variables.
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Result<Daemon> {
+        let dir = tempfile::Builder::new().prefix("crs-e2e-").tempdir()?;
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            plugin_socket: PathBuf::from(format!("/run/docker/plugins/{name}.sock")),
+            api_socket: dir.path().join("api.sock"),
+            state_dir: dir.path().join("state"),
+            bpf_root: PathBuf::from(format!("/sys/fs/bpf/{name}")),
+            log: dir.path().join("daemon.log"),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            _dir: dir,
+        };
+        // A previous run may have left pins behind.
+        let _ = std::fs::remove_dir_all(&daemon.bpf_root);
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// (Re)starts the process on the same state.
+    pub fn spawn(&mut self) -> Result<()> {
+        let bin = binary();
+        if !bin.exists() {
+            bail!("{} missing: build it first (`cargo build -p cilium-rs`)", bin.display());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&bin)
+            .args(["daemon", "--log", "info,cilium_rs=debug"])
+            .env("CILIUM_RS_PLUGIN_SOCKET", &self.plugin_socket)
+            .env("CILIUM_RS_API_SOCKET", &self.api_socket)
+            .env("CILIUM_RS_STATE_DIR", &self.state_dir)
+            .env("CILIUM_RS_BPF_ROOT", &self.bpf_root)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        self.child = Some(child);
+        let api = self.api_socket.clone();
+        let plugin = self.plugin_socket.clone();
+        let up = wait_until(Duration::from_secs(20), "the daemon's sockets", || {
+            std::os::unix::net::UnixStream::connect(&api).is_ok()
+                && std::os::unix::net::UnixStream::connect(&plugin).is_ok()
+        });
+        if let Err(e) = up {
+            bail!("{e}; daemon log:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else { return Ok(None) };
+        run(&["kill", "-TERM", &child.id().to_string()])?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill()?;
+                bail!("daemon ignored SIGTERM for 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut argv: Vec<String> = vec![binary().to_string_lossy().into_owned()];
+        argv.push("--api-socket".into());
+        argv.push(self.api_socket.to_string_lossy().into_owned());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run(&argv)
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<Value>> {
+        Ok(serde_json::from_str(&self.cli(&["endpoint", "list", "-o", "json"])?)?)
+    }
+
+    pub fn networks(&self) -> Result<Vec<Value>> {
+        Ok(serde_json::from_str(&self.cli(&["network", "list", "-o", "json"])?)?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+        let _ = std::fs::remove_dir_all(&self.bpf_root);
+        let _ = std::fs::remove_file(&self.plugin_socket);
+    }
+}
+
+/// Removes what tests (this run's or an earlier one's) left in dockerd: containers carrying the
+/// test label or named `prefix…` (compose projects), and networks named `prefix…`.
+pub fn remove_docker_leftovers(prefix: &str) {
+    let mut ids: Vec<String> = Vec::new();
+    for filter in [format!("label={TEST_LABEL}"), format!("name=^{prefix}")] {
+        if let Ok(found) = docker(&["ps", "-aq", "--filter", &filter]) {
+            ids.extend(found.split_whitespace().map(str::to_owned));
+        }
+    }
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+    if let Ok(names) = docker(&["network", "ls", "--format", "{{.Name}}"]) {
+        for name in names.lines().filter(|n| n.starts_with(prefix)) {
+            let _ = docker(&["network", "rm", name]);
+        }
+    }
+}
+
+/// Starts a long-running test container and returns its id.
+pub fn run_container(name: &str, args: &[&str]) -> Result<String> {
+    let label = format!("{TEST_LABEL}=1");
+    let mut argv = vec!["run", "-d", "--name", name, "--label", label.as_str()];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&[IMAGE, "sleep", "3600"]);
+    Ok(docker(&argv)?.trim().to_owned())
+}
+
+/// Runs a command in a container; returns whether it succeeded and its output.
+pub fn exec(container: &str, cmd: &[&str]) -> Result<(bool, String)> {
+    let mut argv = vec![DOCKER, "exec", container];
+    argv.extend_from_slice(cmd);
+    let out = output(&argv)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// The container's addresses on `network`: (IPv4, IPv6), without prefix lengths.
+pub fn addresses(container: &str, network: &str) -> Result<(String, String)> {
+    let info = inspect(container)?;
+    let net = &info["NetworkSettings"]["Networks"][network];
+    let v4 = net["IPAddress"].as_str().unwrap_or_default().to_owned();
+    let v6 = net["GlobalIPv6Address"].as_str().unwrap_or_default().to_owned();
+    if v4.is_empty() && v6.is_empty() {
+        bail!("{container} has no address on {network}: {net}");
+    }
+    Ok((v4, v6))
+}
+
+/// Host-side interfaces whose name starts with `lxc`.
+pub fn host_lxc_links() -> Result<Vec<String>> {
+    let text = run(&["ip", "-o", "link", "show"])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("lxc"))
+        .collect())
+}
+
+/// Routes cilium-rs installed (protocol 193), both families.
+pub fn our_routes() -> Result<Vec<String>> {
+    let mut routes: Vec<String> =
+        run(&["ip", "-4", "route", "show", "proto", "193"])?.lines().map(str::to_owned).collect();
+    routes.extend(run(&["ip", "-6", "route", "show", "proto", "193"])?.lines().map(str::to_owned));
+    Ok(routes)
+}

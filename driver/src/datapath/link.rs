@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::stream::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
@@ -44,21 +42,13 @@ pub enum LinkError {
     },
     /// The request failed without a kernel errno (connection closed, unexpected reply).
     #[error("{op} {object}: {reason}")]
-    Netlink {
-        op: &'static str,
-        object: String,
-        reason: String,
-    },
+    Netlink { op: &'static str, object: String, reason: String },
     /// An interface name the kernel would reject.
     #[error("invalid interface name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     /// A MAC address that cannot be given to an interface or a neighbour entry.
     #[error("invalid mac address {} for {object}: {reason}", format_mac(.mac))]
-    InvalidMac {
-        object: String,
-        mac: [u8; 6],
-        reason: &'static str,
-    },
+    InvalidMac { object: String, mac: [u8; 6], reason: &'static str },
     /// An address that cannot be routed to an endpoint.
     #[error("invalid endpoint address {addr}: {reason}")]
     InvalidAddress { addr: IpAddr, reason: &'static str },
@@ -85,10 +75,7 @@ impl LinkError {
     /// True when the kernel said the object (or the device it hangs off) does not exist
     /// (`ENODEV`, `ENOENT` or `ESRCH`).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENODEV | libc::ENOENT | libc::ESRCH)
-        )
+        matches!(self.errno(), Some(libc::ENODEV | libc::ENOENT | libc::ESRCH))
     }
 }
 
@@ -111,21 +98,13 @@ fn format_mac(mac: &[u8; 6]) -> String {
 fn fail(op: &'static str, object: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     let object = object.into();
     move |err| match err {
-        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => LinkError::Kernel {
-            op,
-            object,
-            errno: msg.raw_code().saturating_abs(),
-        },
-        rtnetlink::Error::RequestFailed => LinkError::Netlink {
-            op,
-            object,
-            reason: "netlink connection closed".to_string(),
-        },
-        other => LinkError::Netlink {
-            op,
-            object,
-            reason: other.to_string().to_lowercase(),
-        },
+        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => {
+            LinkError::Kernel { op, object, errno: msg.raw_code().saturating_abs() }
+        }
+        rtnetlink::Error::RequestFailed => {
+            LinkError::Netlink { op, object, reason: "netlink connection closed".to_string() }
+        }
+        other => LinkError::Netlink { op, object, reason: other.to_string().to_lowercase() },
     }
 }
 
@@ -160,8 +139,7 @@ impl Netlink {
     /// thread that is in the wanted namespace; never switch a tokio worker's namespace for it.
     pub fn connect() -> Result<Self, LinkError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| LinkError::NoRuntime)?;
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| LinkError::Connect { source })?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| LinkError::Connect { source })?;
         runtime.spawn(connection);
         Ok(Netlink { handle })
     }
@@ -198,29 +176,15 @@ impl Netlink {
         }
 
         let object = format!("veth {host}");
-        let peer_message = LinkUnspec::new_with_name(peer)
-            .mtu(mtu)
-            .address(peer_mac.to_vec())
-            .build();
-        let message = LinkVeth::new(host, peer)
-            .mtu(mtu)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
-            .build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(fail("create", object.clone()))?;
+        let peer_message = LinkUnspec::new_with_name(peer).mtu(mtu).address(peer_mac.to_vec()).build();
+        let message =
+            LinkVeth::new(host, peer).mtu(mtu).up().set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message))).build();
+        self.handle.link().add(message).execute().await.map_err(fail("create", object.clone()))?;
 
         // The pair exists from here on: remove it again if it cannot be reported.
         let found = match self.link_by_name(host).await {
             Ok(Some(link)) => return Ok(link),
-            Ok(None) => Err(LinkError::Vanished {
-                op: "create",
-                object,
-            }),
+            Ok(None) => Err(LinkError::Vanished { op: "create", object }),
             Err(err) => Err(err),
         };
         if let Err(undo) = self.delete_link(host).await {
@@ -252,11 +216,7 @@ impl Netlink {
     pub async fn link_by_name(&self, name: &str) -> Result<Option<HostLink>, LinkError> {
         validate_ifname(name)?;
         let mut replies = self.handle.link().get().match_name(name).execute();
-        match replies
-            .try_next()
-            .await
-            .map_err(fail("get", format!("link {name}")))
-        {
+        match replies.try_next().await.map_err(fail("get", format!("link {name}"))) {
             Ok(Some(message)) => Ok(Some(host_link(&message))),
             Ok(None) => Ok(None),
             Err(err) if err.is_not_found() => Ok(None),
@@ -267,20 +227,13 @@ impl Netlink {
     /// All links whose name starts with `prefix`, with their index, sorted by name (for
     /// leftover scans).
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>, LinkError> {
-        let messages: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(fail("dump", "links"))?;
+        let messages: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(fail("dump", "links"))?;
         let mut links: Vec<(String, u32)> = messages
             .iter()
             .filter_map(|message| {
                 let name = link_name(message)?;
-                name.starts_with(prefix)
-                    .then(|| (name.to_string(), message.header.index))
+                name.starts_with(prefix).then(|| (name.to_string(), message.header.index))
             })
             .collect();
         links.sort();
@@ -290,12 +243,7 @@ impl Netlink {
     /// Routes `ip`/32 (or /128) to `ifindex` (scope link, protocol [`ROUTE_PROTOCOL`]) and adds
     /// a permanent neighbour entry `ip` -> `mac` on it. Idempotent: both are replaced when they
     /// exist. If it fails half-way, [`Netlink::remove_endpoint_route`] removes what was added.
-    pub async fn add_endpoint_route(
-        &self,
-        ifindex: u32,
-        ip: IpAddr,
-        mac: [u8; 6],
-    ) -> Result<(), LinkError> {
+    pub async fn add_endpoint_route(&self, ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), LinkError> {
         validate_endpoint_ip(ip)?;
         if mac[0] & 0x01 != 0 || mac == [0; 6] {
             return Err(LinkError::InvalidMac {
@@ -306,13 +254,7 @@ impl Netlink {
         }
 
         let route = endpoint_route(ifindex, ip);
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(fail("add", route_object(ifindex, ip)))?;
+        self.handle.route().add(route).replace().execute().await.map_err(fail("add", route_object(ifindex, ip)))?;
 
         self.handle
             .neighbours()
@@ -340,12 +282,10 @@ impl Netlink {
         let mut neighbour = NeighbourMessage::default();
         neighbour.header.family = family_of(ip);
         neighbour.header.ifindex = ifindex;
-        neighbour
-            .attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
+        neighbour.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
         let neighbour = self
             .handle
             .neighbours()
@@ -377,11 +317,7 @@ impl Netlink {
                 if len == 0 || is_link_local_or_multicast(addr, len) {
                     continue;
                 }
-                prefixes.push(Prefix {
-                    addr,
-                    len,
-                    ifindex: output_interface(&route),
-                });
+                prefixes.push(Prefix { addr, len, ifindex: output_interface(&route) });
             }
         }
         Ok(prefixes)
@@ -396,10 +332,7 @@ impl Netlink {
                 .main_routes(family)
                 .await?
                 .iter()
-                .filter(|route| {
-                    route.header.destination_prefix_length == 0
-                        && route.header.kind == RouteType::Unicast
-                })
+                .filter(|route| route.header.destination_prefix_length == 0 && route.header.kind == RouteType::Unicast)
                 .filter_map(|route| {
                     let ifindex = output_interface(route)?;
                     Some((priority(route), ifindex, route_mtu(route)))
@@ -420,33 +353,16 @@ impl Netlink {
     async fn main_routes(&self, family: AddressFamily) -> Result<Vec<RouteMessage>, LinkError> {
         let mut request = RouteMessage::default();
         request.header.address_family = family;
-        let what = if family == AddressFamily::Inet {
-            "ipv4 routes"
-        } else {
-            "ipv6 routes"
-        };
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(request)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(fail("dump", what))?;
-        Ok(routes
-            .into_iter()
-            .filter(|route| table(route) == u32::from(RouteHeader::RT_TABLE_MAIN))
-            .collect())
+        let what = if family == AddressFamily::Inet { "ipv4 routes" } else { "ipv6 routes" };
+        let routes: Vec<RouteMessage> =
+            self.handle.route().get(request).execute().try_collect().await.map_err(fail("dump", what))?;
+        Ok(routes.into_iter().filter(|route| table(route) == u32::from(RouteHeader::RT_TABLE_MAIN)).collect())
     }
 
     /// MTU of the link with that index; `None` when it has gone.
     async fn link_mtu(&self, index: u32) -> Result<Option<u32>, LinkError> {
         let mut replies = self.handle.link().get().match_index(index).execute();
-        let message = match replies
-            .try_next()
-            .await
-            .map_err(fail("get", format!("link with index {index}")))
-        {
+        let message = match replies.try_next().await.map_err(fail("get", format!("link with index {index}"))) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(None),
             Err(err) if err.is_not_found() => return Ok(None),
@@ -475,19 +391,13 @@ fn validate_ifname(name: &str) -> Result<(), LinkError> {
         Some("longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("reserved name")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
-    {
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
         Some("contains '/', ':', a NUL or whitespace")
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(LinkError::InvalidName {
-            name: name.to_string(),
-            reason,
-        }),
+        Some(reason) => Err(LinkError::InvalidName { name: name.to_string(), reason }),
         None => Ok(()),
     }
 }
@@ -541,9 +451,7 @@ fn endpoint_route(ifindex: u32, ip: IpAddr) -> RouteMessage {
     header.address_family = family_of(ip);
     header.destination_prefix_length = host_prefix_len(ip);
     let mut message = builder.build();
-    message
-        .attributes
-        .push(RouteAttribute::Destination(ip.into()));
+    message.attributes.push(RouteAttribute::Destination(ip.into()));
     message
 }
 
@@ -563,10 +471,7 @@ fn host_link(message: &LinkMessage) -> HostLink {
             _ => None,
         })
         .unwrap_or([0; 6]);
-    HostLink {
-        index: message.header.index,
-        mac,
-    }
+    HostLink { index: message.header.index, mac }
 }
 
 /// The route's table: the `RTA_TABLE` attribute when present (tables above 255), else the
@@ -584,12 +489,8 @@ fn table(route: &RouteMessage) -> u32 {
 
 fn destination(route: &RouteMessage) -> Option<IpAddr> {
     let from_attr = route.attributes.iter().find_map(|attr| match attr {
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(v4)) => {
-            Some(IpAddr::V4(*v4))
-        }
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(v6)) => {
-            Some(IpAddr::V6(*v6))
-        }
+        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
         _ => None,
     });
     // Default routes carry no destination attribute.
@@ -604,10 +505,7 @@ fn destination(route: &RouteMessage) -> Option<IpAddr> {
 fn output_interface(route: &RouteMessage) -> Option<u32> {
     route.attributes.iter().find_map(|attr| match attr {
         RouteAttribute::Oif(index) => Some(*index),
-        RouteAttribute::MultiPath(hops) => hops
-            .iter()
-            .map(|hop| hop.interface_index)
-            .find(|index| *index != 0),
+        RouteAttribute::MultiPath(hops) => hops.iter().map(|hop| hop.interface_index).find(|index| *index != 0),
         _ => None,
     })
 }
@@ -636,12 +534,10 @@ fn route_mtu(route: &RouteMessage) -> Option<u32> {
 
 /// True when the prefix lies inside a link-local or multicast range of its family.
 fn is_link_local_or_multicast(addr: IpAddr, len: u8) -> bool {
-    let within =
-        |outer: IpAddr, outer_len: u8| len >= outer_len && prefix_contains(outer, outer_len, addr);
+    let within = |outer: IpAddr, outer_len: u8| len >= outer_len && prefix_contains(outer, outer_len, addr);
     match addr {
         IpAddr::V4(_) => {
-            within(IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16)
-                || within(IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 4)
+            within(IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16) || within(IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 4)
         }
         IpAddr::V6(_) => {
             within(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10)
@@ -654,15 +550,11 @@ fn is_link_local_or_multicast(addr: IpAddr, len: u8) -> bool {
 fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
     match (net, addr) {
         (IpAddr::V4(net), IpAddr::V4(addr)) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(len.min(32)))
-                .unwrap_or(0);
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
             u32::from(net) & mask == u32::from(addr) & mask
         }
         (IpAddr::V6(net), IpAddr::V6(addr)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(len.min(128)))
-                .unwrap_or(0);
+            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
             u128::from(net) & mask == u128::from(addr) & mask
         }
         _ => false,
@@ -685,11 +577,7 @@ mod tests {
     #[test]
     fn random_mac_is_random() {
         let macs: std::collections::HashSet<[u8; 6]> = (0..100).map(|_| random_mac()).collect();
-        assert!(
-            macs.len() > 95,
-            "only {} distinct addresses in 100",
-            macs.len()
-        );
+        assert!(macs.len() > 95, "only {} distinct addresses in 100", macs.len());
     }
 
     #[test]
@@ -712,11 +600,7 @@ mod tests {
         assert!(!err.is_not_found());
         assert_eq!(err.errno(), Some(libc::EEXIST));
 
-        let gone = LinkError::Kernel {
-            op: "delete",
-            object: "link lxc0".into(),
-            errno: libc::ENODEV,
-        };
+        let gone = LinkError::Kernel { op: "delete", object: "link lxc0".into(), errno: libc::ENODEV };
         assert_eq!(gone.to_string(), "delete link lxc0: no such device");
         assert!(gone.is_not_found());
     }
@@ -726,44 +610,18 @@ mod tests {
         for good in ["lxc1a2b3c4d5e6", "a", "tmp1234567890ab", "eth0.100"] {
             assert!(validate_ifname(good).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "lxc1a2b3c4d5e6f7",
-            ".",
-            "..",
-            "a/b",
-            "a:b",
-            "a b",
-            "a\tb",
-        ] {
-            assert!(
-                matches!(validate_ifname(bad), Err(LinkError::InvalidName { .. })),
-                "{bad:?}"
-            );
+        for bad in ["", "lxc1a2b3c4d5e6f7", ".", "..", "a/b", "a:b", "a b", "a\tb"] {
+            assert!(matches!(validate_ifname(bad), Err(LinkError::InvalidName { .. })), "{bad:?}");
         }
     }
 
     #[test]
     fn endpoint_addresses_are_validated() {
         for good in ["10.251.0.5", "fdc1:1a00:98::5"] {
-            assert!(
-                validate_endpoint_ip(good.parse().expect("address")).is_ok(),
-                "{good}"
-            );
+            assert!(validate_endpoint_ip(good.parse().expect("address")).is_ok(), "{good}");
         }
-        for bad in [
-            "0.0.0.0",
-            "::",
-            "224.0.0.1",
-            "ff02::1",
-            "127.0.0.1",
-            "::1",
-            "255.255.255.255",
-        ] {
-            assert!(
-                validate_endpoint_ip(bad.parse().expect("address")).is_err(),
-                "{bad}"
-            );
+        for bad in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "127.0.0.1", "::1", "255.255.255.255"] {
+            assert!(validate_endpoint_ip(bad.parse().expect("address")).is_err(), "{bad}");
         }
     }
 
@@ -776,10 +634,7 @@ mod tests {
         assert_eq!(v4.header.scope, RouteScope::Link);
         assert_eq!(v4.header.table, RouteHeader::RT_TABLE_MAIN);
         assert_eq!(output_interface(&v4), Some(7));
-        assert_eq!(
-            destination(&v4),
-            Some("10.251.0.5".parse().expect("address"))
-        );
+        assert_eq!(destination(&v4), Some("10.251.0.5".parse().expect("address")));
 
         let v6 = endpoint_route(9, "fdc1:1a00:98::5".parse().expect("address"));
         assert_eq!(v6.header.address_family, AddressFamily::Inet6);
@@ -810,10 +665,6 @@ mod tests {
         assert!(prefix_contains(ip("0.0.0.0"), 0, ip("11.1.2.3")));
         assert!(prefix_contains(ip("::"), 0, ip("fdc1::1")));
         assert!(!prefix_contains(ip("::"), 0, ip("10.0.0.1")));
-        assert!(prefix_contains(
-            ip("fdc1:1a00:98::"),
-            64,
-            ip("fdc1:1a00:98::7")
-        ));
+        assert!(prefix_contains(ip("fdc1:1a00:98::"), 64, ip("fdc1:1a00:98::7")));
     }
 }

@@ -188,7 +188,8 @@ pub fn router<D: Datapath>(driver: Shared<D>) -> Router {
 async fn unknown_method(uri: Uri) -> Response {
     let path: String = uri.path().chars().take(80).collect();
     debug!(path, "unknown plugin method");
-    PluginError { status: StatusCode::NOT_FOUND, message: format!("cilium-rs does not implement {path}") }.into_response()
+    PluginError { status: StatusCode::NOT_FOUND, message: format!("cilium-rs does not implement {path}") }
+        .into_response()
 }
 
 async fn activate() -> Response {

@@ -1,0 +1,53 @@
+# cilium-rs — run · build · lint · test · bench · install · plugin
+# Every target that needs the machine prepared runs scripts/setup.sh first (idempotent).
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+BIN := target/release/cilium-rs
+export CILIUM_RS_BIN := $(CURDIR)/target/debug/cilium-rs
+
+.PHONY: run build setup lint test test-unit bench install plugin clean-test-leftovers
+
+## run: install what is missing, build, start dockerd if needed, run the daemon in the foreground
+run: setup build
+	$(BIN) daemon
+
+build:
+	$(CARGO) build --release -p cilium-rs
+
+setup:
+	./scripts/setup.sh
+
+## lint: the one lint gate (also part of `make test`)
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	clang-format --dry-run --Werror bpf-programs/bpf/*.c bpf-programs/bpf/lib/*.h
+
+## test: install what is missing, start dockerd if needed, run every test (unit, handler,
+## privileged, end-to-end against dockerd) and the lint gate; non-zero on any failure
+test: setup
+	$(CARGO) build --workspace --all-targets --locked
+	$(MAKE) lint
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+## test-unit: only the tests that need neither root nor dockerd
+test-unit:
+	$(CARGO) test --workspace --lib --locked
+	$(CARGO) test -p cilium-rs --test handlers --locked
+	$(CARGO) test -p plugin-spec --locked
+
+## bench: throughput, docker run latency and plugin latency side by side (target/bench/results.json)
+bench: setup
+	$(CARGO) build --release --locked -p cilium-rs -p integration
+	CILIUM_RS_BIN=$(CURDIR)/$(BIN) ./target/release/bench
+
+## install: the binary and the systemd units (socket activation, ordered before docker.service)
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/cilium-rs
+	install -D -m 0644 contrib/systemd/cilium-rs.socket $(DESTDIR)/etc/systemd/system/cilium-rs.socket
+	install -D -m 0644 contrib/systemd/cilium-rs.service $(DESTDIR)/etc/systemd/system/cilium-rs.service
+
+## plugin: the legacy plugin discovery spec for hosts that prefer a spec file over the socket path
+plugin:
+	install -D -m 0644 plugin-spec/cilium-rs.spec $(DESTDIR)/etc/docker/plugins/cilium-rs.spec

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Shared includes, return codes and packet access helpers of the cilium-rs datapath. */
+#ifndef CRS_COMMON_H
+#define CRS_COMMON_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/icmpv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* Bumped whenever the key or value layout of a pinned map changes (docs/datapath.md). */
+#define CRS_LAYOUT_VERSION 1
+
+/* Verdicts: pass to the host stack, or drop. Redirects return the helper's result. */
+#define CTX_ACT_OK   TC_ACT_OK
+#define CTX_ACT_DROP TC_ACT_SHOT
+
+/* Outcome of a helper that may turn the packet into a reply in place. */
+enum reply_result {
+	REPLY_NONE,   /* not applicable: the packet is unchanged */
+	REPLY_READY,  /* the packet is now a reply, to be sent back out of the same veth */
+	REPLY_FAILED, /* the packet was being rewritten and is unusable: drop it */
+};
+
+static __always_inline void *ctx_data(const struct __sk_buff *ctx)
+{
+	return (void *)(long)ctx->data;
+}
+
+static __always_inline void *ctx_data_end(const struct __sk_buff *ctx)
+{
+	return (void *)(long)ctx->data_end;
+}
+
+#endif /* CRS_COMMON_H */

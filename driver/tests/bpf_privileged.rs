@@ -1,0 +1,458 @@
+//! Privileged tests of the BPF datapath: the verifier accepts the programs, tcx links are pinned
+//! and unpinned, and real packets between two fake containers get the verdicts of
+//! docs/datapath.md. Each test has its own network namespaces and bpf root, removed even when it
+//! fails; they fail, never skip, without root.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use aya::programs::{loaded_programs, SchedClassifier, TcAttachType};
+use bpf_programs::abi::{
+    DropReason, EndpointInfo, LocalIp, MetricsKey, MetricsValue, MAP_NAMES, METRIC_EGRESS, METRIC_INGRESS,
+    PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
+};
+use cilium_rs::datapath::bpf::{AttachMode, BpfDatapath};
+use support::{in_netns, require_root, run, BpfRoot, Netns};
+
+/// The kernel keeps 15 bytes of a program name.
+fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+fn ifindex(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
+}
+
+/// Program ids attached with tcx to `ifname` in `direction`, in the calling thread's netns.
+fn tcx_program_ids(ifname: &str, direction: TcAttachType) -> Vec<u32> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, direction).expect("query tcx");
+    programs.iter().map(|p| p.id()).collect()
+}
+
+fn our_ids(dp: &BpfDatapath) -> (u32, u32) {
+    let ids = dp.program_ids().expect("program ids");
+    assert_eq!(ids.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [PROG_FROM_CONTAINER, PROG_TO_CONTAINER]);
+    (ids[0].1, ids[1].1)
+}
+
+fn veth(name: &str, peer: &str) {
+    run(&["ip", "link", "add", name, "type", "veth", "peer", "name", peer]);
+    run(&["ip", "link", "set", name, "up"]);
+    run(&["ip", "link", "set", peer, "up"]);
+}
+
+fn pin_exists(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}
+
+#[test]
+fn verifier_accepts_both_programs_and_maps_are_pinned() {
+    require_root();
+    let root = BpfRoot::new("verifier");
+    let mut dp = BpfDatapath::load(root.path()).expect("load the endpoint object");
+
+    let (from, to) = our_ids(&dp);
+    let loaded: Vec<_> = loaded_programs().collect::<Result<_, _>>().expect("list loaded programs");
+    for (name, id) in [(PROG_FROM_CONTAINER, from), (PROG_TO_CONTAINER, to)] {
+        let info = loaded.iter().find(|p| p.id() == id).unwrap_or_else(|| panic!("{name} (id {id}) not loaded"));
+        assert_eq!(format!("{:?}", info.program_type()), "BPF_PROG_TYPE_SCHED_CLS");
+        assert_eq!(info.name_as_str(), Some(kernel_name(name)));
+    }
+
+    let versioned = root.path().join("v1");
+    assert_eq!(dp.maps_dir(), versioned.join("maps"));
+    for map in MAP_NAMES {
+        assert!(pin_exists(&dp.maps_dir().join(map)), "{map} is not pinned");
+    }
+    assert!(dp.links_dir().is_dir());
+
+    // A second load (a restarted daemon) reuses the pinned maps.
+    let info = EndpointInfo::new(42, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .with_ipv6("fdc1:1a00:99::42".parse().expect("address"))
+        .with_ipv4(Ipv4Addr::new(10, 250, 0, 42), Ipv4Addr::new(169, 254, 1, 1));
+    dp.set_endpoint(4242, &info).expect("set endpoint");
+    dp.set_local_ip(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 42)), &LocalIp::new(4242, 42)).expect("set local ip");
+    let mut again = BpfDatapath::load(root.path()).expect("load again");
+    assert_eq!(again.endpoints().expect("endpoints"), vec![(4242, info)]);
+    assert_eq!(
+        again.local_ips().expect("local ips"),
+        vec![(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 42)), LocalIp::new(4242, 42))]
+    );
+    again.remove_endpoint(4242).expect("remove endpoint");
+    again.remove_endpoint(4242).expect("remove an absent endpoint");
+    again.remove_local_ip(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 42))).expect("remove local ip");
+    again.remove_local_ip(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 42))).expect("remove an absent local ip");
+    assert!(dp.endpoints().expect("endpoints").is_empty());
+    assert!(dp.local_ips().expect("local ips").is_empty());
+    again.remove_metrics(42).expect("remove absent metrics");
+}
+
+fn is_bpffs(path: &str) -> bool {
+    nix::sys::statfs::statfs(path).expect("statfs").filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC
+}
+
+#[test]
+fn load_mounts_bpffs_at_sys_fs_bpf_when_missing() {
+    require_root();
+    // A thread with a private mount namespace of its own, so the host's mounts stay as they are.
+    let worker = std::thread::spawn(|| {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .expect("make / private");
+        while umount2("/sys/fs/bpf", MntFlags::MNT_DETACH).is_ok() {}
+        assert!(!is_bpffs("/sys/fs/bpf"), "bpffs is still mounted in the private namespace");
+
+        let root = BpfRoot::new("mount");
+        let dp = BpfDatapath::load(root.path()).expect("load mounts bpffs");
+        assert!(is_bpffs("/sys/fs/bpf"));
+        assert!(pin_exists(&dp.maps_dir().join(MAP_NAMES[0])));
+        // A second load finds it mounted and does not stack another mount.
+        let again = BpfDatapath::load(root.path()).expect("load again");
+        drop((dp, again));
+        let mounts = std::fs::read_to_string("/proc/thread-self/mounts").expect("mounts");
+        assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")).count(), 1, "{mounts}");
+    });
+    if let Err(panic) = worker.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn load_rejects_a_root_outside_bpffs() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = BpfDatapath::load(&dir.path().join("root")).expect_err("a tmp dir is not bpffs");
+    assert!(err.to_string().contains("not on a bpf filesystem"), "{err}");
+}
+
+#[test]
+fn attach_pins_tcx_links_and_detach_removes_them() {
+    in_netns(|| async {
+        let root = BpfRoot::new("attach");
+        let mut dp = BpfDatapath::load(root.path()).expect("load");
+        assert_eq!(dp.attach_mode(), AttachMode::Tcx, "this kernel has tcx");
+        let (from, to) = our_ids(&dp);
+        let ingress_pin = dp.links_dir().join("lxcattach0_ingress");
+        let egress_pin = dp.links_dir().join("lxcattach0_egress");
+
+        veth("lxcattach0", "tmpattach0");
+        assert!(!dp.is_attached("lxcattach0"));
+        dp.attach("lxcattach0").expect("attach");
+        assert!(dp.is_attached("lxcattach0"));
+        assert!(pin_exists(&ingress_pin) && pin_exists(&egress_pin));
+        assert_eq!(dp.pinned_links().expect("pinned links"), ["lxcattach0"]);
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Ingress), [from]);
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Egress), [to]);
+
+        // Attaching again replaces in place: still one program per direction.
+        dp.attach("lxcattach0").expect("attach again");
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Ingress), [from]);
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Egress), [to]);
+
+        // A restarted daemon (new programs) swaps its programs into the pinned links.
+        let mut restarted = BpfDatapath::load(root.path()).expect("load again");
+        let (from2, to2) = our_ids(&restarted);
+        assert_ne!(from, from2);
+        restarted.attach("lxcattach0").expect("attach from a restarted daemon");
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Ingress), [from2]);
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Egress), [to2]);
+        drop(restarted);
+        // The pinned links keep the programs attached after the daemon is gone.
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Ingress), [from2]);
+
+        // An interface re-created with the same name: the stale pins are replaced.
+        run(&["ip", "link", "del", "lxcattach0"]);
+        assert!(dp.is_attached("lxcattach0"), "pins outlive the interface");
+        veth("lxcattach0", "tmpattach0");
+        dp.attach("lxcattach0").expect("attach to the re-created interface");
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Ingress), [from]);
+        assert_eq!(tcx_program_ids("lxcattach0", TcAttachType::Egress), [to]);
+
+        dp.detach("lxcattach0").expect("detach");
+        assert!(!dp.is_attached("lxcattach0"));
+        assert!(!pin_exists(&ingress_pin) && !pin_exists(&egress_pin));
+        assert!(tcx_program_ids("lxcattach0", TcAttachType::Ingress).is_empty());
+        assert!(tcx_program_ids("lxcattach0", TcAttachType::Egress).is_empty());
+        assert!(dp.pinned_links().expect("pinned links").is_empty());
+
+        dp.detach("lxcattach0").expect("detach twice");
+        dp.detach("lxcnothere0").expect("detach an interface that never existed");
+        assert!(dp.attach("lxcnothere0").is_err(), "attach to a missing interface fails");
+        assert!(dp.attach("../evil").is_err(), "invalid names are rejected");
+        veth("lxc.dot0", "tmpdot0");
+        let err = dp.attach("lxc.dot0").expect_err("bpffs refuses dots in pin names");
+        assert!(err.to_string().contains("'.'"), "{err}");
+        dp.detach("lxc.dot0").expect("detach a name that cannot have pins");
+        assert!(!dp.is_attached("lxc.dot0"));
+        run(&["ip", "link", "del", "lxcattach0"]);
+    });
+}
+
+#[test]
+fn netlink_fallback_attaches_and_detaches_filters() {
+    in_netns(|| async {
+        let root = BpfRoot::new("netlink");
+        let mut dp = BpfDatapath::load(root.path()).expect("load");
+        dp.set_attach_mode(AttachMode::Netlink);
+        veth("lxcnl0", "tmpnl0");
+
+        let filters = |dir: &str| -> usize {
+            run(&["tc", "filter", "show", "dev", "lxcnl0", dir]).matches("direct-action").count()
+        };
+        dp.attach("lxcnl0").expect("attach with netlink");
+        assert_eq!((filters("ingress"), filters("egress")), (1, 1));
+        assert!(run(&["tc", "filter", "show", "dev", "lxcnl0", "ingress"]).contains(PROG_FROM_CONTAINER));
+        assert!(run(&["tc", "filter", "show", "dev", "lxcnl0", "egress"]).contains(PROG_TO_CONTAINER));
+        assert!(!dp.is_attached("lxcnl0"), "netlink attachments have no pins");
+
+        dp.attach("lxcnl0").expect("attach again");
+        assert_eq!((filters("ingress"), filters("egress")), (1, 1), "no duplicate filters");
+        drop(dp);
+        // The filters outlive the loader.
+        assert_eq!((filters("ingress"), filters("egress")), (1, 1));
+
+        let mut dp = BpfDatapath::load(root.path()).expect("load again");
+        dp.set_attach_mode(AttachMode::Netlink);
+        dp.detach("lxcnl0").expect("detach");
+        assert_eq!((filters("ingress"), filters("egress")), (0, 0));
+        dp.detach("lxcnl0").expect("detach twice");
+        dp.detach("lxcnothere0").expect("detach from a missing interface");
+    });
+}
+
+/// One fake container: a named netns whose eth0 is the peer of host-side `lxc`.
+struct Container {
+    ns: Netns,
+    lxc: String,
+    endpoint_id: u32,
+    ipv6: Ipv6Addr,
+    ipv4: Ipv4Addr,
+    mac: [u8; 6],
+}
+
+const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn link_mac(ifname: &str) -> [u8; 6] {
+    let out = run(&["ip", "-o", "link", "show", "dev", ifname]);
+    let text = out
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no mac in {out}"));
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("mac byte");
+    }
+    mac
+}
+
+/// Builds one endpoint exactly like the daemon does: veth pair, container side renamed to eth0
+/// in its namespace with a /128 and a /32 and link-local gateways; host side up with host
+/// routes and permanent neighbours. Runs in the host (the calling thread's) namespace.
+fn container(role: &str, n: u8, endpoint_id: u32) -> Container {
+    let ns = Netns::new(role);
+    let lxc = format!("lxc{role}");
+    let tmp = format!("tmp{role}");
+    let ipv6: Ipv6Addr = format!("fdc1:1a00:99::{n}").parse().expect("address");
+    let ipv4 = Ipv4Addr::new(10, 250, 0, n);
+    let mac = [0x02, 0xc1, 0x1a, 0, 0, n];
+
+    run(&["ip", "link", "add", &lxc, "type", "veth", "peer", "name", &tmp]);
+    run(&["ip", "link", "set", &tmp, "netns", &ns.name]);
+    ns.exec(&["ip", "link", "set", &tmp, "name", "eth0"]);
+    ns.exec(&["ip", "link", "set", "eth0", "address", &mac_text(mac)]);
+    ns.exec(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec(&["ip", "addr", "add", &format!("{ipv6}/128"), "dev", "eth0", "nodad"]);
+    ns.exec(&["ip", "addr", "add", &format!("{ipv4}/32"), "dev", "eth0"]);
+    ns.exec(&["ip", "route", "add", &format!("{GATEWAY_V4}/32"), "dev", "eth0", "scope", "link"]);
+    ns.exec(&["ip", "route", "add", "default", "via", &GATEWAY_V4.to_string(), "dev", "eth0"]);
+    ns.exec(&["ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+
+    run(&["ip", "link", "set", &lxc, "up"]);
+    run(&["ip", "route", "add", &format!("{ipv4}/32"), "dev", &lxc]);
+    run(&["ip", "-6", "route", "add", &format!("{ipv6}/128"), "dev", &lxc]);
+    run(&["ip", "neigh", "add", &ipv4.to_string(), "lladdr", &mac_text(mac), "dev", &lxc, "nud", "permanent"]);
+    run(&["ip", "-6", "neigh", "add", &ipv6.to_string(), "lladdr", &mac_text(mac), "dev", &lxc, "nud", "permanent"]);
+    Container { ns, lxc, endpoint_id, ipv6, ipv4, mac }
+}
+
+/// Fills `crs_endpoints` for the container (and `crs_local_ips` when `local`).
+fn install(dp: &mut BpfDatapath, c: &Container, local: bool) {
+    let ifindex = ifindex(&c.lxc);
+    let info =
+        EndpointInfo::new(c.endpoint_id, c.mac, link_mac(&c.lxc)).with_ipv6(c.ipv6).with_ipv4(c.ipv4, GATEWAY_V4);
+    dp.set_endpoint(ifindex, &info).expect("set endpoint");
+    if local {
+        for ip in [IpAddr::V6(c.ipv6), IpAddr::V4(c.ipv4)] {
+            dp.set_local_ip(ip, &LocalIp::new(ifindex, c.endpoint_id)).expect("set local ip");
+        }
+    }
+}
+
+/// `ping` from iputils, or busybox's when iputils is not installed.
+fn ping_argv<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let iputils = std::process::Command::new("ping").arg("-V").output().is_ok_and(|o| o.status.success());
+    let mut argv = if iputils { vec!["ping"] } else { vec!["busybox", "ping"] };
+    argv.extend_from_slice(args);
+    argv
+}
+
+fn ping_ok(c: &Container, args: &[&str]) {
+    c.ns.exec(&ping_argv(args));
+}
+
+fn ping_fails(c: &Container, args: &[&str]) -> bool {
+    !c.ns.try_exec(&ping_argv(args))
+}
+
+/// `Ip: ForwDatagrams` and `Ip6OutForwDatagrams` of the calling thread's network namespace.
+fn forwarded_by_host() -> (u64, u64) {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+    let mut ip_lines = snmp.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (ip_lines.next().expect("Ip header"), ip_lines.next().expect("Ip values"));
+    let v4 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ForwDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("ForwDatagrams");
+    let snmp6 = std::fs::read_to_string("/proc/thread-self/net/snmp6").expect("snmp6");
+    let v6 = snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Ip6OutForwDatagrams");
+    (v4, v6)
+}
+
+fn counter(rows: &[(MetricsKey, MetricsValue)], reason: DropReason, dir: u8) -> u64 {
+    rows.iter().filter(|(k, _)| k.reason == reason as u8 && k.dir == dir).map(|(_, v)| v.packets).sum()
+}
+
+fn metrics(dp: &BpfDatapath, c: &Container) -> Vec<(MetricsKey, MetricsValue)> {
+    let rows = dp.metrics(c.endpoint_id).expect("metrics");
+    // The same rows as the full dump, filtered.
+    let all: Vec<_> =
+        dp.all_metrics().expect("all metrics").into_iter().filter(|(k, _)| k.endpoint_id == c.endpoint_id).collect();
+    assert_eq!(rows, all);
+    rows
+}
+
+#[test]
+fn packets_between_containers_take_the_bpf_path() {
+    in_netns(|| async {
+        let root = BpfRoot::new("packets");
+        run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        let a = container("pa", 2, 701);
+        let b = container("pb", 3, 702);
+        let mut dp = BpfDatapath::load(root.path()).expect("load");
+        for c in [&a, &b] {
+            install(&mut dp, c, false);
+            dp.attach(&c.lxc).expect("attach");
+        }
+        let b6 = b.ipv6.to_string();
+        let b4 = b.ipv4.to_string();
+
+        // Without crs_local_ips entries the host stack routes between the containers: this
+        // shows that the forwarding counters below do see host-routed traffic.
+        let host_before = forwarded_by_host();
+        ping_ok(&a, &["-c", "1", "-W", "2", &b6]);
+        ping_ok(&a, &["-c", "1", "-W", "2", &b4]);
+        let host_after = forwarded_by_host();
+        assert!(host_after.0 >= host_before.0 + 2, "host forwarded IPv4: {host_before:?} -> {host_after:?}");
+        assert!(host_after.1 >= host_before.1 + 2, "host forwarded IPv6: {host_before:?} -> {host_after:?}");
+
+        // With them, the programs deliver with bpf_redirect_peer and the host forwards nothing.
+        for c in [&a, &b] {
+            install(&mut dp, c, true);
+        }
+        let (a0, b0) = (metrics(&dp, &a), metrics(&dp, &b));
+        let host_before = forwarded_by_host();
+        ping_ok(&a, &["-c", "3", "-i", "0.2", "-W", "2", &b6]);
+        ping_ok(&a, &["-c", "3", "-i", "0.2", "-W", "2", &b4]);
+        ping_ok(&b, &["-c", "1", "-W", "2", &a.ipv6.to_string()]);
+        ping_ok(&b, &["-c", "1", "-W", "2", &a.ipv4.to_string()]);
+        assert_eq!(forwarded_by_host(), host_before, "the host stack forwarded container traffic");
+        let (a1, b1) = (metrics(&dp, &a), metrics(&dp, &b));
+        // 6 requests + 2 replies each way at least (neighbour discovery may add some).
+        for (name, before, after) in [("a", &a0, &a1), ("b", &b0, &b1)] {
+            let egress = counter(after, DropReason::Forwarded, METRIC_EGRESS)
+                - counter(before, DropReason::Forwarded, METRIC_EGRESS);
+            let ingress = counter(after, DropReason::Forwarded, METRIC_INGRESS)
+                - counter(before, DropReason::Forwarded, METRIC_INGRESS);
+            assert!(egress >= 8 && ingress >= 8, "{name}: egress +{egress}, ingress +{ingress}: {after:?}");
+        }
+
+        // The gateways are answered by the programs: the host has neither address.
+        ping_ok(&a, &["-c", "2", "-i", "0.2", "-W", "2", "-I", "eth0", "fe80::1"]);
+        ping_ok(&a, &["-c", "2", "-i", "0.2", "-W", "2", &GATEWAY_V4.to_string()]);
+        ping_ok(&b, &["-c", "1", "-W", "2", &GATEWAY_V4.to_string()]);
+        let neigh = a.ns.exec(&["ip", "-6", "neigh", "show", "fe80::1", "dev", "eth0"]);
+        assert!(neigh.contains(&mac_text(link_mac(&a.lxc))) && neigh.contains("router"), "{neigh}");
+        let neigh = a.ns.exec(&["ip", "neigh", "show", &GATEWAY_V4.to_string(), "dev", "eth0"]);
+        assert!(neigh.contains(&mac_text(link_mac(&a.lxc))), "{neigh}");
+
+        // Spoofed sources are dropped and counted as SPOOFED_SOURCE of the sender.
+        let spoofed = |rows: &[(MetricsKey, MetricsValue)]| counter(rows, DropReason::SpoofedSource, METRIC_EGRESS);
+        let before = spoofed(&metrics(&dp, &a));
+        a.ns.exec(&["ip", "addr", "add", "fdc1:1a00:99::99/128", "dev", "eth0", "nodad"]);
+        assert!(ping_fails(&a, &["-c", "1", "-W", "1", "-I", "fdc1:1a00:99::99", &b6]));
+        let after_v6 = spoofed(&metrics(&dp, &a));
+        assert!(after_v6 > before, "spoofed IPv6 source not counted: {before} -> {after_v6}");
+        a.ns.exec(&["ip", "addr", "add", "10.250.0.99/32", "dev", "eth0"]);
+        assert!(ping_fails(&a, &["-c", "1", "-W", "1", "-I", "10.250.0.99", &b4]));
+        let after_v4 = spoofed(&metrics(&dp, &a));
+        assert!(after_v4 > after_v6, "spoofed IPv4 source not counted: {after_v6} -> {after_v4}");
+        assert_eq!(spoofed(&metrics(&dp, &b)), 0);
+        a.ns.exec(&["ip", "addr", "del", "fdc1:1a00:99::99/128", "dev", "eth0"]);
+        a.ns.exec(&["ip", "addr", "del", "10.250.0.99/32", "dev", "eth0"]);
+
+        // A solicitation without a source link-layer option, from the unspecified address (DAD
+        // of fe80::1 in the container), is answered to all nodes: the container sees fe80::1
+        // taken.
+        b.ns.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=1"]);
+        b.ns.exec(&["ip", "addr", "add", "fe80::1/64", "dev", "eth0"]);
+        let mut dad_failed = false;
+        for _ in 0..50 {
+            if b.ns.exec(&["ip", "-6", "addr", "show", "dev", "eth0"]).contains("dadfailed") {
+                dad_failed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(dad_failed, "no advertisement for the DAD probe of fe80::1");
+        b.ns.exec(&["ip", "addr", "del", "fe80::1/64", "dev", "eth0"]);
+
+        for c in [&a, &b] {
+            dp.detach(&c.lxc).expect("detach");
+            dp.remove_local_ip(IpAddr::V6(c.ipv6)).expect("remove local ip");
+            dp.remove_local_ip(IpAddr::V4(c.ipv4)).expect("remove local ip");
+            dp.remove_endpoint(ifindex(&c.lxc)).expect("remove endpoint");
+            dp.remove_metrics(c.endpoint_id).expect("remove metrics");
+            assert!(dp.metrics(c.endpoint_id).expect("metrics").is_empty());
+        }
+    });
+}
+
+#[test]
+fn unknown_interfaces_drop_everything() {
+    in_netns(|| async {
+        let root = BpfRoot::new("unknown");
+        let c = container("pu", 4, 703);
+        let mut dp = BpfDatapath::load(root.path()).expect("load");
+        dp.attach(&c.lxc).expect("attach");
+        // No crs_endpoints entry: the gateway stays unreachable and drops count under endpoint 0.
+        assert!(ping_fails(&c, &["-c", "1", "-W", "1", &GATEWAY_V4.to_string()]));
+        let unknown = dp.metrics(0).expect("metrics of endpoint 0");
+        assert!(counter(&unknown, DropReason::UnknownEndpoint, METRIC_EGRESS) >= 1, "{unknown:?}");
+        dp.detach(&c.lxc).expect("detach");
+    });
+}

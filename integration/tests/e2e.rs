@@ -1,0 +1,380 @@
+//! End-to-end: a real dockerd, the real daemon, real containers and packets.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use integration::*;
+use serde_json::Value;
+
+const PLUGIN: &str = "crs-e2e";
+const PREFIX: &str = "crs-e2e-";
+
+struct Env {
+    daemon: Daemon,
+    /// Veths and routes that existed before the test (another daemon's): not ours to judge.
+    baseline_links: BTreeSet<String>,
+    baseline_routes: BTreeSet<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn setup() -> Env {
+    require_root_and_dockerd();
+    let serial = serial();
+    let daemon = Daemon::start(PLUGIN).expect("start daemon");
+    remove_docker_leftovers(PREFIX);
+    Env {
+        daemon,
+        baseline_links: host_lxc_links().expect("links").into_iter().collect(),
+        baseline_routes: our_routes().expect("routes").into_iter().collect(),
+        _serial: serial,
+    }
+}
+
+impl Env {
+    /// `docker network create -d crs-e2e --ipam-driver crs-e2e <args> <name>`.
+    fn network(&self, name: &str, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN];
+        argv.extend_from_slice(args);
+        argv.push(name);
+        Ok(docker(&argv)?.trim().to_owned())
+    }
+
+    /// Removes containers and networks, then checks the daemon, the kernel and the pins hold
+    /// nothing of them any more.
+    fn finish(self, containers: &[&str], networks: &[&str]) {
+        for c in containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in networks {
+            docker(&["network", "rm", n]).expect("network rm");
+        }
+        let daemon = &self.daemon;
+        let check = || -> Result<()> {
+            let endpoints = daemon.endpoints()?;
+            anyhow::ensure!(endpoints.is_empty(), "endpoints left: {endpoints:?}");
+            let networks = daemon.networks()?;
+            anyhow::ensure!(networks.is_empty(), "networks left: {networks:?}");
+            let status: Value = serde_json::from_str(&daemon.cli(&["status", "-o", "json"])?)?;
+            anyhow::ensure!(status["pools"] == 0, "pools left: {status}");
+            let pins = pinned_links(daemon);
+            anyhow::ensure!(pins.is_empty(), "pinned links left: {pins:?}");
+            for map in ["crs_endpoints", "crs_local_ips", "crs_metrics"] {
+                let n = map_entries(daemon, map)?;
+                anyhow::ensure!(n == 0, "{map} still has {n} entries");
+            }
+            let routes: Vec<String> = our_routes()?.into_iter().filter(|r| !self.baseline_routes.contains(r)).collect();
+            anyhow::ensure!(routes.is_empty(), "routes left: {routes:?}");
+            let links: Vec<String> =
+                host_lxc_links()?.into_iter().filter(|l| !self.baseline_links.contains(l)).collect();
+            anyhow::ensure!(links.is_empty(), "veths left: {links:?}");
+            Ok(())
+        };
+        if let Err(e) = check() {
+            panic!("leak after clean-up: {e:#}\ndaemon log:\n{}", daemon.log_text());
+        }
+    }
+}
+
+fn pinned_links(daemon: &Daemon) -> Vec<String> {
+    std::fs::read_dir(daemon.bpf_root.join("v1/links"))
+        .map(|dir| dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn map_entries(daemon: &Daemon, map: &str) -> Result<usize> {
+    let path = daemon.bpf_root.join("v1/maps").join(map);
+    let text = run(&["bpftool", "-j", "map", "dump", "pinned", &path.to_string_lossy()])?;
+    let entries: Vec<Value> = serde_json::from_str(&text).context("bpftool json")?;
+    Ok(entries.len())
+}
+
+fn ping(from: &str, to: &str) -> Result<()> {
+    let (ok, out) = exec(from, &["ping", "-c", "2", "-W", "2", to])?;
+    anyhow::ensure!(ok, "{from} cannot ping {to}: {out}");
+    Ok(())
+}
+
+#[test]
+fn networks_are_created_inspected_and_removed() {
+    let env = setup();
+    let auto = format!("{PREFIX}auto");
+    let fixed = format!("{PREFIX}fixed");
+    let plain = format!("{PREFIX}plain");
+    env.network(&auto, &["--ipv6"]).expect("network without --subnet");
+    env.network(
+        &fixed,
+        &["--ipv6", "--subnet", "10.231.0.0/24", "--ip-range", "10.231.0.128/25", "--subnet", "fdc1:1a00:77::/64"],
+    )
+    .expect("network with --subnet");
+    env.network(&plain, &[]).expect("network without --ipv6");
+
+    let info = inspect(&auto).expect("inspect");
+    let subnets: Vec<&str> =
+        info["IPAM"]["Config"].as_array().expect("config").iter().filter_map(|c| c["Subnet"].as_str()).collect();
+    assert_eq!(subnets.len(), 2, "{info}");
+    assert!(subnets.iter().any(|s| s.starts_with("10.220.")), "{subnets:?}");
+    assert!(subnets.iter().any(|s| s.starts_with("fdc1:1a00:")), "{subnets:?}");
+    assert_eq!(env.daemon.networks().expect("list").len(), 3);
+
+    // Explicit addresses (--ip/--ip6) and the dynamic range.
+    let c1 = format!("{PREFIX}c1");
+    let c2 = format!("{PREFIX}c2");
+    run_container(&c1, &["--network", &fixed, "--ip", "10.231.0.10", "--ip6", "fdc1:1a00:77::10"]).expect("run --ip");
+    run_container(&c2, &["--network", &fixed]).expect("run");
+    assert_eq!(addresses(&c1, &fixed).expect("addrs"), ("10.231.0.10".to_owned(), "fdc1:1a00:77::10".to_owned()));
+    let (v4, _) = addresses(&c2, &fixed).expect("addrs");
+    assert_eq!(v4, "10.231.0.128", "--ip-range bounds dynamic addresses");
+
+    // Refusals come back as messages a user can act on.
+    let msg = docker_fails(&[
+        "network",
+        "create",
+        "-d",
+        PLUGIN,
+        "--ipam-driver",
+        PLUGIN,
+        "--subnet",
+        "10.231.0.0/16",
+        &format!("{PREFIX}dup"),
+    ])
+    .expect("duplicate subnet refused");
+    assert!(msg.contains("overlaps 10.231.0.0/24"), "{msg}");
+    let msg = docker_fails(&["network", "create", "-d", PLUGIN, &format!("{PREFIX}default-ipam")])
+        .expect("default IPAM refused");
+    assert!(msg.contains("--ipam-driver"), "{msg}");
+    let msg = docker_fails(&["run", "--rm", "--network", &fixed, "--ip", "10.231.0.10", IMAGE, "true"])
+        .expect("address in use");
+    assert!(msg.contains("10.231.0.10 is already in use"), "{msg}");
+    let msg = docker_fails(&[
+        "network",
+        "create",
+        "-d",
+        PLUGIN,
+        "--ipam-driver",
+        PLUGIN,
+        "-o",
+        "mtu=9",
+        &format!("{PREFIX}mtu"),
+    ])
+    .expect("bad mtu refused");
+    assert!(msg.contains("invalid -o mtu=9"), "{msg}");
+
+    env.finish(&[&c1, &c2], &[&auto, &fixed, &plain]);
+}
+
+#[test]
+fn containers_reach_each_other_and_their_gateways() {
+    let env = setup();
+    let net = format!("{PREFIX}ping");
+    let v4only = format!("{PREFIX}v4only");
+    env.network(&net, &["--ipv6"]).expect("network");
+    env.network(&v4only, &[]).expect("network without --ipv6");
+    let (a, b, c) = (format!("{PREFIX}a"), format!("{PREFIX}b"), format!("{PREFIX}c"));
+    run_container(&a, &["--network", &net]).expect("a");
+    run_container(&b, &["--network", &net]).expect("b");
+    run_container(&c, &["--network", &v4only]).expect("c");
+    let (a4, a6) = addresses(&a, &net).expect("a addrs");
+    let (b4, b6) = addresses(&b, &net).expect("b addrs");
+    let (_, c6) = addresses(&c, &v4only).expect("c addrs");
+    assert!(!c6.is_empty(), "a network without --ipv6 still gives an IPv6 address");
+
+    ping(&a, &b6).expect("IPv6 a -> b");
+    ping(&b, &a6).expect("IPv6 b -> a");
+    ping(&a, &b4).expect("IPv4 a -> b");
+    ping(&c, &a6).expect("IPv6 across networks (one L3 space)");
+
+    // The gateways answer.
+    let gw4 = inspect(&a).expect("inspect")["NetworkSettings"]["Networks"][&net]["Gateway"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(gw4.starts_with("169.254."), "{gw4}");
+    ping(&a, &gw4).expect("IPv4 gateway");
+    ping(&a, "fe80::1%eth0").expect("IPv6 gateway");
+
+    // Host routes, no bridge: a /32 and a /128 on eth0, default routes via the link-local gateways.
+    let (_, addr) = exec(&a, &["ip", "addr", "show", "eth0"]).expect("ip addr");
+    assert!(addr.contains(&format!("{a4}/32")) && addr.contains(&format!("{a6}/128")), "{addr}");
+    let (_, routes6) = exec(&a, &["ip", "-6", "route"]).expect("routes");
+    assert!(routes6.contains("default via fe80::1 dev eth0"), "{routes6}");
+
+    // The datapath counted it.
+    let endpoints = env.daemon.endpoints().expect("endpoints");
+    assert_eq!(endpoints.len(), 3);
+    for ep in &endpoints {
+        assert!(ep["joined"] == true, "{ep}");
+        assert!(ep["host_ifname"].as_str().is_some_and(|n| n.starts_with("lxc")), "{ep}");
+    }
+    let a_ep = endpoints.iter().find(|e| e["ipv6"] == a6.as_str()).expect("a listed");
+    assert!(a_ep["counters"]["egress"]["packets"].as_u64().unwrap_or(0) >= 6, "{a_ep}");
+    assert!(a_ep["counters"]["ingress"]["packets"].as_u64().unwrap_or(0) >= 4, "{a_ep}");
+    let table = env.daemon.cli(&["endpoint", "list"]).expect("table");
+    assert!(table.starts_with("ENDPOINT") && table.contains(&a6), "{table}");
+
+    env.finish(&[&a, &b, &c], &[&net, &v4only]);
+}
+
+#[test]
+fn twenty_concurrent_containers_are_all_connected() {
+    let env = setup();
+    let net = format!("{PREFIX}many");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let names: Vec<String> = (0..20).map(|i| format!("{PREFIX}m{i}")).collect();
+    let started: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (name, net) = (name.clone(), net.clone());
+            std::thread::spawn(move || run_container(&name, &["--network", &net]))
+        })
+        .collect();
+    for handle in started {
+        handle.join().expect("thread").expect("docker run");
+    }
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        let (v4, v6) = addresses(name, &net).expect("addresses");
+        assert!(seen.insert(v4.clone()) && seen.insert(v6.clone()), "duplicate address {v4} {v6}");
+    }
+    let (_, first6) = addresses(&names[0], &net).expect("addresses");
+    let pings: Vec<_> = names[1..]
+        .iter()
+        .map(|name| {
+            let (name, first6) = (name.clone(), first6.clone());
+            std::thread::spawn(move || ping(&name, &first6))
+        })
+        .collect();
+    for handle in pings {
+        handle.join().expect("thread").expect("ping");
+    }
+    assert_eq!(env.daemon.endpoints().expect("endpoints").len(), 20);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    env.finish(&refs, &[&net]);
+}
+
+/// Parses busybox ping's summary: (transmitted, received).
+fn ping_summary(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut numbers =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse::<u32>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+#[test]
+fn connectivity_survives_kill_9_and_state_is_recovered() {
+    let mut env = setup();
+    let net = format!("{PREFIX}restart");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let (a, b) = (format!("{PREFIX}ra"), format!("{PREFIX}rb"));
+    run_container(&a, &["--network", &net]).expect("a");
+    run_container(&b, &["--network", &net]).expect("b");
+    let (a4, a6) = addresses(&a, &net).expect("addrs");
+    let (b4, b6) = addresses(&b, &net).expect("addrs");
+
+    // 80 pings, 100 ms apart, while the daemon is killed and restarted.
+    let pinger = Command::new(DOCKER).args(["exec", &a, "ping", "-c", "80", "-i", "0.1", "-W", "1", &b6]).output();
+    let pinger = std::thread::spawn(move || pinger);
+    std::thread::sleep(Duration::from_secs(2));
+    env.daemon.kill9().expect("kill -9");
+    std::thread::sleep(Duration::from_secs(2));
+    ping(&b, &a4).expect("IPv4 while the daemon is down");
+    env.daemon.spawn().expect("restart");
+    let out = pinger.join().expect("thread").expect("ping ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = ping_summary(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+    assert!(sent >= 80 && received + 2 >= sent, "lost {} of {sent} pings across the restart:\n{text}", sent - received);
+
+    // The daemon recovered its state: both endpoints, joined, and their addresses stay taken.
+    let endpoints = env.daemon.endpoints().expect("endpoints");
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(endpoints.iter().all(|e| e["joined"] == true));
+    let c = format!("{PREFIX}rc");
+    run_container(&c, &["--network", &net]).expect("new container after restart");
+    let (c4, c6) = addresses(&c, &net).expect("addrs");
+    assert!(![&a4, &b4].contains(&&c4) && ![&a6, &b6].contains(&&c6), "address handed out twice");
+    ping(&c, &a6).expect("new container reaches an old one");
+
+    // A clean stop: SIGTERM exits 0 and removes the socket it created.
+    let code = env.daemon.terminate().expect("terminate");
+    assert_eq!(code, Some(0));
+    assert!(!env.daemon.plugin_socket.exists(), "plugin socket left behind");
+    ping(&a, &b6).expect("datapath keeps forwarding with the daemon stopped");
+    env.daemon.spawn().expect("start again");
+    env.finish(&[&a, &b, &c], &[&net]);
+}
+
+#[test]
+fn connect_disconnect_and_two_networks() {
+    let env = setup();
+    let (n1, n2) = (format!("{PREFIX}n1"), format!("{PREFIX}n2"));
+    env.network(&n1, &["--ipv6"]).expect("n1");
+    env.network(&n2, &["--ipv6"]).expect("n2");
+    let (a, b, both) = (format!("{PREFIX}ca"), format!("{PREFIX}cb"), format!("{PREFIX}both"));
+    run_container(&a, &["--network", &n1]).expect("a");
+    run_container(&b, &["--network", &n2]).expect("b");
+    let (_, b6) = addresses(&b, &n2).expect("b");
+
+    docker(&["network", "connect", &n2, &a]).expect("connect a to n2");
+    let (_, links) = exec(&a, &["ip", "-o", "link"]).expect("links");
+    assert!(links.contains("eth0") && links.contains("eth1"), "{links}");
+    let (_, routes) = exec(&a, &["ip", "route"]).expect("routes");
+    assert_eq!(routes.matches("default").count(), 1, "one IPv4 default route:\n{routes}");
+    let (_, routes6) = exec(&a, &["ip", "-6", "route"]).expect("routes");
+    assert_eq!(routes6.matches("default").count(), 1, "one IPv6 default route:\n{routes6}");
+    ping(&a, &b6).expect("a reaches b");
+    assert_eq!(env.daemon.endpoints().expect("endpoints").len(), 3);
+
+    docker(&["network", "disconnect", &n2, &a]).expect("disconnect");
+    let (_, links) = exec(&a, &["ip", "-o", "link"]).expect("links");
+    assert!(!links.contains("eth1"), "{links}");
+    assert_eq!(env.daemon.endpoints().expect("endpoints").len(), 2);
+    ping(&a, &b6).expect("still routed through eth0");
+
+    // Attached to both networks from the start.
+    let label = format!("{TEST_LABEL}=1");
+    docker(&["create", "--name", &both, "--label", &label, "--network", &n1, IMAGE, "sleep", "3600"]).expect("create");
+    docker(&["network", "connect", &n2, &both]).expect("connect before start");
+    docker(&["start", &both]).expect("start on two networks");
+    let (_, routes) = exec(&both, &["ip", "route"]).expect("routes");
+    assert_eq!(routes.matches("default").count(), 1, "{routes}");
+    ping(&both, &b6).expect("reaches b");
+    docker(&["restart", "-t", "1", &both]).expect("restart on two networks");
+    ping(&both, &b6).expect("reaches b after restart");
+
+    env.finish(&[&a, &b, &both], &[&n1, &n2]);
+}
+
+#[test]
+fn compose_stack_up_down_up() {
+    let env = setup();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/compose/docker-compose.yml");
+    let project = format!("{PREFIX}compose");
+    let compose = |args: &[&str]| -> Result<String> {
+        let out = Command::new("docker-compose")
+            .args(["-f", &file.to_string_lossy(), "-p", &project])
+            .args(args)
+            .env("CILIUM_RS_DRIVER", PLUGIN)
+            .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+            .output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(out.status.success(), "docker-compose {args:?}: {text}");
+        Ok(text)
+    };
+    for round in 0..2 {
+        compose(&["up", "-d"]).unwrap_or_else(|e| panic!("round {round}: {e:#}\n{}", env.daemon.log_text()));
+        let client = format!("{project}_client_1");
+        let web = format!("{project}_web_1");
+        let network = format!("{project}_default");
+        let (_, web6) = addresses(&web, &network).expect("web address");
+        // By service name, over IPv6, through Docker's embedded DNS.
+        let (ok, out) = exec(&client, &["ping", "-6", "-c", "2", "-W", "2", "web"]).expect("exec");
+        assert!(ok && out.contains(&web6), "round {round}: ping -6 web: {out}");
+        let (ok, page) = exec(&client, &["wget", "-q", "-O", "-", &format!("http://[{web6}]/")]).expect("exec");
+        assert!(ok && page.contains("cilium-rs"), "round {round}: http over IPv6: {page}");
+        compose(&["down"]).expect("down");
+    }
+    env.finish(&[], &[]);
+}
