@@ -10,11 +10,11 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::datapath::{Datapath, DatapathError, EndpointState, VethSpec};
 use crate::docker::DockerSnapshot;
-use crate::endpoint::{Endpoint, JoinPlan, Joined};
+use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::ipam::{self, AllocationKind, Ipam, IpamConfig, IpamError, PoolId, PoolRequest};
 use crate::network::{Network, NetworkOptions};
@@ -134,6 +134,7 @@ struct Dirty {
 /// A kernel step already applied, undone in reverse order if a later step fails.
 #[derive(Debug)]
 enum Undo {
+    Forget(u32),
     DeleteVeth(String),
     Detach(String),
     Uninstall(EndpointState),
@@ -393,8 +394,18 @@ impl<D: Datapath> Driver<D> {
 
     pub async fn create_endpoint(&self, request: CreateEndpoint) -> Result<EndpointGrant, DriverError> {
         let mut state = self.state.lock().await;
-        if state.endpoints.contains_key(&request.endpoint) {
-            return Err(DriverError::Conflict(format!("endpoint {} already exists", request.endpoint.short())));
+        if let Some(existing) = state.endpoints.get(&request.endpoint) {
+            // dockerd repeats a call whose connection broke (e.g. the daemon restarted mid-call).
+            return repeated_create(existing, &request);
+        }
+        if let Some(other) = state.endpoints.values().find(|e| e.host_ifname() == host_ifname(&request.endpoint)) {
+            // Interface names take the first 11 digits of the id: never let two endpoints share one.
+            return Err(DriverError::Conflict(format!(
+                "endpoint {} would share interface {} with endpoint {}",
+                request.endpoint.short(),
+                other.host_ifname(),
+                other.id.short()
+            )));
         }
         let network = state
             .networks
@@ -509,10 +520,14 @@ impl<D: Datapath> Driver<D> {
             mtu,
             peer_mac: endpoint.mac,
         };
+        let started = std::time::Instant::now();
+        undo.push(Undo::Forget(endpoint.number));
         let link = self.datapath.create_veth(&spec).await?;
         undo.push(Undo::DeleteVeth(host_ifname.clone()));
+        let veth_us = started.elapsed().as_micros() as u64;
         self.datapath.attach(&host_ifname).await?;
         undo.push(Undo::Detach(host_ifname.clone()));
+        let attach_us = started.elapsed().as_micros() as u64 - veth_us;
         let joined = Joined { sandbox_key: String::new(), host_ifindex: link.index, host_mac: link.mac, mtu };
         let mut with_link = endpoint.clone();
         with_link.joined = Some(joined.clone());
@@ -520,6 +535,8 @@ impl<D: Datapath> Driver<D> {
             self.datapath.install(&ep_state).await?;
             undo.push(Undo::Uninstall(ep_state));
         }
+        let install_us = started.elapsed().as_micros() as u64 - veth_us - attach_us;
+        debug!(veth_us, attach_us, install_us, "join applied");
         Ok(joined)
     }
 
@@ -527,6 +544,7 @@ impl<D: Datapath> Driver<D> {
         for step in undo.into_iter().rev() {
             let result = match &step {
                 Undo::Uninstall(ep) => self.datapath.uninstall(ep).await,
+                Undo::Forget(number) => self.datapath.forget(*number).await,
                 Undo::Detach(name) => self.datapath.detach(name).await,
                 Undo::DeleteVeth(name) => self.datapath.delete_veth(name).await,
             };
@@ -562,7 +580,7 @@ impl<D: Datapath> Driver<D> {
         if state.endpoints.get(id).is_none_or(|e| &e.network != network) {
             // Not ours any more (state lost, or a repeated call): the veth is still named after
             // the endpoint id, so remove it and its pins if they exist.
-            let host_ifname = crate::endpoint::host_ifname(id);
+            let host_ifname = host_ifname(id);
             if state.endpoints.values().any(|e| e.host_ifname() == host_ifname) {
                 return Ok(());
             }
@@ -597,7 +615,7 @@ impl<D: Datapath> Driver<D> {
         }
         errors.extend(self.datapath.detach(&host_ifname).await.err());
         errors.extend(self.datapath.delete_veth(&host_ifname).await.err());
-        errors.extend(self.datapath.remove_counters(endpoint.number).await.err());
+        errors.extend(self.datapath.forget(endpoint.number).await.err());
         if let (Some(pool), Some(addr)) = (&endpoint.ipv6_pool, endpoint.ipv6) {
             if let Err(e) = next.ipam.release_address(pool, IpAddr::V6(addr)) {
                 errors.push(DatapathError::Other(e.to_string()));
@@ -783,7 +801,10 @@ impl<D: Datapath> Driver<D> {
             changes.push(change(Table::Meta, META_IPAM_SERIAL, Some(&next.ipam.next_serial))?);
             changes.push(change(Table::Meta, META_NEXT_NUMBER, Some(&next.next_number))?);
         }
-        self.store.commit(&changes).map_err(DriverError::from)
+        let started = std::time::Instant::now();
+        let result = self.store.commit(&changes).map_err(DriverError::from);
+        debug!(records = changes.len(), commit_us = started.elapsed().as_micros() as u64, "state committed");
+        result
     }
 }
 
@@ -892,6 +913,24 @@ fn claim(
         dirty.pools.insert(pool.clone());
     }
     Ok(addr)
+}
+
+/// The answer to a CreateEndpoint that was already carried out, if it asks for the same thing.
+fn repeated_create(existing: &Endpoint, request: &CreateEndpoint) -> Result<EndpointGrant, DriverError> {
+    let same = existing.network == request.network
+        && request.ipv4.map(|n| n.addr()) == existing.ipv4.map(IpAddr::V4)
+        && request.ipv6.is_none_or(|n| Some(n.addr()) == existing.ipv6.map(IpAddr::V6))
+        && request.mac.is_none_or(|m| m == existing.mac);
+    if !same {
+        return Err(DriverError::Conflict(format!("endpoint {} already exists", request.endpoint.short())));
+    }
+    Ok(EndpointGrant {
+        mac: request.mac.is_none().then_some(existing.mac),
+        ipv6: match (request.ipv6, existing.ipv6) {
+            (None, Some(addr)) => Some(cidr(IpAddr::V6(addr))),
+            _ => None,
+        },
+    })
 }
 
 fn lookup<'a>(state: &'a State, network: &NetworkId, id: &EndpointId) -> Result<&'a Endpoint, DriverError> {

@@ -223,6 +223,50 @@ fn netlink_fallback_attaches_and_detaches_filters() {
     });
 }
 
+#[test]
+fn reattach_swaps_programs_in_place_and_switches_modes() {
+    in_netns(|| async {
+        let root = BpfRoot::new("reattach");
+        veth("lxcra0", "tmpra0");
+        let filters = |dir: &str| run(&["tc", "filter", "show", "dev", "lxcra0", dir]);
+        let prog_id =
+            |text: &str| text.split(" id ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_owned);
+
+        // A daemon attached with tcx; the next one runs in tc (clsact) mode.
+        let mut first = BpfDatapath::load(root.path()).expect("load");
+        first.set_attach_mode(AttachMode::Tcx);
+        first.attach("lxcra0").expect("tcx attach");
+        assert!(first.is_attached("lxcra0"));
+        drop(first);
+
+        let mut second = BpfDatapath::load(root.path()).expect("load again");
+        second.set_attach_mode(AttachMode::Netlink);
+        second.reattach("lxcra0").expect("reattach with tc");
+        assert!(!second.is_attached("lxcra0"), "the tcx pins of the earlier daemon are gone");
+        let before = filters("ingress");
+        assert_eq!(before.matches("direct-action").count(), 1, "{before}");
+        assert!(before.contains("pref 1 ") && before.contains("handle 0x1 "), "{before}");
+        drop(second);
+
+        // A third daemon swaps its own program into the same filter (same pref and handle).
+        let mut third = BpfDatapath::load(root.path()).expect("load a third time");
+        third.set_attach_mode(AttachMode::Netlink);
+        third.reattach("lxcra0").expect("reattach again");
+        let after = filters("ingress");
+        assert_eq!(after.matches("direct-action").count(), 1, "{after}");
+        assert!(after.contains("pref 1 ") && after.contains("handle 0x1 "), "{after}");
+        assert_ne!(prog_id(&before), prog_id(&after), "the new program replaced the old one:\n{before}\n{after}");
+        assert_eq!(filters("egress").matches("direct-action").count(), 1);
+
+        // And back to tcx: the filters go, the pins come.
+        third.set_attach_mode(AttachMode::Tcx);
+        third.reattach("lxcra0").expect("reattach with tcx");
+        assert!(third.is_attached("lxcra0"));
+        assert_eq!(filters("ingress").matches("direct-action").count(), 0);
+        third.detach("lxcra0").expect("detach");
+    });
+}
+
 /// One fake container: a named netns whose eth0 is the peer of host-side `lxc`.
 struct Container {
     ns: Netns,

@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use cilium_rs::datapath::fake::FakeDatapath;
+use cilium_rs::docker::{DockerNetwork, DockerSnapshot};
 use cilium_rs::driver::{Driver, DriverConfig};
+use cilium_rs::ids::{EndpointId, NetworkId};
 use cilium_rs::server::plugin;
 use cilium_rs::store::{MemoryStore, Store, Table};
 
@@ -474,4 +476,85 @@ async fn optional_methods_answer_empty_objects() {
         json!({"DiscoveryType": 1, "DiscoveryData": {"Address": "10.0.0.1", "BindAddress": "", "Self": true}});
     assert_eq!(h.ok("NetworkDriver.DiscoverNew", discovery.clone()).await, json!({}));
     assert_eq!(h.ok("NetworkDriver.DiscoverDelete", discovery).await, json!({}));
+}
+
+fn snapshot_at(taken_at: u64) -> DockerSnapshot {
+    DockerSnapshot { taken_at, ..DockerSnapshot::default() }
+}
+
+fn later() -> u64 {
+    cilium_rs::driver::now() + cilium_rs::driver::RECONCILE_GRACE_SECS + 5
+}
+
+#[tokio::test]
+async fn reconcile_removes_what_dockerd_forgot_and_keeps_the_rest() {
+    let h = harness().await;
+    let (v4_pool, _) = h.create_network(NET, false, "", "").await;
+    h.start_container(NET, EP, &v4_pool, None).await;
+    // An address dockerd asked for but never used (it crashed, or our reply was lost).
+    let leaked = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
+    // A pool no network took (CreateNetwork never came).
+    h.ok("IpamDriver.RequestPool", json!({"AddressSpace": "CiliumRsLocal", "Pool": "10.90.0.0/24", "V6": false})).await;
+
+    // dockerd knows everything: nothing goes.
+    let network = NetworkId::parse(NET).expect("id");
+    let mut known = snapshot_at(later());
+    known.networks.insert(
+        network.clone(),
+        DockerNetwork { name: "n".into(), endpoints: [EndpointId::parse(EP).expect("id")].into_iter().collect() },
+    );
+    known.subnets.push("10.90.0.0/24".parse().expect("net"));
+    known.addresses.insert(leaked["Address"].as_str().expect("a").split('/').next().expect("ip").parse().expect("ip"));
+    assert!(h.driver.reconcile(&known).await.expect("reconcile").is_empty());
+
+    // Too young to judge: nothing goes either.
+    assert!(h.driver.reconcile(&snapshot_at(cilium_rs::driver::now())).await.expect("reconcile").is_empty());
+
+    // The address and the pool are nobody's any more.
+    let mut forgot_leftovers = known.clone();
+    forgot_leftovers.addresses.clear();
+    forgot_leftovers.subnets.clear();
+    let report = h.driver.reconcile(&forgot_leftovers).await.expect("reconcile");
+    assert_eq!((report.addresses_released, report.pools_released, report.endpoints_removed), (1, 1, 0), "{report:?}");
+    assert_eq!(h.driver.endpoints().await.expect("list").len(), 1, "the live endpoint stays");
+
+    // dockerd forgot the network and its container (calls lost while we were down).
+    let report = h.driver.reconcile(&snapshot_at(later())).await.expect("reconcile");
+    assert_eq!((report.endpoints_removed, report.networks_removed), (1, 1), "{report:?}");
+    assert!(h.driver.endpoints().await.expect("list").is_empty());
+    assert_eq!(h.driver.status().await.pools, 0);
+    let k = h.fake().kernel();
+    assert!(k.links.is_empty() && k.attached.is_empty() && k.installed.is_empty(), "{k:?}");
+}
+
+#[tokio::test]
+async fn a_repeated_create_endpoint_gets_the_same_answer() {
+    let h = harness().await;
+    let (v4_pool, _) = h.create_network(NET, false, "", "").await;
+    let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
+    let request = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": v4["Address"], "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
+    let first = h.ok("NetworkDriver.CreateEndpoint", request.clone()).await;
+    let again = h.ok("NetworkDriver.CreateEndpoint", request).await;
+    assert_eq!(first, again);
+    let other = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.220.0.77/32", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
+    let (status, msg) = h.err("NetworkDriver.CreateEndpoint", other).await;
+    assert_eq!((status, msg.as_str()), (StatusCode::CONFLICT, "endpoint 0123456789ab already exists"));
+}
+
+#[tokio::test]
+async fn endpoints_whose_ids_share_an_interface_name_are_refused() {
+    let h = harness().await;
+    let (v4_pool, _) = h.create_network(NET, false, "", "").await;
+    h.start_container(NET, EP, &v4_pool, None).await;
+    let twin = format!("{}{}", &EP[..11], "f".repeat(53));
+    let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
+    let (status, msg) = h
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NET, "EndpointID": twin, "Interface": {"Address": v4["Address"]}, "Options": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(msg.contains("would share interface lxc0123456789a"), "{msg}");
+    assert!(h.fake().kernel().links.contains_key("lxc0123456789a"), "the live veth must survive");
 }

@@ -34,7 +34,9 @@ use std::sync::Mutex;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::tc::{qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{
+    qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle,
+};
 use aya::programs::{LinkOrder, MultiProgLink, ProgramError, SchedClassifier, TcAttachType, TcError};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
@@ -49,6 +51,11 @@ pub const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 
 /// The daemon's default bpf root.
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/cilium-rs";
+
+/// Priority and handle of our filters in clsact mode: fixed, so attaching again replaces them in
+/// place instead of adding a second filter.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// The operation named in attach errors.
 const ATTACH: &str = "attach programs to";
@@ -139,11 +146,17 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// How programs are attached to interfaces.
+///
+/// Both keep the programs attached while the daemon is down. tcx links are owned by pins
+/// (nobody else can detach them by accident), but creating one waits for an RCU grace period
+/// in the kernel: 10–40 ms per link measured on this machine's 6.18 kernel, two per endpoint,
+/// which alone breaks the 20 ms Join budget. A clsact filter is added in about 0.15 ms, so it
+/// is the daemon's default (`--attach-mode tc`); `--attach-mode tcx` chooses links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     /// tcx links, pinned under `links/` (kernel >= 6.6).
     Tcx,
-    /// `clsact` qdisc + direct-action filters over netlink (older kernels); no pins.
+    /// `clsact` qdisc + direct-action filters over netlink; no pins.
     Netlink,
 }
 
@@ -387,25 +400,44 @@ impl BpfDatapath {
             }
         }
         for hook in HOOKS {
-            remove_tc_filters(ifname, hook)?;
             let prog = program_mut(&mut self.ebpf, hook.program)?;
-            let id = prog
-                .attach_with_options(ifname, hook.attach_type, TcAttachOptions::Netlink(NlOptions::default()))
-                .map_err(|error| BpfError::Program {
-                    op: "attach",
-                    program: hook.program,
-                    object: format!(" to {ifname}"),
-                    error: Box::new(error),
-                })?;
-            let link = prog.take_link(id).map_err(|error| BpfError::Program {
+            let prog_error = |error: ProgramError| BpfError::Program {
                 op: "attach",
                 program: hook.program,
                 object: format!(" to {ifname}"),
                 error: Box::new(error),
-            })?;
+            };
+            let options = NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None };
+            let id = match prog.attach_with_options(ifname, hook.attach_type, TcAttachOptions::Netlink(options)) {
+                Ok(id) => id,
+                Err(ProgramError::TcError(error)) if tc_error_is(&error, libc::EEXIST) => {
+                    // Our filter from an earlier attach (or an earlier daemon): swap the program
+                    // inside it, so there is never a moment without one.
+                    let existing =
+                        SchedClassifierLink::attached(ifname, hook.attach_type, TC_PRIORITY, TC_HANDLE, None)
+                            .map_err(|e| prog_error(ProgramError::TcError(TcError::IoError(e))))?;
+                    prog.attach_to_link(existing).map_err(prog_error)?
+                }
+                Err(error) => return Err(prog_error(error)),
+            };
+            let link = prog.take_link(id).map_err(prog_error)?;
             // Dropping the link would remove the filter; the filter is meant to outlive us.
             // It holds no file descriptor, so forgetting it leaks nothing.
             std::mem::forget(link);
+        }
+        Ok(())
+    }
+
+    /// Attaches (swapping the current programs into existing attachments) and removes what an
+    /// earlier daemon may have attached in the other mode, so exactly one attachment remains.
+    pub fn reattach(&mut self, ifname: &str) -> Result<(), BpfError> {
+        self.attach(ifname)?;
+        for hook in HOOKS {
+            match self.mode {
+                AttachMode::Netlink if pinnable(ifname) => unpin_link(&self.link_pin(ifname, hook))?,
+                AttachMode::Netlink => {}
+                AttachMode::Tcx => remove_tc_filters(ifname, hook)?,
+            }
         }
         Ok(())
     }

@@ -118,8 +118,8 @@ impl Datapath for FakeDatapath {
         Ok(self.enter("counters", "")?.counters.clone())
     }
 
-    async fn remove_counters(&self, number: u32) -> Result<(), DatapathError> {
-        self.enter("remove_counters", &number.to_string())?.counters.remove(&number);
+    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
+        self.enter("forget", &number.to_string())?.counters.remove(&number);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use bpf_programs::abi::{self, DropReason};
 use ipnet::IpNet;
 
-use super::bpf::BpfDatapath;
+use super::bpf::{AttachMode, BpfDatapath};
 use super::link::Netlink;
 use super::{Counters, Datapath, DatapathError, EndpointState, HostLink, RestoreReport, Traffic, VethSpec};
 
@@ -29,9 +29,13 @@ impl std::fmt::Debug for LinuxDatapath {
 impl LinuxDatapath {
     /// Opens netlink in the calling thread's network namespace and loads the programs once,
     /// with maps pinned under `bpf_root`.
-    pub async fn new(bpf_root: &Path) -> Result<Self, DatapathError> {
+    pub async fn new(bpf_root: &Path, mode: AttachMode) -> Result<Self, DatapathError> {
         let netlink = Netlink::connect()?;
-        let bpf = BpfDatapath::load(bpf_root)?;
+        let mut bpf = BpfDatapath::load(bpf_root)?;
+        if mode == AttachMode::Tcx && AttachMode::detect() != AttachMode::Tcx {
+            return Err(DatapathError::Other("--attach-mode tcx needs Linux 6.6 or later".to_owned()));
+        }
+        bpf.set_attach_mode(mode);
         Ok(LinuxDatapath { netlink, bpf: Mutex::new(bpf) })
     }
 
@@ -121,19 +125,17 @@ impl Datapath for LinuxDatapath {
     async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
         let mut errors = Vec::new();
         self.uninstall_routes(endpoint, &mut errors).await;
-        {
-            let mut bpf = self.bpf();
-            for ip in addresses(endpoint) {
-                // Another endpoint may hold the address by now (it moved): leave its entry.
-                let owned =
-                    bpf.local_ips().map(|all| all.iter().any(|(a, v)| *a == ip && v.ifindex == endpoint.host_ifindex));
-                match owned {
-                    Ok(true) => errors.extend(bpf.remove_local_ip(ip).err().map(DatapathError::from)),
-                    Ok(false) => {}
-                    Err(e) => errors.push(e.into()),
+        let mut bpf = self.bpf();
+        match bpf.local_ips() {
+            Ok(all) => {
+                // Only entries that still point at this endpoint: another may hold the address by now.
+                for (ip, _) in
+                    all.iter().filter(|(ip, v)| addresses(endpoint).contains(ip) && v.endpoint_id == endpoint.number)
+                {
+                    errors.extend(bpf.remove_local_ip(*ip).err().map(DatapathError::from));
                 }
             }
-            errors.extend(bpf.remove_endpoint(endpoint.host_ifindex).err().map(DatapathError::from));
+            Err(e) => errors.push(e.into()),
         }
         DatapathError::collect(errors)
     }
@@ -162,8 +164,19 @@ impl Datapath for LinuxDatapath {
         Ok(counters)
     }
 
-    async fn remove_counters(&self, number: u32) -> Result<(), DatapathError> {
-        Ok(self.bpf().remove_metrics(number)?)
+    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
+        let mut bpf = self.bpf();
+        let mut errors = Vec::new();
+        match bpf.endpoints() {
+            Ok(all) => {
+                for (ifindex, _) in all.iter().filter(|(_, info)| info.endpoint_id == number) {
+                    errors.extend(bpf.remove_endpoint(*ifindex).err().map(DatapathError::from));
+                }
+            }
+            Err(e) => errors.push(e.into()),
+        }
+        errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
+        DatapathError::collect(errors)
     }
 
     async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {
@@ -176,10 +189,9 @@ impl Datapath for LinuxDatapath {
                     let mut endpoint = endpoint.clone();
                     endpoint.host_ifindex = link.index;
                     endpoint.host_mac = link.mac;
-                    if !self.bpf().is_attached(&endpoint.host_ifname) {
-                        self.bpf().attach(&endpoint.host_ifname)?;
-                        report.reattached.push(endpoint.host_ifname.clone());
-                    }
+                    // Swaps this daemon's programs in (no gap), e.g. after an upgrade.
+                    self.bpf().reattach(&endpoint.host_ifname)?;
+                    report.reattached.push(endpoint.host_ifname.clone());
                     self.install(&endpoint).await?;
                     live.push(endpoint);
                 }

@@ -126,14 +126,16 @@ pub trait Datapath: Send + Sync + 'static {
     /// Makes the endpoint reachable: host routes, neighbour entries and map entries.
     fn install(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
-    /// Undoes `install`; absent entries are fine; goes on past errors and reports them all.
+    /// Stops delivering to the endpoint (routes, neighbours, address entries); absent entries
+    /// are fine; goes on past errors and reports them all. The endpoint's own entry stays, so
+    /// what its container still sends is attributed to it until `forget`.
     fn uninstall(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
     /// Counters of every endpoint, by endpoint number.
     fn counters(&self) -> impl Future<Output = Result<BTreeMap<u32, Counters>, DatapathError>> + Send;
 
-    /// Forgets an endpoint's counters.
-    fn remove_counters(&self, number: u32) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    /// Forgets an endpoint once its veth is gone: its entry and its counters.
+    fn forget(&self, number: u32) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
     /// After a restart: makes the kernel match the joined endpoints (attach, install) and
     /// removes datapath entries that belong to none of them.
@@ -178,8 +180,8 @@ impl<D: Datapath> Datapath for std::sync::Arc<D> {
         (**self).counters().await
     }
 
-    async fn remove_counters(&self, number: u32) -> Result<(), DatapathError> {
-        (**self).remove_counters(number).await
+    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
+        (**self).forget(number).await
     }
 
     async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {

@@ -199,22 +199,35 @@ fn time_docker_run(network_args: &[&str]) -> Result<f64> {
     Ok(elapsed)
 }
 
-fn docker_run_latency() -> Result<(Vec<f64>, Vec<f64>)> {
+struct RunLatency {
+    cilium_rs: Vec<f64>,
+    bridge: Vec<f64>,
+    bridge_dual_stack: Vec<f64>,
+}
+
+/// `docker run --rm … true` on a cilium-rs network, on Docker's default bridge (IPv4 only), and
+/// on a Docker bridge network with IPv6 as well (the same dual stack cilium-rs always gives).
+fn docker_run_latency() -> Result<RunLatency> {
     let net = format!("{PREFIX}run");
+    let bridge6 = format!("{PREFIX}bridge6");
     docker(&["network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--ipv6", &net])?;
-    let (mut crs, mut bridge) = (Vec::new(), Vec::new());
+    docker(&["network", "create", "--ipv6", "--subnet", "fdc1:1a00:94::/64", "--subnet", "10.238.0.0/24", &bridge6])?;
+    let mut runs = RunLatency { cilium_rs: Vec::new(), bridge: Vec::new(), bridge_dual_stack: Vec::new() };
     // One warm-up each, then interleaved.
     time_docker_run(&["--network", &net])?;
     time_docker_run(&[])?;
+    time_docker_run(&["--network", &bridge6])?;
     for i in 0..DOCKER_RUNS {
         if i.is_multiple_of(5) {
             eprintln!("bench: docker run {}/{DOCKER_RUNS}", i + 1);
         }
-        crs.push(time_docker_run(&["--network", &net])?);
-        bridge.push(time_docker_run(&[])?);
+        runs.cilium_rs.push(time_docker_run(&["--network", &net])?);
+        runs.bridge.push(time_docker_run(&[])?);
+        runs.bridge_dual_stack.push(time_docker_run(&["--network", &bridge6])?);
     }
     docker(&["network", "rm", &net])?;
-    Ok((crs, bridge))
+    docker(&["network", "rm", &bridge6])?;
+    Ok(runs)
 }
 
 /// Drives the plugin socket directly, as dockerd would, without dockerd.
@@ -235,8 +248,9 @@ impl Plugin<'_> {
     }
 }
 
+/// A Docker-style id; `n` leads, since interface names come from the first 11 digits.
 fn hex_id(prefix: u32, n: usize) -> String {
-    format!("{prefix:08x}{n:056x}")
+    format!("{n:011x}{prefix:08x}{:045x}", 0)
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -331,17 +345,18 @@ fn main() -> Result<()> {
     let started = Instant::now();
 
     let tp = throughput(&daemon)?;
-    let (mut run_crs, mut run_bridge) = docker_run_latency()?;
+    let runs = docker_run_latency()?;
     drop(daemon);
-    let mut latency = plugin_latency()?;
+    let latency = plugin_latency()?;
 
     let med = |key: &str| median(&mut tp.rows.get(key).cloned().unwrap_or_default());
     let (veth4, bridge4, crs4, veth6, crs6) =
         (med("veth_v4"), med("bridge_v4"), med("cilium_v4"), med("veth_v6"), med("cilium_v6"));
-    let run_crs_med = median(&mut run_crs);
-    let run_bridge_med = median(&mut run_bridge);
-    let p50 = percentile(&mut latency.create_join_ms, 50.0);
-    let p99 = percentile(&mut latency.create_join_ms, 99.0);
+    let run_crs_med = median(&mut runs.cilium_rs.clone());
+    let run_bridge_med = median(&mut runs.bridge.clone());
+    let run_bridge6_med = median(&mut runs.bridge_dual_stack.clone());
+    let p50 = percentile(&mut latency.create_join_ms.clone(), 50.0);
+    let p99 = percentile(&mut latency.create_join_ms.clone(), 99.0);
     let rss_mb = latency.rss_kib as f64 / 1024.0;
 
     println!();
@@ -371,11 +386,20 @@ fn main() -> Result<()> {
     );
     println!(
         "{:<44} {:>12} {:>12.0} {:>12.0} {:>18} {:>8}",
-        "docker run --rm … true (ms)",
+        "docker run --rm … true, IPv4 bridge (ms)",
         "",
         run_bridge_med,
         run_crs_med,
         format!("{:.2}× bridge", run_crs_med / run_bridge_med),
+        "≤ 1.2×"
+    );
+    println!(
+        "{:<44} {:>12} {:>12.0} {:>12.0} {:>18} {:>8}",
+        "docker run --rm … true, dual-stack bridge (ms)",
+        "",
+        run_bridge6_med,
+        run_crs_med,
+        format!("{:.2}× bridge", run_crs_med / run_bridge6_med),
         "≤ 1.2×"
     );
     println!(
@@ -398,8 +422,9 @@ fn main() -> Result<()> {
             "ipv4": {"veth": veth4, "docker_bridge": bridge4, "cilium_rs": crs4, "ratio_vs_bridge": crs4 / bridge4, "runs": tp.rows},
             "ipv6": {"veth": veth6, "cilium_rs": crs6, "ratio_vs_veth": crs6 / veth6},
         },
-        "docker_run_ms": {"docker_bridge": run_bridge_med, "cilium_rs": run_crs_med, "ratio": run_crs_med / run_bridge_med,
-                          "runs_cilium_rs": run_crs, "runs_bridge": run_bridge},
+        "docker_run_ms": {"docker_bridge": run_bridge_med, "docker_bridge_dual_stack": run_bridge6_med, "cilium_rs": run_crs_med,
+                          "ratio_vs_bridge": run_crs_med / run_bridge_med, "ratio_vs_dual_stack_bridge": run_crs_med / run_bridge6_med,
+                          "runs_cilium_rs": runs.cilium_rs, "runs_bridge": runs.bridge, "runs_bridge_dual_stack": runs.bridge_dual_stack},
         "create_endpoint_join_ms": {"p50": p50, "p99": p99, "endpoints_present": ENDPOINTS_PRESENT, "samples": latency.create_join_ms},
         "daemon_rss_mb_at_500_endpoints": rss_mb,
     });
