@@ -117,7 +117,7 @@ pub struct PoolRequest {
     pub internal: bool,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error("invalid configuration: {0}")]
     BadConfig(String),
@@ -282,29 +282,14 @@ impl Ipam {
         let taken = |candidate: &IpNet| {
             self.pools.values().any(|p| overlaps(&p.subnet, candidate)) || avoid.iter().any(|a| overlaps(a, candidate))
         };
-        if v6 {
-            let subnets = config.ipv6_range.subnets(config.ipv6_prefix).map_err(|_| IpamError::NoFreeSubnet {
-                family: 6,
-                range: config.ipv6_range.into(),
-                prefix: config.ipv6_prefix,
-            })?;
-            subnets.map(IpNet::V6).find(|c| !taken(c)).ok_or(IpamError::NoFreeSubnet {
-                family: 6,
-                range: config.ipv6_range.into(),
-                prefix: config.ipv6_prefix,
-            })
+        let (range, prefix) = if v6 {
+            (IpNet::V6(config.ipv6_range), config.ipv6_prefix)
         } else {
-            let subnets = config.ipv4_range.subnets(config.ipv4_prefix).map_err(|_| IpamError::NoFreeSubnet {
-                family: 4,
-                range: config.ipv4_range.into(),
-                prefix: config.ipv4_prefix,
-            })?;
-            subnets.map(IpNet::V4).find(|c| !taken(c)).ok_or(IpamError::NoFreeSubnet {
-                family: 4,
-                range: config.ipv4_range.into(),
-                prefix: config.ipv4_prefix,
-            })
-        }
+            (IpNet::V4(config.ipv4_range), config.ipv4_prefix)
+        };
+        let none_free = IpamError::NoFreeSubnet { family: family(&range), range, prefix };
+        let mut candidates = range.subnets(prefix).map_err(|_| none_free.clone())?;
+        candidates.find(|c| !taken(c)).ok_or(none_free)
     }
 
     /// The lowest 169.254.x.y (x, y in 1..=254) that no IPv4 pool uses as its gateway.

@@ -1,6 +1,7 @@
 //! cilium-rs: the plugin daemon (`cilium-rs daemon`) and the CLI that talks to it.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -110,8 +111,17 @@ struct DaemonArgs {
     log: String,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cilium-rs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
     match cli.command {
         Command::Daemon(args) => {
@@ -165,6 +175,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         },
         mtu: args.mtu,
     };
+    config.ipam.validate()?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
     // calls queue in the backlog until the state is restored.
     let plugin = match Socket::from_systemd(&args.plugin_socket)? {
