@@ -22,6 +22,9 @@ const API: &str = "/v1.41";
 const PERIOD: Duration = Duration::from_secs(120);
 /// How long to wait between attempts while Docker does not answer.
 const RETRY: Duration = Duration::from_secs(5);
+/// After a new dockerd activated the plugin, wait this long (it replays its own clean-up
+/// first, and serves its API only after its start-up) before reconciling.
+const AFTER_ACTIVATION: Duration = Duration::from_secs(10);
 
 /// The driver (and IPAM) name dockerd knows us by: the plugin socket's file name without `.sock`.
 pub fn plugin_name(socket: &Path) -> String {
@@ -151,7 +154,13 @@ pub async fn reconcile_forever<D: Datapath>(driver: Arc<Driver<D>>, docker: Path
                     Ok(report) => info!(?report, "reconciled with docker"),
                     Err(e) => warn!(error = %e, "reconcile with docker"),
                 }
-                tokio::time::sleep(PERIOD).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(PERIOD) => {}
+                    _ = driver.reconcile_requested() => {
+                        debug!("plugin activated by dockerd: reconciling shortly");
+                        tokio::time::sleep(AFTER_ACTIVATION).await;
+                    }
+                }
             }
             Err(e) => {
                 if reachable {

@@ -166,6 +166,8 @@ pub struct Driver<D> {
     datapath: D,
     store: Box<dyn Store>,
     state: Mutex<State>,
+    /// Wakes the background reconciliation early (a new dockerd started talking to us).
+    reconcile_soon: tokio::sync::Notify,
 }
 
 pub fn now() -> u64 {
@@ -182,7 +184,8 @@ impl<D: Datapath> Driver<D> {
     pub async fn start(config: DriverConfig, datapath: D, store: Box<dyn Store>) -> Result<Self, DriverError> {
         config.ipam.validate()?;
         let state = decode_state(store.load()?)?;
-        let driver = Driver { config, datapath, store, state: Mutex::new(state) };
+        let driver =
+            Driver { config, datapath, store, state: Mutex::new(state), reconcile_soon: tokio::sync::Notify::new() };
         driver.restore().await?;
         Ok(driver)
     }
@@ -646,6 +649,16 @@ impl<D: Datapath> Driver<D> {
     }
 
     // ---- reconciliation ----
+
+    /// Asks the background reconciliation to run soon (it never runs inside a plugin request).
+    pub fn request_reconcile(&self) {
+        self.reconcile_soon.notify_one();
+    }
+
+    /// Resolves when a reconciliation was requested.
+    pub async fn reconcile_requested(&self) {
+        self.reconcile_soon.notified().await;
+    }
 
     /// Drops what dockerd no longer knows: endpoints and networks it forgot (their calls were
     /// lost while this daemon was down), pools no network uses, addresses nobody holds. Records

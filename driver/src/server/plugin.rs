@@ -162,7 +162,7 @@ async fn call_empty<Resp: Serialize>(method: &'static str, response: Resp) -> Re
 
 pub fn router<D: Datapath>(driver: Shared<D>) -> Router {
     Router::new()
-        .route(spec::PLUGIN_ACTIVATE, post(activate))
+        .route(spec::PLUGIN_ACTIVATE, post(activate::<D>))
         .route(spec::NETWORK_DRIVER_GET_CAPABILITIES, post(network_capabilities))
         .route(spec::NETWORK_DRIVER_CREATE_NETWORK, post(create_network::<D>))
         .route(spec::NETWORK_DRIVER_DELETE_NETWORK, post(delete_network::<D>))
@@ -192,7 +192,10 @@ async fn unknown_method(uri: Uri) -> Response {
         .into_response()
 }
 
-async fn activate() -> Response {
+/// A (new) dockerd is talking to us: answer at once, and let the background reconciliation
+/// look at its state soon (never from here: dockerd may not serve its API yet).
+async fn activate<D: Datapath>(State(driver): State<Shared<D>>) -> Response {
+    driver.request_reconcile();
     call_empty(
         "Plugin.Activate",
         spec::ActivateResponse { implements: vec!["NetworkDriver".to_owned(), "IpamDriver".to_owned()] },
