@@ -61,7 +61,8 @@ static __always_inline int handle_arp(struct __sk_buff *ctx, const struct endpoi
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
 
 	sender = arp_sender_ip(arp);
-	if (sender != 0 && (!endpoint_has_ipv4(ep) || sender != ep->ipv4))
+	if (sender != 0 && !(endpoint_has_ipv4(ep) && sender == ep->ipv4) &&
+	    !sandbox_owns(lookup_local_ip4(sender), ep))
 		return send_drop(ctx, ep->endpoint_id, DROP_SPOOFED_ARP, METRIC_EGRESS);
 
 	if (arp->op == bpf_htons(ARP_OP_REQUEST) && endpoint_has_ipv4(ep) &&
@@ -107,7 +108,8 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
 
-	own_source = endpoint_has_ipv6(ep) && ipv6_addr_equal(&ip6->saddr, ep->ipv6);
+	own_source = (endpoint_has_ipv6(ep) && ipv6_addr_equal(&ip6->saddr, ep->ipv6)) ||
+		     sandbox_owns(lookup_local_ip6(&ip6->saddr), ep);
 	if (!own_source &&
 	    !((ipv6_is_link_local(&ip6->saddr) || ipv6_is_unspecified(&ip6->saddr)) &&
 	      (ipv6_is_link_local(&ip6->daddr) || ipv6_is_multicast(&ip6->daddr))))
@@ -154,7 +156,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 
 	if ((void *)(ip4 + 1) > data_end || ip4->version != 4 || ip4->ihl < 5)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
-	if (!endpoint_has_ipv4(ep) || ip4->saddr != ep->ipv4)
+	if (!(endpoint_has_ipv4(ep) && ip4->saddr == ep->ipv4) &&
+	    !sandbox_owns(lookup_local_ip4(ip4->saddr), ep))
 		return send_drop(ctx, ep->endpoint_id, DROP_SPOOFED_SOURCE, METRIC_EGRESS);
 
 	if (ip4->daddr == ep->gateway_ipv4) {

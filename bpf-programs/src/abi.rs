@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Version of the pinned map layout; part of the pin path (`<bpf-root>/v<N>/`), so a daemon
 /// never reuses maps pinned with another layout.
-pub const CRS_LAYOUT_VERSION: u32 = 1;
+pub const CRS_LAYOUT_VERSION: u32 = 2;
 
 /// `EndpointInfo::flags`: the endpoint has an IPv4 address.
 pub const ENDPOINT_F_IPV4: u32 = 1;
@@ -48,7 +48,7 @@ pub const PROG_FROM_CONTAINER: &str = "crs_from_container";
 /// Program attached to tc egress of the host-side veth (packets to the container).
 pub const PROG_TO_CONTAINER: &str = "crs_to_container";
 
-/// Value of `crs_endpoints` (C `struct endpoint_info`, 44 bytes).
+/// Value of `crs_endpoints` (C `struct endpoint_info`, 48 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointInfo {
@@ -66,12 +66,30 @@ pub struct EndpointInfo {
     pub mac: [u8; 6],
     /// Host-side MAC.
     pub host_mac: [u8; 6],
+    /// The container the endpoint belongs to; every endpoint of one container shares it.
+    pub sandbox_id: u32,
 }
 
 impl EndpointInfo {
     /// An endpoint without addresses; add them with [`Self::with_ipv6`] and [`Self::with_ipv4`].
     pub const fn new(endpoint_id: u32, mac: [u8; 6], host_mac: [u8; 6]) -> Self {
-        Self { endpoint_id, flags: 0, ipv6: [0; 16], ipv4: [0; 4], gateway_ipv4: [0; 4], mac, host_mac }
+        Self {
+            endpoint_id,
+            flags: 0,
+            ipv6: [0; 16],
+            ipv4: [0; 4],
+            gateway_ipv4: [0; 4],
+            mac,
+            host_mac,
+            sandbox_id: endpoint_id,
+        }
+    }
+
+    /// Puts the endpoint into a container with other endpoints (by default it is alone in one
+    /// numbered like itself); the container's addresses are then valid sources on each of them.
+    pub const fn in_sandbox(mut self, sandbox_id: u32) -> Self {
+        self.sandbox_id = sandbox_id;
+        self
     }
 
     /// Sets the endpoint's IPv6 address (its gateway is always `fe80::1`).
@@ -157,7 +175,7 @@ impl From<IpAddr> for IpKey {
     }
 }
 
-/// Value of `crs_local_ips` (C `struct local_ip`, 8 bytes).
+/// Value of `crs_local_ips` (C `struct local_ip`, 12 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LocalIp {
@@ -165,12 +183,20 @@ pub struct LocalIp {
     pub ifindex: u32,
     /// The endpoint holding the address.
     pub endpoint_id: u32,
+    /// The container holding the address.
+    pub sandbox_id: u32,
 }
 
 impl LocalIp {
     /// The address belongs to endpoint `endpoint_id` behind host-side interface `ifindex`.
     pub const fn new(ifindex: u32, endpoint_id: u32) -> Self {
-        Self { ifindex, endpoint_id }
+        Self { ifindex, endpoint_id, sandbox_id: endpoint_id }
+    }
+
+    /// The endpoint belongs to container `sandbox_id` (see [`EndpointInfo::in_sandbox`]).
+    pub const fn in_sandbox(mut self, sandbox_id: u32) -> Self {
+        self.sandbox_id = sandbox_id;
+        self
     }
 }
 
@@ -336,7 +362,7 @@ unsafe impl aya::Pod for MetricsKey {}
 unsafe impl aya::Pod for MetricsValue {}
 
 // The C layout, field by field (docs/datapath.md, "Maps").
-const _: () = assert!(size_of::<EndpointInfo>() == 44);
+const _: () = assert!(size_of::<EndpointInfo>() == 48);
 const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 0);
 const _: () = assert!(offset_of!(EndpointInfo, flags) == 4);
 const _: () = assert!(offset_of!(EndpointInfo, ipv6) == 8);
@@ -344,15 +370,17 @@ const _: () = assert!(offset_of!(EndpointInfo, ipv4) == 24);
 const _: () = assert!(offset_of!(EndpointInfo, gateway_ipv4) == 28);
 const _: () = assert!(offset_of!(EndpointInfo, mac) == 32);
 const _: () = assert!(offset_of!(EndpointInfo, host_mac) == 38);
+const _: () = assert!(offset_of!(EndpointInfo, sandbox_id) == 44);
 
 const _: () = assert!(size_of::<IpKey>() == 20);
 const _: () = assert!(offset_of!(IpKey, family) == 0);
 const _: () = assert!(offset_of!(IpKey, pad) == 1);
 const _: () = assert!(offset_of!(IpKey, addr) == 4);
 
-const _: () = assert!(size_of::<LocalIp>() == 8);
+const _: () = assert!(size_of::<LocalIp>() == 12);
 const _: () = assert!(offset_of!(LocalIp, ifindex) == 0);
 const _: () = assert!(offset_of!(LocalIp, endpoint_id) == 4);
+const _: () = assert!(offset_of!(LocalIp, sandbox_id) == 8);
 
 const _: () = assert!(size_of::<MetricsKey>() == 8);
 const _: () = assert!(offset_of!(MetricsKey, endpoint_id) == 0);

@@ -492,8 +492,15 @@ impl<D: Datapath> Driver<D> {
             Some(mtu) => mtu,
             None => self.datapath.default_mtu().await?,
         };
+        // All endpoints of one container share the sandbox key dockerd sends (its netns path).
+        let sandbox = state
+            .endpoints
+            .values()
+            .filter_map(|e| e.joined.as_ref())
+            .find(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
+            .map_or(endpoint.number, |j| j.sandbox);
         let mut undo = Vec::new();
-        let applied = self.apply_join(&endpoint, mtu, &mut undo).await;
+        let applied = self.apply_join(&endpoint, mtu, sandbox, &mut undo).await;
         let joined = match applied {
             Ok(joined) => joined,
             Err(e) => {
@@ -515,7 +522,13 @@ impl<D: Datapath> Driver<D> {
         Ok(endpoint.join_plan())
     }
 
-    async fn apply_join(&self, endpoint: &Endpoint, mtu: u32, undo: &mut Vec<Undo>) -> Result<Joined, DatapathError> {
+    async fn apply_join(
+        &self,
+        endpoint: &Endpoint,
+        mtu: u32,
+        sandbox: u32,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Joined, DatapathError> {
         let host_ifname = endpoint.host_ifname();
         let spec = VethSpec {
             host_ifname: host_ifname.clone(),
@@ -531,7 +544,7 @@ impl<D: Datapath> Driver<D> {
         self.datapath.attach(&host_ifname).await?;
         undo.push(Undo::Detach(host_ifname.clone()));
         let attach_us = started.elapsed().as_micros() as u64 - veth_us;
-        let joined = Joined { sandbox_key: String::new(), host_ifindex: link.index, host_mac: link.mac, mtu };
+        let joined = Joined { sandbox_key: String::new(), sandbox, host_ifindex: link.index, host_mac: link.mac, mtu };
         let mut with_link = endpoint.clone();
         with_link.joined = Some(joined.clone());
         if let Some(ep_state) = datapath_state(&with_link) {
@@ -864,7 +877,11 @@ fn decode_state(records: Records) -> Result<State, DriverError> {
                     state.networks.insert(network.id.clone(), network);
                 }
                 Table::Endpoints => {
-                    let endpoint: Endpoint = decode(table, &key, &bytes)?;
+                    let mut endpoint: Endpoint = decode(table, &key, &bytes)?;
+                    if let Some(joined) = endpoint.joined.as_mut().filter(|j| j.sandbox == 0) {
+                        // Recorded before sandboxes were: alone in its own.
+                        joined.sandbox = endpoint.number;
+                    }
                     state.endpoints.insert(endpoint.id.clone(), endpoint);
                 }
                 Table::Meta => match key.as_str() {
@@ -980,6 +997,7 @@ fn datapath_state(ep: &Endpoint) -> Option<EndpointState> {
     let joined = ep.joined.as_ref()?;
     Some(EndpointState {
         number: ep.number,
+        sandbox: joined.sandbox,
         host_ifname: ep.host_ifname(),
         host_ifindex: joined.host_ifindex,
         host_mac: joined.host_mac,

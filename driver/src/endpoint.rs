@@ -38,6 +38,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
     pub sandbox_key: String,
+    /// Number shared by all endpoints of one container (the sandbox): the first one's number.
+    #[serde(default)]
+    pub sandbox: u32,
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
     pub mtu: u32,

@@ -61,7 +61,7 @@ fn verifier_accepts_both_programs_and_maps_are_pinned() {
         assert_eq!(info.name_as_str(), Some(kernel_name(name)));
     }
 
-    let versioned = root.path().join("v1");
+    let versioned = root.path().join(format!("v{}", bpf_programs::abi::CRS_LAYOUT_VERSION));
     assert_eq!(dp.maps_dir(), versioned.join("maps"));
     for map in MAP_NAMES {
         assert!(pin_exists(&dp.maps_dir().join(map)), "{map} is not pinned");
@@ -456,6 +456,24 @@ fn packets_between_containers_take_the_bpf_path() {
         let after_v4 = spoofed(&metrics(&dp, &a));
         assert!(after_v4 > after_v6, "spoofed IPv4 source not counted: {after_v6} -> {after_v4}");
         assert_eq!(spoofed(&metrics(&dp, &b)), 0);
+
+        // An address of another endpoint of the same container (sandbox) is the container's
+        // own: a multi-homed container replies through its default route with it.
+        let sibling = |dp: &mut BpfDatapath, sandbox: u32| {
+            let local = LocalIp::new(ifindex(&a.lxc), 799).in_sandbox(sandbox);
+            dp.set_local_ip("fdc1:1a00:99::99".parse().expect("ip"), &local).expect("set local ip");
+            dp.set_local_ip("10.250.0.99".parse().expect("ip"), &local).expect("set local ip");
+        };
+        sibling(&mut dp, 701);
+        ping_ok(&a, &["-c", "1", "-W", "2", "-I", "fdc1:1a00:99::99", &b6]);
+        ping_ok(&a, &["-c", "1", "-W", "2", "-I", "10.250.0.99", &b4]);
+        assert_eq!(spoofed(&metrics(&dp, &a)), after_v4, "a sibling's address counted as spoofed");
+        // Held by another container (b's sandbox): spoofed again.
+        sibling(&mut dp, 702);
+        assert!(ping_fails(&a, &["-c", "1", "-W", "1", "-I", "10.250.0.99", &b4]));
+        assert!(spoofed(&metrics(&dp, &a)) > after_v4, "another container's address accepted");
+        dp.remove_local_ip("fdc1:1a00:99::99".parse().expect("ip")).expect("remove");
+        dp.remove_local_ip("10.250.0.99".parse().expect("ip")).expect("remove");
         a.ns.exec(&["ip", "addr", "del", "fdc1:1a00:99::99/128", "dev", "eth0"]);
         a.ns.exec(&["ip", "addr", "del", "10.250.0.99/32", "dev", "eth0"]);
 

@@ -558,3 +558,31 @@ async fn endpoints_whose_ids_share_an_interface_name_are_refused() {
     assert!(msg.contains("would share interface lxc0123456789a"), "{msg}");
     assert!(h.fake().kernel().links.contains_key("lxc0123456789a"), "the live veth must survive");
 }
+
+#[tokio::test]
+async fn endpoints_of_one_container_share_a_sandbox_number() {
+    let h = harness().await;
+    let (pool_a, _) = h.create_network(NET, false, "", "").await;
+    let net_b = endpoint(0xb);
+    let (pool_b, _) = h.create_network(&net_b, false, "", "").await;
+    let join = |net: &str, ep: &str, pool: &str, key: &str| {
+        let (net, ep, pool, key) = (net.to_owned(), ep.to_owned(), pool.to_owned(), key.to_owned());
+        let h = &h;
+        async move {
+            let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": ""})).await;
+            h.ok(
+                "NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": v4["Address"]}}),
+            )
+            .await;
+            h.ok("NetworkDriver.Join", json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": key})).await;
+        }
+    };
+    join(NET, &endpoint(1), &pool_a, "/var/run/docker/netns/aaaaaaaaaaaa").await;
+    join(&net_b, &endpoint(2), &pool_b, "/var/run/docker/netns/aaaaaaaaaaaa").await;
+    join(&net_b, &endpoint(3), &pool_b, "/var/run/docker/netns/bbbbbbbbbbbb").await;
+    let k = h.fake().kernel();
+    let sandbox = |n: u32| k.installed[&format!("lxc{}", &endpoint(n)[..11])].sandbox;
+    assert_eq!(sandbox(1), sandbox(2), "same container, same sandbox");
+    assert_ne!(sandbox(1), sandbox(3), "another container, another sandbox");
+}

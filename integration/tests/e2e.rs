@@ -7,6 +7,7 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bpf_programs::abi::CRS_LAYOUT_VERSION;
 use integration::*;
 use serde_json::Value;
 
@@ -80,13 +81,13 @@ impl Env {
 }
 
 fn pinned_links(daemon: &Daemon) -> Vec<String> {
-    std::fs::read_dir(daemon.bpf_root.join("v1/links"))
+    std::fs::read_dir(daemon.bpf_root.join(format!("v{CRS_LAYOUT_VERSION}/links")))
         .map(|dir| dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
 fn map_entries(daemon: &Daemon, map: &str) -> Result<usize> {
-    let path = daemon.bpf_root.join("v1/maps").join(map);
+    let path = daemon.bpf_root.join(format!("v{CRS_LAYOUT_VERSION}/maps")).join(map);
     let text = run(&["bpftool", "-j", "map", "dump", "pinned", &path.to_string_lossy()])?;
     let entries: Vec<Value> = serde_json::from_str(&text).context("bpftool json")?;
     Ok(entries.len())
@@ -318,6 +319,10 @@ fn connect_disconnect_and_two_networks() {
     let (_, b6) = addresses(&b, &n2).expect("b");
 
     docker(&["network", "connect", &n2, &a]).expect("connect a to n2");
+    // b reaches a at its n2 address; a's replies leave through eth0 (its only default route)
+    // with that source, which the datapath accepts as the container's own.
+    let (_, a6_on_n2) = addresses(&a, &n2).expect("a on n2");
+    ping(&b, &a6_on_n2).expect("b -> a's address on the second network");
     let (_, links) = exec(&a, &["ip", "-o", "link"]).expect("links");
     assert!(links.contains("eth0") && links.contains("eth1"), "{links}");
     let (_, routes) = exec(&a, &["ip", "route"]).expect("routes");

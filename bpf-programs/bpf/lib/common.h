@@ -17,7 +17,7 @@
 #include <bpf/bpf_endian.h>
 
 /* Bumped whenever the key or value layout of a pinned map changes (docs/datapath.md). */
-#define CRS_LAYOUT_VERSION 1
+#define CRS_LAYOUT_VERSION 2
 
 /* Verdicts: pass to the host stack, or drop. Redirects return the helper's result. */
 #define CTX_ACT_OK   TC_ACT_OK

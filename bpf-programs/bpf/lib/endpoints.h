@@ -19,9 +19,10 @@ struct endpoint_info {
 	__be32 gateway_ipv4;	 /* the endpoint's link-local IPv4 gateway */
 	__u8 mac[ETH_ALEN];	 /* container-side MAC */
 	__u8 host_mac[ETH_ALEN]; /* host-side MAC */
+	__u32 sandbox_id;	 /* the container (all its endpoints share it) */
 };
 
-_Static_assert(sizeof(struct endpoint_info) == 44, "endpoint_info layout (abi::EndpointInfo)");
+_Static_assert(sizeof(struct endpoint_info) == 48, "endpoint_info layout (abi::EndpointInfo)");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -42,9 +43,10 @@ _Static_assert(sizeof(struct ip_key) == 20, "ip_key layout (abi::IpKey)");
 struct local_ip {
 	__u32 ifindex; /* host-side ifindex of the endpoint holding the address */
 	__u32 endpoint_id;
+	__u32 sandbox_id; /* the container holding the address */
 };
 
-_Static_assert(sizeof(struct local_ip) == 8, "local_ip layout (abi::LocalIp)");
+_Static_assert(sizeof(struct local_ip) == 12, "local_ip layout (abi::LocalIp)");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -85,6 +87,17 @@ static __always_inline const struct local_ip *lookup_local_ip6(const struct in6_
 	key.family = IP_FAMILY_V6;
 	__builtin_memcpy(key.addr, addr, sizeof(*addr));
 	return bpf_map_lookup_elem(&crs_local_ips, &key);
+}
+
+/*
+ * Whether an address belongs to the endpoint's container, through another of its endpoints: a
+ * container on several networks answers on one interface for an address of another (its
+ * replies follow its single default route).
+ */
+static __always_inline bool sandbox_owns(const struct local_ip *holder,
+					 const struct endpoint_info *ep)
+{
+	return holder && holder->sandbox_id == ep->sandbox_id;
 }
 
 #endif /* CRS_ENDPOINTS_H */

@@ -836,10 +836,10 @@ mod tests {
     fn errors_name_the_object_and_the_cause() {
         let err = BpfError::Io {
             op: "unpin",
-            path: PathBuf::from("/sys/fs/bpf/cilium-rs/v1/links/lxc1_ingress"),
+            path: PathBuf::from("/sys/fs/bpf/cilium-rs/v2/links/lxc1_ingress"),
             source: io::Error::from_raw_os_error(libc::EACCES),
         };
-        assert!(err.to_string().starts_with("unpin /sys/fs/bpf/cilium-rs/v1/links/lxc1_ingress: "));
+        assert!(err.to_string().starts_with("unpin /sys/fs/bpf/cilium-rs/v2/links/lxc1_ingress: "));
         let err = ifindex(ATTACH, "lxcnosuchdev0").expect_err("no such interface");
         assert_eq!(err.to_string(), "attach programs to lxcnosuchdev0: no such device");
     }

@@ -57,7 +57,8 @@ fn addresses(endpoint: &EndpointState) -> Vec<IpAddr> {
 }
 
 fn endpoint_info(endpoint: &EndpointState) -> abi::EndpointInfo {
-    let mut info = abi::EndpointInfo::new(endpoint.number, endpoint.mac, endpoint.host_mac);
+    let mut info =
+        abi::EndpointInfo::new(endpoint.number, endpoint.mac, endpoint.host_mac).in_sandbox(endpoint.sandbox);
     if let Some(v6) = endpoint.ipv6 {
         info = info.with_ipv6(v6);
     }
@@ -111,7 +112,7 @@ impl Datapath for LinuxDatapath {
         {
             let mut bpf = self.bpf();
             bpf.set_endpoint(endpoint.host_ifindex, &endpoint_info(endpoint))?;
-            let local = abi::LocalIp { ifindex: endpoint.host_ifindex, endpoint_id: endpoint.number };
+            let local = abi::LocalIp::new(endpoint.host_ifindex, endpoint.number).in_sandbox(endpoint.sandbox);
             for ip in addresses(endpoint) {
                 bpf.set_local_ip(ip, &local)?;
             }

@@ -15,6 +15,8 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointState {
     pub number: u32,
+    /// Shared by all endpoints of one container: each accepts the others' addresses as sources.
+    pub sandbox: u32,
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
