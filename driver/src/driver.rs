@@ -16,6 +16,7 @@ use crate::datapath::{Datapath, DatapathError, EndpointState, VethSpec};
 use crate::docker::DockerSnapshot;
 use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
 use crate::ids::{BadId, EndpointId, NetworkId};
+use crate::input::quoted;
 use crate::ipam::{self, AllocationKind, Ipam, IpamConfig, IpamError, PoolId, PoolRequest};
 use crate::network::{Network, NetworkOptions};
 use crate::store::{Change, Records, Store, StoreError, Table};
@@ -235,15 +236,16 @@ impl<D: Datapath> Driver<D> {
             && address_space != ipam::GLOBAL_ADDRESS_SPACE
         {
             return Err(DriverError::BadRequest(format!(
-                "unknown address space {address_space:?}: cilium-rs serves {} and {}",
+                "unknown address space {}: cilium-rs serves {} and {}",
+                quoted(address_space),
                 ipam::LOCAL_ADDRESS_SPACE,
                 ipam::GLOBAL_ADDRESS_SPACE
             )));
         }
         if let Some(key) = options.keys().next() {
-            let shown: String = key.chars().take(64).collect();
             return Err(DriverError::BadRequest(format!(
-                "unknown --ipam-opt {shown:?}: cilium-rs IPAM takes no options"
+                "unknown --ipam-opt {}: cilium-rs IPAM takes no options",
+                quoted(key)
             )));
         }
         let avoid = if request.subnet.is_none() { self.datapath.host_prefixes().await? } else { Vec::new() };

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EndpointId, NetworkId};
+use crate::input::quoted;
 use crate::ipam::{PoolId, GATEWAY_IPV6};
 
 /// Host-side veth name prefix; the rest is the first 11 hex digits of the endpoint id.
@@ -109,7 +110,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 /// interface address.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split([':', '-']).collect();
-    let bad = || format!("invalid MAC address {text:?}: expected six hex bytes like 02:42:0a:14:00:05");
+    let bad = || format!("invalid MAC address {}: expected six hex bytes like 02:42:0a:14:00:05", quoted(text));
     if parts.len() != 6 {
         return Err(bad());
     }

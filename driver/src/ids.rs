@@ -4,9 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::input::quoted;
+
 /// Why an id from dockerd was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {kind} id {shown:?}: expected 12 to 64 lowercase hex digits")]
+#[error("invalid {kind} id {shown}: expected 12 to 64 lowercase hex digits")]
 pub struct BadId {
     kind: &'static str,
     shown: String,
@@ -17,9 +19,7 @@ fn check(kind: &'static str, text: &str) -> Result<(), BadId> {
     if ok {
         Ok(())
     } else {
-        // Never echo an unbounded hostile string back.
-        let shown: String = text.chars().take(70).collect();
-        Err(BadId { kind, shown })
+        Err(BadId { kind, shown: quoted(text) })
     }
 }
 

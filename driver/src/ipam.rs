@@ -13,6 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::input::quoted;
+
 /// Address space reported to dockerd for local-scope networks.
 pub const LOCAL_ADDRESS_SPACE: &str = "CiliumRsLocal";
 /// Address space reported to dockerd for global-scope networks (unused by a local driver).
@@ -392,11 +394,13 @@ fn to_u128(addr: IpAddr) -> u128 {
 /// Parses a CIDR the way users type it, with messages that say what is wrong
 /// ("invalid --subnet fd5c::/129: prefix length over 128").
 pub fn parse_cidr(text: &str, what: &str) -> Result<IpNet, String> {
+    let shown = quoted(text);
     let Some((addr, len)) = text.split_once('/') else {
-        return Err(format!("invalid {what} {text:?}: expected address/prefix-length"));
+        return Err(format!("invalid {what} {shown}: expected address/prefix-length"));
     };
-    let addr: IpAddr = addr.parse().map_err(|_| format!("invalid {what} {text:?}: {addr:?} is not an IP address"))?;
-    let len: u8 = len.parse().map_err(|_| format!("invalid {what} {text:?}: {len:?} is not a prefix length"))?;
+    let addr: IpAddr =
+        addr.parse().map_err(|_| format!("invalid {what} {shown}: {} is not an IP address", quoted(addr)))?;
+    let len: u8 = len.parse().map_err(|_| format!("invalid {what} {shown}: {} is not a prefix length", quoted(len)))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     if len > max {
         return Err(format!("invalid {what} {text}: prefix length over {max}"));
@@ -406,7 +410,7 @@ pub fn parse_cidr(text: &str, what: &str) -> Result<IpNet, String> {
 
 /// Parses a bare address ("10.1.0.5", no mask).
 pub fn parse_addr(text: &str, what: &str) -> Result<IpAddr, String> {
-    text.parse().map_err(|_| format!("invalid {what} {text:?}: not an IP address"))
+    text.parse().map_err(|_| format!("invalid {what} {}: not an IP address", quoted(text)))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod http_unix;
 pub mod ids;
+pub mod input;
 pub mod ipam;
 pub mod network;
 pub mod server;

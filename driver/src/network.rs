@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::NetworkId;
+use crate::input::quoted;
 use crate::ipam::PoolId;
 
 /// `-o mtu=…` and its long form.
@@ -74,10 +75,12 @@ pub fn parse_options(options: &Map<String, Value>) -> Result<NetworkOptions, Str
             other => return Err(format!("driver option {key} must be a string, got {other}")),
         };
         if MTU_OPTIONS.contains(&key.as_str()) {
-            parsed.mtu = Some(parse_mtu(&text).map_err(|e| format!("invalid -o {key}={text}: {e}"))?);
+            parsed.mtu = Some(parse_mtu(&text).map_err(|e| format!("invalid -o {key}={}: {e}", text.trim()))?);
         } else {
-            let shown: String = key.chars().take(64).collect();
-            return Err(format!("unknown driver option {shown:?}: cilium-rs knows only -o mtu=<{MIN_MTU}-{MAX_MTU}>"));
+            return Err(format!(
+                "unknown driver option {}: cilium-rs knows only -o mtu=<{MIN_MTU}-{MAX_MTU}>",
+                quoted(key)
+            ));
         }
     }
     Ok(parsed)

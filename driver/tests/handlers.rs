@@ -389,6 +389,16 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
         let msg = value["Err"].as_str().expect("Err");
         assert!(msg.starts_with(want), "{method}: got {msg:?}, want {want:?}");
     }
+    // A hostile string is quoted back as a bounded excerpt, never whole.
+    let (status, value) = h
+        .raw(
+            "IpamDriver.RequestPool",
+            Body::from(json!({"AddressSpace": "CiliumRsLocal", "Pool": "\u{1b}[31m".repeat(20_000), "V6": false}).to_string()),
+        )
+        .await;
+    let msg = value["Err"].as_str().expect("Err");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.len() < 300 && msg.starts_with("invalid --subnet") && !msg.contains('\u{1b}'), "{msg}");
     let huge = format!("{{\"NetworkID\": \"{}\"}}", "a".repeat(2 << 20));
     let (status, value) = h.raw("NetworkDriver.DeleteNetwork", Body::from(huge)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");

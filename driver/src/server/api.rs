@@ -32,8 +32,7 @@ pub fn router<D: Datapath>(driver: Arc<Driver<D>>) -> Router {
         .route(NETWORKS, get(networks::<D>))
         .route(STATUS, get(status::<D>))
         .fallback(|uri: Uri| async move {
-            let path: String = uri.path().chars().take(80).collect();
-            error(StatusCode::NOT_FOUND, format!("no such API path {path}"))
+            error(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })
         .with_state(driver)
 }

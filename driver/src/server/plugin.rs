@@ -24,6 +24,7 @@ use crate::datapath::Datapath;
 use crate::driver::{CreateEndpoint, CreateNetwork, Driver, DriverError, PoolData};
 use crate::endpoint::{format_mac, parse_mac, CONTAINER_IFNAME_PREFIX};
 use crate::ids::{EndpointId, NetworkId};
+use crate::input::quoted;
 use crate::ipam::{self, parse_addr, parse_cidr, PoolId, PoolRequest};
 use crate::network::parse_options;
 
@@ -186,7 +187,7 @@ pub fn router<D: Datapath>(driver: Shared<D>) -> Router {
 }
 
 async fn unknown_method(uri: Uri) -> Response {
-    let path: String = uri.path().chars().take(80).collect();
+    let path = quoted(uri.path());
     debug!(path, "unknown plugin method");
     PluginError { status: StatusCode::NOT_FOUND, message: format!("cilium-rs does not implement {path}") }
         .into_response()
@@ -387,10 +388,7 @@ async fn revoke_external_connectivity(body: Body) -> Response {
 
 fn pool_id(text: &str) -> Result<PoolId, PluginError> {
     if text.is_empty() || text.len() > 128 {
-        return Err(PluginError::bad_request(format!(
-            "invalid pool id {:?}",
-            text.chars().take(70).collect::<String>()
-        )));
+        return Err(PluginError::bad_request(format!("invalid pool id {}", quoted(text))));
     }
     Ok(PoolId(text.to_owned()))
 }
