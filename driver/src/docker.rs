@@ -18,8 +18,6 @@ use crate::ids::{EndpointId, NetworkId};
 
 /// API version spoken: the newest Docker 20.10 knows; later engines still accept it.
 const API: &str = "/v1.41";
-/// How often state is reconciled once Docker answers.
-const PERIOD: Duration = Duration::from_secs(120);
 /// How long to wait between attempts while Docker does not answer.
 const RETRY: Duration = Duration::from_secs(5);
 /// After a new dockerd activated the plugin, wait this long (it replays its own clean-up
@@ -142,7 +140,7 @@ pub async fn snapshot(docker: &Path, name: &str) -> Result<DockerSnapshot, HttpE
 }
 
 /// Reconciles at start (as soon as Docker answers) and then periodically, in the background.
-pub async fn reconcile_forever<D: Datapath>(driver: Arc<Driver<D>>, docker: PathBuf, name: String) {
+pub async fn reconcile_forever<D: Datapath>(driver: Arc<Driver<D>>, docker: PathBuf, name: String, period: Duration) {
     let mut reachable = true;
     loop {
         match snapshot(&docker, &name).await {
@@ -155,7 +153,7 @@ pub async fn reconcile_forever<D: Datapath>(driver: Arc<Driver<D>>, docker: Path
                     Err(e) => warn!(error = %e, "reconcile with docker"),
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(PERIOD) => {}
+                    _ = tokio::time::sleep(period) => {}
                     _ = driver.reconcile_requested() => {
                         debug!("plugin activated by dockerd: reconciling shortly");
                         tokio::time::sleep(AFTER_ACTIVATION).await;

@@ -23,11 +23,19 @@ use crate::store::{Change, Records, Store, StoreError, Table};
 use crate::views::{EndpointView, NetworkView, PoolView, StatusView};
 
 /// Settings that do not change while the daemon runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub ipam: IpamConfig,
     /// Endpoint MTU when a network has no `-o mtu`; `None` = the host's default-route MTU.
     pub mtu: Option<u32>,
+    /// Records younger than this (seconds) are never reconciled away.
+    pub reconcile_grace_secs: u64,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig { ipam: IpamConfig::default(), mtu: None, reconcile_grace_secs: RECONCILE_GRACE_SECS }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +149,8 @@ enum Undo {
     Uninstall(EndpointState),
 }
 
-/// Records this young (seconds) are never reconciled away.
+/// Default of `DriverConfig::reconcile_grace_secs`: dockerd stores an endpoint only after
+/// CreateEndpoint returned, and a container start takes well under a minute.
 pub const RECONCILE_GRACE_SECS: u64 = 60;
 
 /// What a reconciliation removed.
@@ -677,10 +686,10 @@ impl<D: Datapath> Driver<D> {
 
     /// Drops what dockerd no longer knows: endpoints and networks it forgot (their calls were
     /// lost while this daemon was down), pools no network uses, addresses nobody holds. Records
-    /// younger than `RECONCILE_GRACE_SECS` before the snapshot are left alone, since dockerd
+    /// younger than the grace period before the snapshot are left alone, since dockerd
     /// stores endpoints only after CreateEndpoint returns.
     pub async fn reconcile(&self, snap: &DockerSnapshot) -> Result<ReconcileReport, DriverError> {
-        let settled = |at: u64| at.saturating_add(RECONCILE_GRACE_SECS) <= snap.taken_at;
+        let settled = |at: u64| at.saturating_add(self.config.reconcile_grace_secs) <= snap.taken_at;
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let mut dirty = Dirty::default();

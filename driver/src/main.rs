@@ -106,6 +106,12 @@ struct DaemonArgs {
     /// (pinned links, Linux >= 6.6; each waits for an RCU grace period, 10-40 ms).
     #[arg(long, env = "CILIUM_RS_ATTACH_MODE", value_enum, default_value_t = AttachModeArg::Tc)]
     attach_mode: AttachModeArg,
+    /// Seconds between reconciliations with Docker (what dockerd forgot while we were down).
+    #[arg(long, env = "CILIUM_RS_RECONCILE_INTERVAL", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    reconcile_interval: u64,
+    /// Records younger than this many seconds are never reconciled away.
+    #[arg(long, env = "CILIUM_RS_RECONCILE_GRACE", default_value_t = cilium_rs::driver::RECONCILE_GRACE_SECS)]
+    reconcile_grace: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug".
     #[arg(long, env = "CILIUM_RS_LOG", default_value = "info")]
     log: String,
@@ -177,6 +183,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
             ipv6_prefix: args.ipv6_pool_prefix,
         },
         mtu: args.mtu,
+        reconcile_grace_secs: args.reconcile_grace,
     };
     config.ipam.validate()?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
@@ -194,7 +201,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
     let driver = Arc::new(Driver::start(config, datapath, Box::new(store)).await?);
     let plugin_name = docker::plugin_name(&plugin.file.path);
-    let reconciler = tokio::spawn(docker::reconcile_forever(driver.clone(), args.docker_socket.clone(), plugin_name));
+    let reconciler = tokio::spawn(docker::reconcile_forever(
+        driver.clone(),
+        args.docker_socket.clone(),
+        plugin_name,
+        std::time::Duration::from_secs(args.reconcile_interval),
+    ));
     server::serve(driver, plugin, api, shutdown_signal()).await?;
     reconciler.abort();
     tracing::info!("stopped");

@@ -393,7 +393,9 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
     let (status, value) = h
         .raw(
             "IpamDriver.RequestPool",
-            Body::from(json!({"AddressSpace": "CiliumRsLocal", "Pool": "\u{1b}[31m".repeat(20_000), "V6": false}).to_string()),
+            Body::from(
+                json!({"AddressSpace": "CiliumRsLocal", "Pool": "\u{1b}[31m".repeat(20_000), "V6": false}).to_string(),
+            ),
         )
         .await;
     let msg = value["Err"].as_str().expect("Err");

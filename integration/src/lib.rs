@@ -211,6 +211,18 @@ impl Daemon {
         run(&argv)
     }
 
+    /// Calls the plugin socket directly, as dockerd would (for what dockerd must not know).
+    pub fn plugin_call(&self, method: &str, body: &Value) -> Result<Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let bytes = runtime.block_on(cilium_rs::http_unix::request(
+            &self.plugin_socket,
+            hyper::Method::POST,
+            &format!("/{method}"),
+            Some(format!("{body}\n").into_bytes()),
+        ))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
     pub fn endpoints(&self) -> Result<Vec<Value>> {
         Ok(serde_json::from_str(&self.cli(&["endpoint", "list", "-o", "json"])?)?)
     }

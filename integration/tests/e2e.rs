@@ -23,9 +23,13 @@ struct Env {
 }
 
 fn setup() -> Env {
+    setup_with(&[])
+}
+
+fn setup_with(env: &[(&str, &str)]) -> Env {
     require_root_and_dockerd();
     let serial = serial();
-    let daemon = Daemon::start(PLUGIN).expect("start daemon");
+    let daemon = Daemon::start_with(PLUGIN, env).expect("start daemon");
     remove_docker_leftovers(PREFIX);
     Env {
         daemon,
@@ -382,4 +386,60 @@ fn compose_stack_up_down_up() {
         compose(&["down"]).expect("down");
     }
     env.finish(&[], &[]);
+}
+
+#[test]
+fn reconciliation_drops_what_dockerd_does_not_know_and_keeps_the_rest() {
+    // Reconcile every second; anything older than 2 s that dockerd does not know goes.
+    let env = setup_with(&[("CILIUM_RS_RECONCILE_INTERVAL", "1"), ("CILIUM_RS_RECONCILE_GRACE", "2")]);
+    let net = format!("{PREFIX}recon");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let (a, b) = (format!("{PREFIX}rca"), format!("{PREFIX}rcb"));
+    run_container(&a, &["--network", &net]).expect("a");
+    run_container(&b, &["--network", &net]).expect("b");
+
+    // What a lost dockerd call leaves behind: a network and a joined endpoint dockerd never
+    // heard of (made here through the plugin socket directly).
+    let d = &env.daemon;
+    let orphan_net = "0f".repeat(32);
+    let orphan_ep = "0e".repeat(32);
+    let v4 = d
+        .plugin_call(
+            "IpamDriver.RequestPool",
+            &serde_json::json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}),
+        )
+        .expect("pool");
+    d.plugin_call(
+        "NetworkDriver.CreateNetwork",
+        &serde_json::json!({"NetworkID": orphan_net, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v4["Pool"]}]}),
+    )
+    .expect("network");
+    let addr = d
+        .plugin_call("IpamDriver.RequestAddress", &serde_json::json!({"PoolID": v4["PoolID"], "Address": ""}))
+        .expect("address");
+    d.plugin_call(
+        "NetworkDriver.CreateEndpoint",
+        &serde_json::json!({"NetworkID": orphan_net, "EndpointID": orphan_ep, "Interface": {"Address": addr["Address"]}}),
+    )
+    .expect("endpoint");
+    d.plugin_call(
+        "NetworkDriver.Join",
+        &serde_json::json!({"NetworkID": orphan_net, "EndpointID": orphan_ep, "SandboxKey": ""}),
+    )
+    .expect("join");
+    let orphan_link = format!("lxc{}", &orphan_ep[..11]);
+    assert!(host_lxc_links().expect("links").contains(&orphan_link));
+    assert_eq!(d.endpoints().expect("endpoints").len(), 3);
+
+    wait_until(Duration::from_secs(20), "the orphans to be reconciled away", || {
+        d.endpoints().map(|e| e.len() == 2).unwrap_or(false) && d.networks().map(|n| n.len() == 1).unwrap_or(false)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(!host_lxc_links().expect("links").contains(&orphan_link), "the orphan's veth is gone");
+    // What dockerd knows stays, and works.
+    let (_, b6) = addresses(&b, &net).expect("b");
+    ping(&a, &b6).expect("live containers untouched");
+    assert!(d.log_text().contains("dockerd no longer knows this endpoint"));
+
+    env.finish(&[&a, &b], &[&net]);
 }
