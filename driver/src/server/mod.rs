@@ -22,6 +22,8 @@ use crate::driver::Driver;
 pub enum ServerError {
     #[error("another process is serving {0}; stop it or choose another socket path")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
     #[error("bind {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("socket-activated fd {fd}: {source}")]
@@ -59,7 +61,10 @@ impl Socket {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                return Err(ServerError::NotASocket(path.to_owned()));
+            }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(ServerError::InUse(path.to_owned()));
             }
@@ -119,4 +124,31 @@ pub async fn serve<D: Datapath>(
     plugin_result.map_err(|source| ServerError::Serve { path: plugin.file.path.clone(), source })?;
     api_result.map_err(|source| ServerError::Serve { path: api.file.path.clone(), source })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binding_replaces_stale_sockets_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("plain.sock");
+        std::fs::write(&file, "precious").expect("write");
+        let err = Socket::bind(&file).expect_err("a regular file is not replaced");
+        assert!(matches!(err, ServerError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).expect("still there"), "precious");
+
+        let path = dir.path().join("live.sock");
+        let live = Socket::bind(&path).expect("bind");
+        assert!(matches!(Socket::bind(&path), Err(ServerError::InUse(_))), "a served socket is not taken over");
+        drop(live);
+        assert!(!path.exists(), "our socket file is removed with us");
+
+        // A stale socket (nobody listening) is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(&path).expect("bind stale");
+        drop(stale);
+        assert!(path.exists());
+        Socket::bind(&path).expect("stale socket replaced");
+    }
 }
