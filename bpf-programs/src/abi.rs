@@ -354,7 +354,7 @@ impl fmt::Display for DropReason {
 unsafe impl aya::Pod for EndpointInfo {}
 // SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for IpKey {}
-// SAFETY: as above: `repr(C)`, two `u32`s, layout asserted below.
+// SAFETY: as above: `repr(C)`, three `u32`s, layout asserted below.
 unsafe impl aya::Pod for LocalIp {}
 // SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for MetricsKey {}
