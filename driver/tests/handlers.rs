@@ -101,6 +101,17 @@ impl Harness {
         (v4_id, v6_id)
     }
 
+    /// RequestAddress (IPv4) + CreateEndpoint with it, as dockerd does before Join.
+    async fn create_endpoint(&self, net: &str, ep: &str, v4_pool: &str) -> Value {
+        let v4 = self.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
+        self.ok(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": v4["Address"], "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
+        )
+        .await;
+        v4
+    }
+
     /// RequestAddress (v4, then v6) + CreateEndpoint + Join + EndpointOperInfo, as `docker run`.
     async fn start_container(
         &self,
@@ -290,12 +301,7 @@ async fn failed_join_rolls_back_every_step_and_can_be_retried() {
     for failing in ["attach", "install"] {
         let h = harness().await;
         let (v4_pool, _) = h.create_network(NET, false, "", "").await;
-        let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
-        h.ok(
-            "NetworkDriver.CreateEndpoint",
-            json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": v4["Address"], "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
-        )
-        .await;
+        h.create_endpoint(NET, EP, &v4_pool).await;
         h.fake().fail(failing);
         let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
         let (status, msg) = h.err("NetworkDriver.Join", join.clone()).await;
@@ -317,12 +323,7 @@ async fn failed_join_rolls_back_every_step_and_can_be_retried() {
 async fn failed_commit_rolls_back_the_kernel_and_the_state() {
     let h = harness().await;
     let (v4_pool, _) = h.create_network(NET, false, "", "").await;
-    let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
-    h.ok(
-        "NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": v4["Address"], "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
-    )
-    .await;
+    let v4 = h.create_endpoint(NET, EP, &v4_pool).await;
     h.store.fail_commits(true);
     let (status, msg) =
         h.err("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})).await;

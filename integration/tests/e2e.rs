@@ -48,6 +48,14 @@ impl Env {
         Ok(docker(&argv)?.trim().to_owned())
     }
 
+    /// The error of a `docker network create` with our driver that must fail.
+    fn network_fails(&self, name: &str, args: &[&str]) -> String {
+        let mut argv = vec!["network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN];
+        argv.extend_from_slice(args);
+        argv.push(name);
+        docker_fails(&argv).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// Removes containers and networks, then checks the daemon, the kernel and the pins hold
     /// nothing of them any more.
     fn finish(self, containers: &[&str], networks: &[&str]) {
@@ -135,18 +143,7 @@ fn networks_are_created_inspected_and_removed() {
     assert_eq!(v4, "10.231.0.128", "--ip-range bounds dynamic addresses");
 
     // Refusals come back as messages a user can act on.
-    let msg = docker_fails(&[
-        "network",
-        "create",
-        "-d",
-        PLUGIN,
-        "--ipam-driver",
-        PLUGIN,
-        "--subnet",
-        "10.231.0.0/16",
-        &format!("{PREFIX}dup"),
-    ])
-    .expect("duplicate subnet refused");
+    let msg = env.network_fails(&format!("{PREFIX}dup"), &["--subnet", "10.231.0.0/16"]);
     assert!(msg.contains("overlaps 10.231.0.0/24"), "{msg}");
     let msg = docker_fails(&["network", "create", "-d", PLUGIN, &format!("{PREFIX}default-ipam")])
         .expect("default IPAM refused");
@@ -154,18 +151,7 @@ fn networks_are_created_inspected_and_removed() {
     let msg = docker_fails(&["run", "--rm", "--network", &fixed, "--ip", "10.231.0.10", IMAGE, "true"])
         .expect("address in use");
     assert!(msg.contains("10.231.0.10 is already in use"), "{msg}");
-    let msg = docker_fails(&[
-        "network",
-        "create",
-        "-d",
-        PLUGIN,
-        "--ipam-driver",
-        PLUGIN,
-        "-o",
-        "mtu=9",
-        &format!("{PREFIX}mtu"),
-    ])
-    .expect("bad mtu refused");
+    let msg = env.network_fails(&format!("{PREFIX}mtu"), &["-o", "mtu=9"]);
     assert!(msg.contains("invalid -o mtu=9"), "{msg}");
 
     env.finish(&[&c1, &c2], &[&auto, &fixed, &plain]);
