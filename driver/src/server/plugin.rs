@@ -283,6 +283,9 @@ async fn delete_network<D: Datapath>(State(driver): State<Shared<D>>, body: Body
 
 async fn create_endpoint<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
     call("NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
+        if r.options.get(spec::OPTION_PORT_MAP).and_then(Value::as_array).is_some_and(|ports| !ports.is_empty()) {
+            warn!("published ports (-p) are not programmed by cilium-rs: reach the container at its routed addresses");
+        }
         let mac = if r.interface.mac_address.is_empty() {
             None
         } else {
