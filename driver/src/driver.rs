@@ -350,19 +350,11 @@ impl<D: Datapath> Driver<D> {
         } else {
             None
         };
-        let gateway_ipv4 = match ipv4_pools.first() {
-            Some(id) => match next.ipam.pool(id)?.gateway {
-                IpAddr::V4(gw) => Some(gw),
-                IpAddr::V6(_) => None,
-            },
-            None => None,
-        };
         let network = Network {
             id: request.id.clone(),
             ipv4_pools,
             ipv6_pools,
             driver_ipv6_pool,
-            gateway_ipv4,
             ipv6_enabled: request.options.ipv6_enabled,
             internal: request.options.internal,
             mtu: request.options.mtu,
@@ -457,13 +449,11 @@ impl<D: Datapath> Driver<D> {
                 mac
             }
         };
-        let gateway_ipv4 = match ipv4 {
-            Some(addr) => match next.ipam.pool_containing(addr).map(|p| p.gateway) {
-                Some(IpAddr::V4(gw)) => Some(gw),
-                _ => network.gateway_ipv4,
-            },
-            None => None,
-        };
+        // The gateway of the pool holding the address (`claim` checked it is the network's).
+        let gateway_ipv4 = ipv4.and_then(|addr| match next.ipam.pool_containing(addr)?.gateway {
+            IpAddr::V4(gw) => Some(gw),
+            IpAddr::V6(_) => None,
+        });
         let number = next_number(&mut next);
         let endpoint = Endpoint {
             id: request.endpoint.clone(),

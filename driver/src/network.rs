@@ -1,7 +1,5 @@
 //! Networks: the persisted record and the driver options dockerd passes at CreateNetwork.
 
-use std::net::Ipv4Addr;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -21,7 +19,6 @@ pub struct Network {
     pub ipv6_pools: Vec<PoolId>,
     /// IPv6 pool the driver took itself because the network was created without `--ipv6`.
     pub driver_ipv6_pool: Option<PoolId>,
-    pub gateway_ipv4: Option<Ipv4Addr>,
     pub ipv6_enabled: bool,
     pub internal: bool,
     /// From `-o mtu=`; `None` means the host's default-route MTU at Join time.
