@@ -848,12 +848,7 @@ fn change<T: Serialize>(table: Table, key: &str, value: Option<&T>) -> Result<Ch
 }
 
 fn table_name(table: Table) -> &'static str {
-    match table {
-        Table::Networks => "networks",
-        Table::Pools => "pools",
-        Table::Endpoints => "endpoints",
-        Table::Meta => "meta",
-    }
+    table.name()
 }
 
 fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T, DriverError> {
@@ -890,6 +885,7 @@ fn decode_state(records: Records) -> Result<State, DriverError> {
                     META_NEXT_NUMBER => state.next_number = decode(table, &key, &bytes)?,
                     _ => {}
                 },
+                Table::Kv | Table::Rules => {}
             }
         }
     }

@@ -14,17 +14,23 @@ pub enum Table {
     Pools,
     Endpoints,
     Meta,
+    /// The embedded key-value store shared interfaces use (identities).
+    Kv,
+    /// Policy rules, by rule id.
+    Rules,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Networks, Table::Pools, Table::Endpoints, Table::Meta];
+    pub const ALL: [Table; 6] = [Table::Networks, Table::Pools, Table::Endpoints, Table::Meta, Table::Kv, Table::Rules];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Table::Networks => "networks",
             Table::Pools => "pools",
             Table::Endpoints => "endpoints",
             Table::Meta => "meta",
+            Table::Kv => "kv",
+            Table::Rules => "rules",
         }
     }
 
