@@ -1,5 +1,6 @@
 //! Docker Engine API client for background work only — never called while dockerd waits on a
-//! plugin request (it may hold the container lock): reconciles our state with dockerd's view.
+//! plugin request (it may hold the container lock): reads dockerd's view of our networks and
+//! feeds it to the driver's reconciliation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,10 +12,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use crate::datapath::Datapath;
-use crate::driver::{now, Driver};
+use crate::driver::Driver;
 use crate::http_unix::{get_json, HttpError};
 use crate::ids::{EndpointId, NetworkId};
+use crate::reconcile::{DockerNetwork, DockerSnapshot};
+use crate::state::now;
 
 /// API version spoken: the newest Docker 20.10 knows; later engines still accept it.
 const API: &str = "/v1.41";
@@ -27,26 +29,6 @@ const AFTER_ACTIVATION: Duration = Duration::from_secs(10);
 /// The driver (and IPAM) name dockerd knows us by: the plugin socket's file name without `.sock`.
 pub fn plugin_name(socket: &Path) -> String {
     socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "cilium-rs".to_owned())
-}
-
-/// dockerd's view of the networks that use our driver or our IPAM, at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DockerSnapshot {
-    /// Unix seconds when the snapshot was started: anything of ours created later (or a grace
-    /// period before) is left alone.
-    pub taken_at: u64,
-    /// Networks driven by us, by id.
-    pub networks: BTreeMap<NetworkId, DockerNetwork>,
-    /// Subnets of every network whose IPAM is ours (whatever its driver).
-    pub subnets: Vec<IpNet>,
-    /// Addresses dockerd believes allocated from our IPAM: endpoints, gateways, aux addresses.
-    pub addresses: BTreeSet<IpAddr>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DockerNetwork {
-    pub name: String,
-    pub endpoints: BTreeSet<EndpointId>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,7 +122,7 @@ pub async fn snapshot(docker: &Path, name: &str) -> Result<DockerSnapshot, HttpE
 }
 
 /// Reconciles at start (as soon as Docker answers) and then periodically, in the background.
-pub async fn reconcile_forever<D: Datapath>(driver: Arc<Driver<D>>, docker: PathBuf, name: String, period: Duration) {
+pub async fn reconcile_forever(driver: Arc<Driver>, docker: PathBuf, name: String, period: Duration) {
     let mut reachable = true;
     loop {
         match snapshot(&docker, &name).await {

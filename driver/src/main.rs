@@ -199,7 +199,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         AttachModeArg::Tcx => AttachMode::Tcx,
     };
     let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
-    let driver = Arc::new(Driver::start(config, datapath, Box::new(store)).await?);
+    let driver = Arc::new(Driver::start(config, Arc::new(datapath), Arc::new(store)).await?);
     let plugin_name = docker::plugin_name(&plugin.file.path);
     let reconciler = tokio::spawn(docker::reconcile_forever(
         driver.clone(),

@@ -1,8 +1,13 @@
-//! What the API socket reports (endpoints, networks, status), shared by the daemon and the CLI.
+//! What the API socket reports (endpoints, networks, status), shared by the daemon and the CLI,
+//! and how the state turns into it (no I/O).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::Counters;
+use crate::endpoint::{format_mac, Endpoint};
+use crate::state::State;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointView {
@@ -44,4 +49,68 @@ pub struct StatusView {
     pub networks: usize,
     pub endpoints: usize,
     pub pools: usize,
+}
+
+/// An endpoint without its counters (the datapath adds them).
+pub fn endpoint(ep: &Endpoint) -> EndpointView {
+    EndpointView {
+        id: ep.id.to_string(),
+        network: ep.network.to_string(),
+        number: ep.number,
+        ipv6: ep.ipv6.map(|a| a.to_string()),
+        ipv4: ep.ipv4.map(|a| a.to_string()),
+        mac: format_mac(&ep.mac),
+        host_ifname: ep.host_ifname(),
+        host_ifindex: ep.joined.as_ref().map(|j| j.host_ifindex),
+        joined: ep.joined.is_some(),
+        counters: Counters::default(),
+    }
+}
+
+/// What EndpointOperInfo shows in `docker network inspect -v`.
+pub fn endpoint_oper_info(ep: &Endpoint) -> BTreeMap<String, String> {
+    let mut info =
+        BTreeMap::from([("host_ifname".to_owned(), ep.host_ifname()), ("mac".to_owned(), format_mac(&ep.mac))]);
+    if let Some(a) = ep.ipv6 {
+        info.insert("ipv6".to_owned(), a.to_string());
+    }
+    if let Some(a) = ep.ipv4 {
+        info.insert("ipv4".to_owned(), a.to_string());
+    }
+    info
+}
+
+pub fn networks(state: &State) -> Vec<NetworkView> {
+    state
+        .networks
+        .values()
+        .map(|n| NetworkView {
+            id: n.id.to_string(),
+            ipv6_enabled: n.ipv6_enabled,
+            internal: n.internal,
+            mtu: n.mtu,
+            endpoints: state.endpoints.values().filter(|e| e.network == n.id).count(),
+            pools: n
+                .pools()
+                .filter_map(|id| state.ipam.pools.get(id))
+                .map(|p| PoolView {
+                    id: p.id.to_string(),
+                    subnet: p.subnet.to_string(),
+                    ip_range: p.range.map(|r| r.to_string()),
+                    gateway: p.gateway.to_string(),
+                    used: p.used(),
+                    taken_by_driver: p.internal,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn status(state: &State) -> StatusView {
+    StatusView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        networks: state.networks.len(),
+        endpoints: state.endpoints.len(),
+        pools: state.ipam.pools.len(),
+    }
 }

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use cilium_rs::datapath::fake::FakeDatapath;
-use cilium_rs::docker::{DockerNetwork, DockerSnapshot};
 use cilium_rs::driver::{Driver, DriverConfig};
 use cilium_rs::ids::{EndpointId, NetworkId};
+use cilium_rs::reconcile::{DockerNetwork, DockerSnapshot};
 use cilium_rs::server::plugin;
 use cilium_rs::store::{MemoryStore, Store, Table};
 
@@ -21,15 +21,16 @@ const NET: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543
 const EP: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 struct Harness {
-    driver: Arc<Driver<Arc<FakeDatapath>>>,
+    driver: Arc<Driver>,
     router: Router,
     store: Arc<MemoryStore>,
+    kernel: Arc<FakeDatapath>,
 }
 
 async fn harness_with(store: Arc<MemoryStore>, kernel: Arc<FakeDatapath>) -> Harness {
     let driver =
-        Arc::new(Driver::start(DriverConfig::default(), kernel, Box::new(store.clone())).await.expect("driver starts"));
-    Harness { router: plugin::router(driver.clone()), driver, store }
+        Arc::new(Driver::start(DriverConfig::default(), kernel.clone(), store.clone()).await.expect("driver starts"));
+    Harness { router: plugin::router(driver.clone()), driver, store, kernel }
 }
 
 async fn harness() -> Harness {
@@ -69,7 +70,7 @@ impl Harness {
     }
 
     fn fake(&self) -> &FakeDatapath {
-        self.driver.datapath().as_ref()
+        &self.kernel
     }
 
     /// IPAM + CreateNetwork as `docker network create [--ipv6]` does it.
@@ -496,7 +497,7 @@ fn snapshot_at(taken_at: u64) -> DockerSnapshot {
 }
 
 fn later() -> u64 {
-    cilium_rs::driver::now() + cilium_rs::driver::RECONCILE_GRACE_SECS + 5
+    cilium_rs::state::now() + cilium_rs::driver::RECONCILE_GRACE_SECS + 5
 }
 
 #[tokio::test]
@@ -521,7 +522,7 @@ async fn reconcile_removes_what_dockerd_forgot_and_keeps_the_rest() {
     assert!(h.driver.reconcile(&known).await.expect("reconcile").is_empty());
 
     // Too young to judge: nothing goes either.
-    assert!(h.driver.reconcile(&snapshot_at(cilium_rs::driver::now())).await.expect("reconcile").is_empty());
+    assert!(h.driver.reconcile(&snapshot_at(cilium_rs::state::now())).await.expect("reconcile").is_empty());
 
     // The address and the pool are nobody's any more.
     let mut forgot_leftovers = known.clone();

@@ -62,6 +62,7 @@ impl FakeDatapath {
     }
 }
 
+#[async_trait::async_trait]
 impl Datapath for FakeDatapath {
     async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError> {
         Ok(self.enter("host_prefixes", "")?.host_prefixes.clone())

@@ -78,6 +78,7 @@ fn nameservers() -> Vec<IpNet> {
         .collect()
 }
 
+#[async_trait::async_trait]
 impl Datapath for LinuxDatapath {
     async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError> {
         let mut prefixes: Vec<IpNet> =

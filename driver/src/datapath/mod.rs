@@ -6,7 +6,6 @@
 pub mod fake;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -105,88 +104,42 @@ pub mod bpf;
 pub mod link;
 pub mod linux;
 
-/// The kernel operations the driver needs.
+/// The kernel operations the driver needs; the driver holds it as `Arc<dyn Datapath>`.
+#[async_trait::async_trait]
 pub trait Datapath: Send + Sync + 'static {
     /// Prefixes routed on the host, which automatically chosen pools must avoid.
-    fn host_prefixes(&self) -> impl Future<Output = Result<Vec<IpNet>, DatapathError>> + Send;
+    async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError>;
 
     /// MTU of the host's default-route interface (the default endpoint MTU).
-    fn default_mtu(&self) -> impl Future<Output = Result<u32, DatapathError>> + Send;
+    async fn default_mtu(&self) -> Result<u32, DatapathError>;
 
     /// Creates the veth pair (host side up, peer left for dockerd to move).
-    fn create_veth(&self, spec: &VethSpec) -> impl Future<Output = Result<HostLink, DatapathError>> + Send;
+    async fn create_veth(&self, spec: &VethSpec) -> Result<HostLink, DatapathError>;
 
     /// Deletes the veth pair by its host-side name; absent is fine.
-    fn delete_veth(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn delete_veth(&self, host_ifname: &str) -> Result<(), DatapathError>;
 
     /// Attaches the endpoint programs to the host side (pinned, so they outlive the daemon).
-    fn attach(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn attach(&self, host_ifname: &str) -> Result<(), DatapathError>;
 
     /// Detaches them; absent is fine.
-    fn detach(&self, host_ifname: &str) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn detach(&self, host_ifname: &str) -> Result<(), DatapathError>;
 
     /// Makes the endpoint reachable: host routes, neighbour entries and map entries.
-    fn install(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError>;
 
     /// Stops delivering to the endpoint (routes, neighbours, address entries); absent entries
     /// are fine; goes on past errors and reports them all. The endpoint's own entry stays, so
     /// what its container still sends is attributed to it until `forget`.
-    fn uninstall(&self, endpoint: &EndpointState) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError>;
 
     /// Counters of every endpoint, by endpoint number.
-    fn counters(&self) -> impl Future<Output = Result<BTreeMap<u32, Counters>, DatapathError>> + Send;
+    async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;
 
     /// Forgets an endpoint once its veth is gone: its entry and its counters.
-    fn forget(&self, number: u32) -> impl Future<Output = Result<(), DatapathError>> + Send;
+    async fn forget(&self, number: u32) -> Result<(), DatapathError>;
 
     /// After a restart: makes the kernel match the joined endpoints (attach, install) and
     /// removes datapath entries that belong to none of them.
-    fn restore(&self, joined: &[EndpointState]) -> impl Future<Output = Result<RestoreReport, DatapathError>> + Send;
-}
-
-/// A shared datapath is a datapath (tests keep the fake "kernel" across daemon restarts).
-impl<D: Datapath> Datapath for std::sync::Arc<D> {
-    async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError> {
-        (**self).host_prefixes().await
-    }
-
-    async fn default_mtu(&self) -> Result<u32, DatapathError> {
-        (**self).default_mtu().await
-    }
-
-    async fn create_veth(&self, spec: &VethSpec) -> Result<HostLink, DatapathError> {
-        (**self).create_veth(spec).await
-    }
-
-    async fn delete_veth(&self, host_ifname: &str) -> Result<(), DatapathError> {
-        (**self).delete_veth(host_ifname).await
-    }
-
-    async fn attach(&self, host_ifname: &str) -> Result<(), DatapathError> {
-        (**self).attach(host_ifname).await
-    }
-
-    async fn detach(&self, host_ifname: &str) -> Result<(), DatapathError> {
-        (**self).detach(host_ifname).await
-    }
-
-    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
-        (**self).install(endpoint).await
-    }
-
-    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
-        (**self).uninstall(endpoint).await
-    }
-
-    async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
-        (**self).counters().await
-    }
-
-    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
-        (**self).forget(number).await
-    }
-
-    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {
-        (**self).restore(joined).await
-    }
+    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError>;
 }

@@ -9,7 +9,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::Datapath;
 use crate::driver::Driver;
 
 pub const ENDPOINTS: &str = "/v1/endpoints";
@@ -26,18 +25,18 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(ApiError { error: message })).into_response()
 }
 
-pub fn router<D: Datapath>(driver: Arc<Driver<D>>) -> Router {
+pub fn router(driver: Arc<Driver>) -> Router {
     Router::new()
-        .route(ENDPOINTS, get(endpoints::<D>))
-        .route(NETWORKS, get(networks::<D>))
-        .route(STATUS, get(status::<D>))
+        .route(ENDPOINTS, get(endpoints))
+        .route(NETWORKS, get(networks))
+        .route(STATUS, get(status))
         .fallback(|uri: Uri| async move {
             error(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })
         .with_state(driver)
 }
 
-async fn endpoints<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+async fn endpoints(State(driver): State<Arc<Driver>>) -> Response {
     match driver.endpoints().await {
         Ok(list) => Json(list).into_response(),
         Err(e) => {
@@ -47,10 +46,10 @@ async fn endpoints<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Respons
     }
 }
 
-async fn networks<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+async fn networks(State(driver): State<Arc<Driver>>) -> Response {
     Json(driver.networks().await).into_response()
 }
 
-async fn status<D: Datapath>(State(driver): State<Arc<Driver<D>>>) -> Response {
+async fn status(State(driver): State<Arc<Driver>>) -> Response {
     Json(driver.status().await).into_response()
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tracing::info;
 
-use crate::datapath::Datapath;
 use crate::driver::Driver;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +100,8 @@ impl Socket {
 }
 
 /// Serves both sockets until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve<D: Datapath>(
-    driver: Arc<Driver<D>>,
+pub async fn serve(
+    driver: Arc<Driver>,
     plugin: Socket,
     api: Socket,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -20,17 +20,16 @@ use tracing::{debug, field, info_span, warn, Instrument};
 
 use plugin_spec as spec;
 
-use crate::datapath::Datapath;
 use crate::driver::{CreateEndpoint, CreateNetwork, Driver, DriverError, PoolData};
 use crate::endpoint::{format_mac, parse_mac, CONTAINER_IFNAME_PREFIX};
 use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
-use crate::ipam::{self, parse_addr, parse_cidr, PoolId, PoolRequest};
+use crate::ipam::{self, parse_addr, parse_cidr, IpamError, PoolId, PoolRequest};
 use crate::network::parse_options;
 
 use super::body::read_body;
 
-type Shared<D> = Arc<Driver<D>>;
+type Shared = Arc<Driver>;
 
 /// An error as dockerd receives it: a status (never 404, which means "method missing") and a
 /// message sent as `{"Err": …}`.
@@ -48,8 +47,27 @@ impl PluginError {
 
 impl From<DriverError> for PluginError {
     fn from(e: DriverError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        PluginError { status, message: e.to_string() }
+        PluginError { status: status_of(&e), message: e.to_string() }
+    }
+}
+
+/// The status dockerd gets for a failure (never 404: dockerd reads 404 as "method missing").
+fn status_of(e: &DriverError) -> StatusCode {
+    match e {
+        DriverError::BadRequest(_)
+        | DriverError::BadId(_)
+        | DriverError::UnknownNetwork(_)
+        | DriverError::UnknownEndpoint(_) => StatusCode::BAD_REQUEST,
+        DriverError::Ipam(e) => match e {
+            IpamError::SubnetInUse { .. }
+            | IpamError::InUse { .. }
+            | IpamError::Exhausted { .. }
+            | IpamError::NoFreeSubnet { .. }
+            | IpamError::NoFreeGateway => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        DriverError::Conflict(_) => StatusCode::CONFLICT,
+        DriverError::Datapath(_) | DriverError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -161,27 +179,27 @@ async fn call_empty<Resp: Serialize>(method: &'static str, response: Resp) -> Re
     reply(StatusCode::OK, &response)
 }
 
-pub fn router<D: Datapath>(driver: Shared<D>) -> Router {
+pub fn router(driver: Shared) -> Router {
     Router::new()
-        .route(spec::PLUGIN_ACTIVATE, post(activate::<D>))
+        .route(spec::PLUGIN_ACTIVATE, post(activate))
         .route(spec::NETWORK_DRIVER_GET_CAPABILITIES, post(network_capabilities))
-        .route(spec::NETWORK_DRIVER_CREATE_NETWORK, post(create_network::<D>))
-        .route(spec::NETWORK_DRIVER_DELETE_NETWORK, post(delete_network::<D>))
-        .route(spec::NETWORK_DRIVER_CREATE_ENDPOINT, post(create_endpoint::<D>))
-        .route(spec::NETWORK_DRIVER_ENDPOINT_OPER_INFO, post(endpoint_oper_info::<D>))
-        .route(spec::NETWORK_DRIVER_DELETE_ENDPOINT, post(delete_endpoint::<D>))
-        .route(spec::NETWORK_DRIVER_JOIN, post(join::<D>))
-        .route(spec::NETWORK_DRIVER_LEAVE, post(leave::<D>))
+        .route(spec::NETWORK_DRIVER_CREATE_NETWORK, post(create_network))
+        .route(spec::NETWORK_DRIVER_DELETE_NETWORK, post(delete_network))
+        .route(spec::NETWORK_DRIVER_CREATE_ENDPOINT, post(create_endpoint))
+        .route(spec::NETWORK_DRIVER_ENDPOINT_OPER_INFO, post(endpoint_oper_info))
+        .route(spec::NETWORK_DRIVER_DELETE_ENDPOINT, post(delete_endpoint))
+        .route(spec::NETWORK_DRIVER_JOIN, post(join))
+        .route(spec::NETWORK_DRIVER_LEAVE, post(leave))
         .route(spec::NETWORK_DRIVER_DISCOVER_NEW, post(discover_new))
         .route(spec::NETWORK_DRIVER_DISCOVER_DELETE, post(discover_delete))
         .route(spec::NETWORK_DRIVER_PROGRAM_EXTERNAL_CONNECTIVITY, post(program_external_connectivity))
         .route(spec::NETWORK_DRIVER_REVOKE_EXTERNAL_CONNECTIVITY, post(revoke_external_connectivity))
         .route(spec::IPAM_DRIVER_GET_CAPABILITIES, post(ipam_capabilities))
         .route(spec::IPAM_DRIVER_GET_DEFAULT_ADDRESS_SPACES, post(address_spaces))
-        .route(spec::IPAM_DRIVER_REQUEST_POOL, post(request_pool::<D>))
-        .route(spec::IPAM_DRIVER_RELEASE_POOL, post(release_pool::<D>))
-        .route(spec::IPAM_DRIVER_REQUEST_ADDRESS, post(request_address::<D>))
-        .route(spec::IPAM_DRIVER_RELEASE_ADDRESS, post(release_address::<D>))
+        .route(spec::IPAM_DRIVER_REQUEST_POOL, post(request_pool))
+        .route(spec::IPAM_DRIVER_RELEASE_POOL, post(release_pool))
+        .route(spec::IPAM_DRIVER_REQUEST_ADDRESS, post(request_address))
+        .route(spec::IPAM_DRIVER_RELEASE_ADDRESS, post(release_address))
         .fallback(unknown_method)
         .with_state(driver)
 }
@@ -195,7 +213,7 @@ async fn unknown_method(uri: Uri) -> Response {
 
 /// A (new) dockerd is talking to us: answer at once, and let the background reconciliation
 /// look at its state soon (never from here: dockerd may not serve its API yet).
-async fn activate<D: Datapath>(State(driver): State<Shared<D>>) -> Response {
+async fn activate(State(driver): State<Shared>) -> Response {
     driver.request_reconcile();
     call_empty(
         "Plugin.Activate",
@@ -259,7 +277,7 @@ fn pool_data(entries: &[spec::IpamData], family: &str) -> Result<Vec<PoolData>, 
         .collect()
 }
 
-async fn create_network<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn create_network(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.CreateNetwork", body, |r: spec::CreateNetworkRequest| async move {
         let request = CreateNetwork {
             id: network_id(&r.network_id)?,
@@ -273,7 +291,7 @@ async fn create_network<D: Datapath>(State(driver): State<Shared<D>>, body: Body
     .await
 }
 
-async fn delete_network<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.DeleteNetwork", body, |r: spec::DeleteNetworkRequest| async move {
         driver.delete_network(&network_id(&r.network_id)?).await?;
         Ok(spec::EmptyResponse {})
@@ -281,7 +299,7 @@ async fn delete_network<D: Datapath>(State(driver): State<Shared<D>>, body: Body
     .await
 }
 
-async fn create_endpoint<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
         if r.options.get(spec::OPTION_PORT_MAP).and_then(Value::as_array).is_some_and(|ports| !ports.is_empty()) {
             warn!("published ports (-p) are not programmed by cilium-rs: reach the container at its routed addresses");
@@ -311,7 +329,7 @@ async fn create_endpoint<D: Datapath>(State(driver): State<Shared<D>>, body: Bod
     .await
 }
 
-async fn endpoint_oper_info<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.EndpointOperInfo", body, |r: spec::EndpointRequest| async move {
         let info = driver.endpoint_info(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         let value: Map<String, Value> = info.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
@@ -320,7 +338,7 @@ async fn endpoint_oper_info<D: Datapath>(State(driver): State<Shared<D>>, body: 
     .await
 }
 
-async fn join<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn join(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
         let plan = driver.join(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?, &r.sandbox_key).await?;
         Ok(spec::JoinResponse {
@@ -345,7 +363,7 @@ async fn join<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Respo
     .await
 }
 
-async fn leave<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn leave(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.Leave", body, |r: spec::EndpointRequest| async move {
         driver.leave(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
@@ -353,7 +371,7 @@ async fn leave<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Resp
     .await
 }
 
-async fn delete_endpoint<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn delete_endpoint(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.DeleteEndpoint", body, |r: spec::EndpointRequest| async move {
         driver.delete_endpoint(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
@@ -396,7 +414,7 @@ fn pool_id(text: &str) -> Result<PoolId, PluginError> {
     Ok(PoolId(text.to_owned()))
 }
 
-async fn request_pool<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
     call("IpamDriver.RequestPool", body, |r: spec::RequestPoolRequest| async move {
         let request = PoolRequest {
             v6: r.v6,
@@ -414,7 +432,7 @@ async fn request_pool<D: Datapath>(State(driver): State<Shared<D>>, body: Body) 
     .await
 }
 
-async fn release_pool<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn release_pool(State(driver): State<Shared>, body: Body) -> Response {
     call("IpamDriver.ReleasePool", body, |r: spec::ReleasePoolRequest| async move {
         driver.release_pool(&pool_id(&r.pool_id)?).await?;
         Ok(spec::EmptyResponse {})
@@ -422,7 +440,7 @@ async fn release_pool<D: Datapath>(State(driver): State<Shared<D>>, body: Body) 
     .await
 }
 
-async fn request_address<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn request_address(State(driver): State<Shared>, body: Body) -> Response {
     call("IpamDriver.RequestAddress", body, |r: spec::RequestAddressRequest| async move {
         let preferred = if r.address.is_empty() {
             None
@@ -436,7 +454,7 @@ async fn request_address<D: Datapath>(State(driver): State<Shared<D>>, body: Bod
     .await
 }
 
-async fn release_address<D: Datapath>(State(driver): State<Shared<D>>, body: Body) -> Response {
+async fn release_address(State(driver): State<Shared>, body: Body) -> Response {
     call("IpamDriver.ReleaseAddress", body, |r: spec::ReleaseAddressRequest| async move {
         let address = parse_addr(&r.address, "address").map_err(PluginError::bad_request)?;
         driver.release_address(&pool_id(&r.pool_id)?, address).await?;

@@ -1,26 +1,26 @@
-//! The orchestrator and one owner of state: it plans with the pure modules (ipam, network,
-//! endpoint), applies through the datapath in a fixed order with an undo for every step, and
-//! persists each call's changes in one atomic commit before answering.
+//! The orchestrator and one owner of state, facing Docker: each IPAM and network-driver call is
+//! checked, planned with the pure modules (ipam, network, endpoint, reconcile), applied through
+//! the datapath in a fixed order with an undo for every step, and its records persisted in one
+//! commit before the answer.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::datapath::{Datapath, DatapathError, EndpointState, VethSpec};
-use crate::docker::DockerSnapshot;
 use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::input::quoted;
-use crate::ipam::{self, AllocationKind, Ipam, IpamConfig, IpamError, PoolId, PoolRequest};
+use crate::ipam::{self, AllocationKind, IpamConfig, IpamError, PoolId, PoolRequest};
 use crate::network::{Network, NetworkOptions};
-use crate::store::{Change, Records, Store, StoreError, Table};
-use crate::views::{EndpointView, NetworkView, PoolView, StatusView};
+use crate::reconcile::{self, DockerSnapshot, ReconcileReport};
+use crate::state::{now, State, StateError, Txn};
+use crate::store::Store;
+use crate::views::{self, EndpointView, NetworkView, StatusView};
 
 /// Settings that do not change while the daemon runs.
 #[derive(Debug, Clone)]
@@ -38,6 +38,11 @@ impl Default for DriverConfig {
     }
 }
 
+/// Default of `DriverConfig::reconcile_grace_secs`: dockerd stores an endpoint only after
+/// CreateEndpoint returned, and a container start takes well under a minute.
+pub const RECONCILE_GRACE_SECS: u64 = 60;
+
+/// Why a call failed. The server decides what each kind means on its socket.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error("{0}")]
@@ -54,32 +59,8 @@ pub enum DriverError {
     Conflict(String),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error("persist state: {0}")]
-    Store(#[from] StoreError),
-    #[error("corrupt state record {table}/{key}: {reason}")]
-    CorruptState { table: &'static str, key: String, reason: String },
-}
-
-impl DriverError {
-    /// HTTP status for the plugin protocol (never 404: dockerd reads 404 as "method missing").
-    pub fn status(&self) -> u16 {
-        match self {
-            DriverError::BadRequest(_)
-            | DriverError::BadId(_)
-            | DriverError::UnknownNetwork(_)
-            | DriverError::UnknownEndpoint(_) => 400,
-            DriverError::Ipam(e) => match e {
-                IpamError::SubnetInUse { .. }
-                | IpamError::InUse { .. }
-                | IpamError::Exhausted { .. }
-                | IpamError::NoFreeSubnet { .. }
-                | IpamError::NoFreeGateway => 409,
-                _ => 400,
-            },
-            DriverError::Conflict(_) => 409,
-            DriverError::Datapath(_) | DriverError::Store(_) | DriverError::CorruptState { .. } => 500,
-        }
-    }
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What RequestPool hands back.
@@ -122,24 +103,6 @@ pub struct EndpointGrant {
     pub ipv6: Option<IpNet>,
 }
 
-/// Everything the daemon must not forget.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct State {
-    ipam: Ipam,
-    networks: BTreeMap<NetworkId, Network>,
-    endpoints: BTreeMap<EndpointId, Endpoint>,
-    next_number: u32,
-}
-
-/// The records a call touched, written in one commit.
-#[derive(Debug, Default)]
-struct Dirty {
-    pools: BTreeSet<PoolId>,
-    networks: BTreeSet<NetworkId>,
-    endpoints: BTreeSet<EndpointId>,
-    meta: bool,
-}
-
 /// A kernel step already applied, undone in reverse order if a later step fails.
 #[derive(Debug)]
 enum Undo {
@@ -149,59 +112,34 @@ enum Undo {
     Uninstall(EndpointState),
 }
 
-/// Default of `DriverConfig::reconcile_grace_secs`: dockerd stores an endpoint only after
-/// CreateEndpoint returned, and a container start takes well under a minute.
-pub const RECONCILE_GRACE_SECS: u64 = 60;
-
-/// What a reconciliation removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub endpoints_removed: usize,
-    pub networks_removed: usize,
-    pub pools_released: usize,
-    pub addresses_released: usize,
-}
-
-impl ReconcileReport {
-    pub fn is_empty(&self) -> bool {
-        *self == ReconcileReport::default()
-    }
-}
-
-const META_IPAM_SERIAL: &str = "ipam.next_serial";
-const META_NEXT_NUMBER: &str = "endpoints.next_number";
-
-pub struct Driver<D> {
+pub struct Driver {
     config: DriverConfig,
-    datapath: D,
-    store: Box<dyn Store>,
+    datapath: Arc<dyn Datapath>,
+    store: Arc<dyn Store>,
     state: Mutex<State>,
     /// Wakes the background reconciliation early (a new dockerd started talking to us).
     reconcile_soon: tokio::sync::Notify,
-}
-
-pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn cidr(addr: IpAddr) -> IpNet {
     IpNet::from(addr)
 }
 
-impl<D: Datapath> Driver<D> {
+impl Driver {
     /// Loads the persisted state and makes the kernel match it (pinned programs and maps keep
     /// running meanwhile).
-    pub async fn start(config: DriverConfig, datapath: D, store: Box<dyn Store>) -> Result<Self, DriverError> {
+    pub async fn start(
+        config: DriverConfig,
+        datapath: Arc<dyn Datapath>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, DriverError> {
         config.ipam.validate()?;
-        let state = decode_state(store.load()?)?;
+        let records = store.load().map_err(StateError::from)?;
+        let state = State::decode(&records)?;
         let driver =
             Driver { config, datapath, store, state: Mutex::new(state), reconcile_soon: tokio::sync::Notify::new() };
         driver.restore().await?;
         Ok(driver)
-    }
-
-    pub fn datapath(&self) -> &D {
-        &self.datapath
     }
 
     async fn restore(&self) -> Result<(), DriverError> {
@@ -215,20 +153,23 @@ impl<D: Datapath> Driver<D> {
             stale_removed = report.stale_removed,
             "state restored"
         );
-        if report.missing_links.is_empty() {
+        let vanished: Vec<EndpointId> = state
+            .endpoints
+            .values()
+            .filter(|e| e.joined.is_some() && report.missing_links.contains(&e.host_ifname()))
+            .map(|e| e.id.clone())
+            .collect();
+        if vanished.is_empty() {
             return Ok(());
         }
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
-        for ep in next.endpoints.values_mut() {
-            if report.missing_links.contains(&ep.host_ifname()) {
+        let mut txn = Txn::new(&mut state);
+        for id in vanished {
+            if let Some(ep) = txn.touch_endpoint(&id).get_mut(&id) {
                 warn!(endpoint = ep.id.short(), ifname = %ep.host_ifname(), "veth vanished while the daemon was down");
                 ep.joined = None;
-                dirty.endpoints.insert(ep.id.clone());
             }
         }
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.commit(self.store.as_ref())?;
         Ok(())
     }
 
@@ -259,8 +200,10 @@ impl<D: Datapath> Driver<D> {
         }
         let avoid = if request.subnet.is_none() { self.datapath.host_prefixes().await? } else { Vec::new() };
         let mut state = self.state.lock().await;
-        let mut next = state.clone();
-        let pool = next.ipam.request_pool(&self.config.ipam, &request, &avoid, now())?;
+        let mut txn = Txn::new(&mut state);
+        let config = &self.config.ipam;
+        let id = txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, &avoid, now())?.id.clone()))?;
+        let pool = txn.state().ipam.pool(&id)?;
         let grant = PoolGrant {
             id: pool.id.clone(),
             subnet: pool.subnet,
@@ -269,22 +212,19 @@ impl<D: Datapath> Driver<D> {
                 IpAddr::V6(gw) => IpNet::new(IpAddr::V6(gw), 64).unwrap_or(cidr(IpAddr::V6(gw))),
             },
         };
-        let dirty = Dirty { pools: BTreeSet::from([grant.id.clone()]), meta: true, ..Dirty::default() };
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.commit(self.store.as_ref())?;
         info!(pool = %grant.id, "pool created");
         Ok(grant)
     }
 
     pub async fn release_pool(&self, id: &PoolId) -> Result<(), DriverError> {
         let mut state = self.state.lock().await;
-        let mut next = state.clone();
-        if next.ipam.release_pool(id).is_none() {
+        if !state.ipam.pools.contains_key(id) {
             return Ok(());
         }
-        let dirty = Dirty { pools: BTreeSet::from([id.clone()]), ..Dirty::default() };
-        self.commit(&next, &dirty)?;
-        *state = next;
+        let mut txn = Txn::new(&mut state);
+        txn.touch_pool(id).release_pool(id);
+        txn.commit(self.store.as_ref())?;
         info!(pool = %id, "pool released");
         Ok(())
     }
@@ -298,20 +238,18 @@ impl<D: Datapath> Driver<D> {
         gateway: bool,
     ) -> Result<IpNet, DriverError> {
         let mut state = self.state.lock().await;
-        let mut next = state.clone();
+        let mut txn = Txn::new(&mut state);
         let kind = if gateway { AllocationKind::Gateway } else { AllocationKind::Address };
-        let addr = next.ipam.request_address(pool, preferred, kind, now())?;
-        let prefix = if gateway { next.ipam.pool(pool)?.subnet.prefix_len() } else { cidr(addr).prefix_len() };
-        let dirty = Dirty { pools: BTreeSet::from([pool.clone()]), ..Dirty::default() };
-        self.commit(&next, &dirty)?;
-        *state = next;
-        IpNet::new(addr, prefix).map_err(|e| DriverError::BadRequest(e.to_string()))
+        let addr = txn.touch_pool(pool).request_address(pool, preferred, kind, now())?;
+        let prefix = if gateway { txn.state().ipam.pool(pool)?.subnet.prefix_len() } else { cidr(addr).prefix_len() };
+        let address = IpNet::new(addr, prefix).map_err(|e| DriverError::BadRequest(e.to_string()))?;
+        txn.commit(self.store.as_ref())?;
+        Ok(address)
     }
 
     pub async fn release_address(&self, pool: &PoolId, addr: IpAddr) -> Result<(), DriverError> {
         let mut state = self.state.lock().await;
-        let mut next = state.clone();
-        if let Some(holder) = next.endpoints.values().find(|e| e.addresses().contains(&addr)) {
+        if let Some(holder) = state.endpoints.values().find(|e| e.addresses().contains(&addr)) {
             // dockerd releases after DeleteEndpoint; an earlier release would hand out a live
             // address twice.
             return Err(DriverError::Conflict(format!(
@@ -319,12 +257,11 @@ impl<D: Datapath> Driver<D> {
                 holder.id.short()
             )));
         }
-        if !next.ipam.release_address(pool, addr)? {
+        let mut txn = Txn::new(&mut state);
+        if !txn.touch_pool(pool).release_address(pool, addr)? {
             return Ok(());
         }
-        let dirty = Dirty { pools: BTreeSet::from([pool.clone()]), ..Dirty::default() };
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.commit(self.store.as_ref())?;
         Ok(())
     }
 
@@ -335,18 +272,15 @@ impl<D: Datapath> Driver<D> {
         if state.networks.contains_key(&request.id) {
             return Err(DriverError::Conflict(format!("network {} already exists", request.id.short())));
         }
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
-        let ipv4_pools = own_pools(&next, &request.ipv4)?;
-        let ipv6_pools = own_pools(&next, &request.ipv6)?;
+        let ipv4_pools = own_pools(&state, &request.ipv4)?;
+        let ipv6_pools = own_pools(&state, &request.ipv6)?;
+        let avoid = if ipv6_pools.is_empty() { self.datapath.host_prefixes().await? } else { Vec::new() };
+        let mut txn = Txn::new(&mut state);
         let driver_ipv6_pool = if ipv6_pools.is_empty() {
             // IPv6 always: take a pool for the network ourselves.
-            let avoid = self.datapath.host_prefixes().await?;
             let request = PoolRequest { v6: true, internal: true, ..PoolRequest::default() };
-            let id = next.ipam.request_pool(&self.config.ipam, &request, &avoid, now())?.id.clone();
-            dirty.pools.insert(id.clone());
-            dirty.meta = true;
-            Some(id)
+            let config = &self.config.ipam;
+            Some(txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, &avoid, now())?.id.clone()))?)
         } else {
             None
         };
@@ -360,10 +294,8 @@ impl<D: Datapath> Driver<D> {
             mtu: request.options.mtu,
             created_at: now(),
         };
-        next.networks.insert(request.id.clone(), network);
-        dirty.networks.insert(request.id.clone());
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.touch_network(&request.id).insert(request.id.clone(), network);
+        txn.commit(self.store.as_ref())?;
         info!(network = request.id.short(), "network created");
         Ok(())
     }
@@ -373,25 +305,18 @@ impl<D: Datapath> Driver<D> {
     pub async fn delete_network(&self, id: &NetworkId) -> Result<(), DriverError> {
         let mut state = self.state.lock().await;
         let Some(network) = state.networks.get(id).cloned() else { return Ok(()) };
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
-        let mut errors = Vec::new();
         let orphans: Vec<EndpointId> =
-            next.endpoints.values().filter(|e| &e.network == id).map(|e| e.id.clone()).collect();
+            state.endpoints.values().filter(|e| &e.network == id).map(|e| e.id.clone()).collect();
+        let mut txn = Txn::new(&mut state);
+        let mut errors = Vec::new();
         for ep in orphans {
-            if let Err(e) = self.teardown_endpoint(&mut next, &mut dirty, &ep).await {
-                errors.push(e);
-            }
+            errors.extend(self.teardown_endpoint(&mut txn, &ep).await.err());
         }
         for pool in network.pools() {
-            if next.ipam.release_pool(pool).is_some() {
-                dirty.pools.insert(pool.clone());
-            }
+            txn.touch_pool(pool).release_pool(pool);
         }
-        next.networks.remove(id);
-        dirty.networks.insert(id.clone());
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.touch_network(id).remove(id);
+        txn.commit(self.store.as_ref())?;
         info!(network = id.short(), "network deleted");
         DatapathError::collect(errors).map_err(DriverError::from)
     }
@@ -418,22 +343,20 @@ impl<D: Datapath> Driver<D> {
             .get(&request.network)
             .cloned()
             .ok_or_else(|| DriverError::UnknownNetwork(request.network.short().to_owned()))?;
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
+        let mut txn = Txn::new(&mut state);
         let now = now();
 
         let ipv4 = match request.ipv4 {
-            Some(net) => Some(claim(&mut next, &mut dirty, &network.ipv4_pools, net.addr(), now)?),
+            Some(net) => Some(claim(&mut txn, &network.ipv4_pools, net.addr(), now)?),
             None => None,
         };
         let mut grant = EndpointGrant { mac: None, ipv6: None };
         let mut ipv6_pool = None;
         let ipv6 = match request.ipv6 {
-            Some(net) => Some(claim(&mut next, &mut dirty, &network.ipv6_pools, net.addr(), now)?),
+            Some(net) => Some(claim(&mut txn, &network.ipv6_pools, net.addr(), now)?),
             None => match network.fallback_ipv6_pool() {
                 Some(pool) => {
-                    let addr = next.ipam.request_address(pool, None, AllocationKind::Driver, now)?;
-                    dirty.pools.insert(pool.clone());
+                    let addr = txn.touch_pool(pool).request_address(pool, None, AllocationKind::Driver, now)?;
                     ipv6_pool = Some(pool.clone());
                     grant.ipv6 = Some(cidr(addr));
                     Some(addr)
@@ -450,11 +373,11 @@ impl<D: Datapath> Driver<D> {
             }
         };
         // The gateway of the pool holding the address (`claim` checked it is the network's).
-        let gateway_ipv4 = ipv4.and_then(|addr| match next.ipam.pool_containing(addr)?.gateway {
+        let gateway_ipv4 = ipv4.and_then(|addr| match txn.state().ipam.pool_containing(addr)?.gateway {
             IpAddr::V4(gw) => Some(gw),
             IpAddr::V6(_) => None,
         });
-        let number = next_number(&mut next);
+        let number = txn.state_mut().take_number();
         let endpoint = Endpoint {
             id: request.endpoint.clone(),
             network: request.network.clone(),
@@ -473,11 +396,8 @@ impl<D: Datapath> Driver<D> {
             created_at: now,
             joined: None,
         };
-        next.endpoints.insert(request.endpoint.clone(), endpoint);
-        dirty.endpoints.insert(request.endpoint.clone());
-        dirty.meta = true;
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
+        txn.commit(self.store.as_ref())?;
         info!(network = request.network.short(), endpoint = request.endpoint.short(), "endpoint created");
         Ok(grant)
     }
@@ -501,24 +421,21 @@ impl<D: Datapath> Driver<D> {
             .find(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
             .map_or(endpoint.number, |j| j.sandbox);
         let mut undo = Vec::new();
-        let applied = self.apply_join(&endpoint, mtu, sandbox, &mut undo).await;
-        let joined = match applied {
+        let joined = match self.apply_join(&endpoint, mtu, sandbox, &mut undo).await {
             Ok(joined) => joined,
             Err(e) => {
                 self.rollback(undo).await;
                 return Err(e.into());
             }
         };
-        let mut next = state.clone();
-        if let Some(ep) = next.endpoints.get_mut(id) {
+        let mut txn = Txn::new(&mut state);
+        if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
             ep.joined = Some(Joined { sandbox_key: sandbox_key.to_owned(), ..joined });
         }
-        let dirty = Dirty { endpoints: BTreeSet::from([id.clone()]), ..Dirty::default() };
-        if let Err(e) = self.commit(&next, &dirty) {
+        if let Err(e) = txn.commit(self.store.as_ref()) {
             self.rollback(undo).await;
-            return Err(e);
+            return Err(e.into());
         }
-        *state = next;
         info!(network = network.short(), endpoint = id.short(), ifname = %endpoint.host_ifname(), "endpoint joined");
         Ok(endpoint.join_plan())
     }
@@ -575,18 +492,16 @@ impl<D: Datapath> Driver<D> {
     /// veth goes at DeleteEndpoint. Unknown or already-left endpoints are fine.
     pub async fn leave(&self, network: &NetworkId, id: &EndpointId) -> Result<(), DriverError> {
         let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(id).filter(|e| &e.network == network).cloned() else {
+        let Some(endpoint) = state.endpoints.get(id).filter(|e| &e.network == network) else {
             return Ok(());
         };
-        let Some(ep_state) = datapath_state(&endpoint) else { return Ok(()) };
+        let Some(ep_state) = datapath_state(endpoint) else { return Ok(()) };
         self.datapath.uninstall(&ep_state).await?;
-        let mut next = state.clone();
-        if let Some(ep) = next.endpoints.get_mut(id) {
+        let mut txn = Txn::new(&mut state);
+        if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
             ep.joined = None;
         }
-        let dirty = Dirty { endpoints: BTreeSet::from([id.clone()]), ..Dirty::default() };
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.commit(self.store.as_ref())?;
         info!(network = network.short(), endpoint = id.short(), "endpoint left");
         Ok(())
     }
@@ -608,23 +523,17 @@ impl<D: Datapath> Driver<D> {
                     .collect();
             return DatapathError::collect(errors).map_err(DriverError::from);
         }
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
-        let result = self.teardown_endpoint(&mut next, &mut dirty, id).await;
-        self.commit(&next, &dirty)?;
-        *state = next;
+        let mut txn = Txn::new(&mut state);
+        let result = self.teardown_endpoint(&mut txn, id).await;
+        txn.commit(self.store.as_ref())?;
         info!(network = network.short(), endpoint = id.short(), "endpoint deleted");
         result.map_err(DriverError::from)
     }
 
-    async fn teardown_endpoint(
-        &self,
-        next: &mut State,
-        dirty: &mut Dirty,
-        id: &EndpointId,
-    ) -> Result<(), DatapathError> {
-        let Some(endpoint) = next.endpoints.remove(id) else { return Ok(()) };
-        dirty.endpoints.insert(id.clone());
+    /// Removes the endpoint's kernel objects and its record, and gives back the IPv6 address
+    /// the driver took for it, going on past errors.
+    async fn teardown_endpoint(&self, txn: &mut Txn<'_>, id: &EndpointId) -> Result<(), DatapathError> {
+        let Some(endpoint) = txn.touch_endpoint(id).remove(id) else { return Ok(()) };
         let host_ifname = endpoint.host_ifname();
         let mut errors = Vec::new();
         if let Some(ep_state) = datapath_state(&endpoint) {
@@ -634,10 +543,9 @@ impl<D: Datapath> Driver<D> {
         errors.extend(self.datapath.delete_veth(&host_ifname).await.err());
         errors.extend(self.datapath.forget(endpoint.number).await.err());
         if let (Some(pool), Some(addr)) = (&endpoint.ipv6_pool, endpoint.ipv6) {
-            if let Err(e) = next.ipam.release_address(pool, IpAddr::V6(addr)) {
+            if let Err(e) = txn.touch_pool(pool).release_address(pool, IpAddr::V6(addr)) {
                 errors.push(DatapathError::Other(e.to_string()));
             }
-            dirty.pools.insert(pool.clone());
         }
         DatapathError::collect(errors)
     }
@@ -648,18 +556,7 @@ impl<D: Datapath> Driver<D> {
         id: &EndpointId,
     ) -> Result<BTreeMap<String, String>, DriverError> {
         let state = self.state.lock().await;
-        let ep = lookup(&state, network, id)?;
-        let mut info = BTreeMap::from([
-            ("host_ifname".to_owned(), ep.host_ifname()),
-            ("mac".to_owned(), crate::endpoint::format_mac(&ep.mac)),
-        ]);
-        if let Some(a) = ep.ipv6 {
-            info.insert("ipv6".to_owned(), a.to_string());
-        }
-        if let Some(a) = ep.ipv4 {
-            info.insert("ipv4".to_owned(), a.to_string());
-        }
-        Ok(info)
+        Ok(views::endpoint_oper_info(lookup(&state, network, id)?))
     }
 
     // ---- reconciliation ----
@@ -674,87 +571,39 @@ impl<D: Datapath> Driver<D> {
         self.reconcile_soon.notified().await;
     }
 
-    /// Drops what dockerd no longer knows: endpoints and networks it forgot (their calls were
-    /// lost while this daemon was down), pools no network uses, addresses nobody holds. Records
-    /// younger than the grace period before the snapshot are left alone, since dockerd
-    /// stores endpoints only after CreateEndpoint returns.
+    /// Drops what dockerd no longer knows (see `reconcile::plan`).
     pub async fn reconcile(&self, snap: &DockerSnapshot) -> Result<ReconcileReport, DriverError> {
-        let settled = |at: u64| at.saturating_add(self.config.reconcile_grace_secs) <= snap.taken_at;
         let mut state = self.state.lock().await;
-        let mut next = state.clone();
-        let mut dirty = Dirty::default();
-        let mut report = ReconcileReport::default();
+        let plan = reconcile::plan(&state, snap, self.config.reconcile_grace_secs);
+        if plan.is_empty() {
+            return Ok(ReconcileReport::default());
+        }
+        let mut txn = Txn::new(&mut state);
         let mut errors = Vec::new();
-
-        let gone_endpoints: Vec<EndpointId> = next
-            .endpoints
-            .values()
-            .filter(|e| settled(e.created_at))
-            .filter(|e| !snap.networks.get(&e.network).is_some_and(|n| n.endpoints.contains(&e.id)))
-            .map(|e| e.id.clone())
-            .collect();
-        for id in gone_endpoints {
+        for id in &plan.endpoints {
             warn!(endpoint = id.short(), "dockerd no longer knows this endpoint: removing it");
-            errors.extend(self.teardown_endpoint(&mut next, &mut dirty, &id).await.err());
-            report.endpoints_removed += 1;
+            errors.extend(self.teardown_endpoint(&mut txn, id).await.err());
         }
-
-        let gone_networks: Vec<NetworkId> = next
-            .networks
-            .values()
-            .filter(|n| settled(n.created_at) && !snap.networks.contains_key(&n.id))
-            .map(|n| n.id.clone())
-            .collect();
-        for id in gone_networks {
+        for id in &plan.networks {
             warn!(network = id.short(), "dockerd no longer knows this network: removing it");
-            if let Some(network) = next.networks.remove(&id) {
-                for pool in network.pools() {
-                    if next.ipam.release_pool(pool).is_some() {
-                        dirty.pools.insert(pool.clone());
-                        report.pools_released += 1;
-                    }
-                }
-            }
-            dirty.networks.insert(id);
-            report.networks_removed += 1;
+            txn.touch_network(id).remove(id);
         }
-
-        let used_pools: BTreeSet<PoolId> = next.networks.values().flat_map(|n| n.pools().cloned()).collect();
-        let orphan_pools: Vec<PoolId> = next
-            .ipam
-            .pools
-            .values()
-            .filter(|p| settled(p.created_at) && !used_pools.contains(&p.id))
-            .filter(|p| !snap.subnets.iter().any(|s| s.trunc() == p.subnet))
-            .map(|p| p.id.clone())
-            .collect();
-        for id in orphan_pools {
+        for id in &plan.network_pools {
+            txn.touch_pool(id).release_pool(id);
+        }
+        for id in &plan.orphan_pools {
             warn!(pool = %id, "no network uses this pool: releasing it");
-            next.ipam.release_pool(&id);
-            dirty.pools.insert(id);
-            report.pools_released += 1;
+            txn.touch_pool(id).release_pool(id);
         }
-
-        let held: BTreeSet<IpAddr> = next.endpoints.values().flat_map(Endpoint::addresses).collect();
-        for pool in next.ipam.pools.values_mut() {
-            let leaked: Vec<IpAddr> = pool
-                .allocations
-                .iter()
-                .filter(|(addr, a)| settled(a.at) && !held.contains(*addr) && !snap.addresses.contains(*addr))
-                .map(|(addr, _)| *addr)
-                .collect();
-            for addr in leaked {
-                warn!(pool = %pool.id, %addr, "address held by nobody: releasing it");
-                pool.allocations.remove(&addr);
-                dirty.pools.insert(pool.id.clone());
-                report.addresses_released += 1;
+        for (pool, addr) in &plan.leaked_addresses {
+            warn!(pool = %pool, %addr, "address held by nobody: releasing it");
+            if let Some(p) = txn.touch_pool(pool).pools.get_mut(pool) {
+                p.allocations.remove(addr);
             }
         }
-
-        self.commit(&next, &dirty)?;
-        *state = next;
+        txn.commit(self.store.as_ref())?;
         DatapathError::collect(errors)?;
-        Ok(report)
+        Ok(plan.report())
     }
 
     // ---- views ----
@@ -762,7 +611,7 @@ impl<D: Datapath> Driver<D> {
     pub async fn endpoints(&self) -> Result<Vec<EndpointView>, DriverError> {
         let views: Vec<EndpointView> = {
             let state = self.state.lock().await;
-            state.endpoints.values().map(endpoint_view).collect()
+            state.endpoints.values().map(views::endpoint).collect()
         };
         let mut counters = self.datapath.counters().await?;
         Ok(views
@@ -775,121 +624,12 @@ impl<D: Datapath> Driver<D> {
     }
 
     pub async fn networks(&self) -> Vec<NetworkView> {
-        let state = self.state.lock().await;
-        state
-            .networks
-            .values()
-            .map(|n| NetworkView {
-                id: n.id.to_string(),
-                ipv6_enabled: n.ipv6_enabled,
-                internal: n.internal,
-                mtu: n.mtu,
-                endpoints: state.endpoints.values().filter(|e| e.network == n.id).count(),
-                pools: n
-                    .pools()
-                    .filter_map(|id| state.ipam.pools.get(id))
-                    .map(|p| PoolView {
-                        id: p.id.to_string(),
-                        subnet: p.subnet.to_string(),
-                        ip_range: p.range.map(|r| r.to_string()),
-                        gateway: p.gateway.to_string(),
-                        used: p.used(),
-                        taken_by_driver: p.internal,
-                    })
-                    .collect(),
-            })
-            .collect()
+        views::networks(&*self.state.lock().await)
     }
 
     pub async fn status(&self) -> StatusView {
-        let state = self.state.lock().await;
-        StatusView {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            networks: state.networks.len(),
-            endpoints: state.endpoints.len(),
-            pools: state.ipam.pools.len(),
-        }
+        views::status(&*self.state.lock().await)
     }
-
-    // ---- persistence ----
-
-    fn commit(&self, next: &State, dirty: &Dirty) -> Result<(), DriverError> {
-        let mut changes = Vec::new();
-        for id in &dirty.pools {
-            changes.push(change(Table::Pools, &id.0, next.ipam.pools.get(id))?);
-        }
-        for id in &dirty.networks {
-            changes.push(change(Table::Networks, id.as_str(), next.networks.get(id))?);
-        }
-        for id in &dirty.endpoints {
-            changes.push(change(Table::Endpoints, id.as_str(), next.endpoints.get(id))?);
-        }
-        if dirty.meta {
-            changes.push(change(Table::Meta, META_IPAM_SERIAL, Some(&next.ipam.next_serial))?);
-            changes.push(change(Table::Meta, META_NEXT_NUMBER, Some(&next.next_number))?);
-        }
-        let started = std::time::Instant::now();
-        let result = self.store.commit(&changes).map_err(DriverError::from);
-        debug!(records = changes.len(), commit_us = started.elapsed().as_micros() as u64, "state committed");
-        result
-    }
-}
-
-fn change<T: Serialize>(table: Table, key: &str, value: Option<&T>) -> Result<Change, DriverError> {
-    let value = match value {
-        Some(v) => Some(serde_json::to_vec(v).map_err(|e| DriverError::CorruptState {
-            table: table_name(table),
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })?),
-        None => None,
-    };
-    Ok(Change { table, key: key.to_owned(), value })
-}
-
-fn table_name(table: Table) -> &'static str {
-    table.name()
-}
-
-fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T, DriverError> {
-    serde_json::from_slice(bytes).map_err(|e| DriverError::CorruptState {
-        table: table_name(table),
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn decode_state(records: Records) -> Result<State, DriverError> {
-    let mut state = State::default();
-    for (table, rows) in records {
-        for (key, bytes) in rows {
-            match table {
-                Table::Pools => {
-                    let pool: ipam::Pool = decode(table, &key, &bytes)?;
-                    state.ipam.pools.insert(pool.id.clone(), pool);
-                }
-                Table::Networks => {
-                    let network: Network = decode(table, &key, &bytes)?;
-                    state.networks.insert(network.id.clone(), network);
-                }
-                Table::Endpoints => {
-                    let mut endpoint: Endpoint = decode(table, &key, &bytes)?;
-                    if let Some(joined) = endpoint.joined.as_mut().filter(|j| j.sandbox == 0) {
-                        // Recorded before sandboxes were: alone in its own.
-                        joined.sandbox = endpoint.number;
-                    }
-                    state.endpoints.insert(endpoint.id.clone(), endpoint);
-                }
-                Table::Meta => match key.as_str() {
-                    META_IPAM_SERIAL => state.ipam.next_serial = decode(table, &key, &bytes)?,
-                    META_NEXT_NUMBER => state.next_number = decode(table, &key, &bytes)?,
-                    _ => {}
-                },
-                Table::Kv | Table::Rules => {}
-            }
-        }
-    }
-    Ok(state)
 }
 
 /// The pools of CreateNetwork's IPAM data, which must be ours and not yet used by a network.
@@ -920,24 +660,18 @@ fn own_pools(state: &State, data: &[PoolData]) -> Result<Vec<PoolId>, DriverErro
 
 /// Marks an address that dockerd got from RequestAddress as the endpoint's, checking that it
 /// belongs to the network and is not another endpoint's.
-fn claim(
-    state: &mut State,
-    dirty: &mut Dirty,
-    pools: &[PoolId],
-    addr: IpAddr,
-    now: u64,
-) -> Result<IpAddr, DriverError> {
+fn claim(txn: &mut Txn<'_>, pools: &[PoolId], addr: IpAddr, now: u64) -> Result<IpAddr, DriverError> {
+    let state = txn.state();
     let Some(pool) = pools.iter().find(|id| state.ipam.pools.get(*id).is_some_and(|p| p.subnet.contains(&addr))) else {
         return Err(DriverError::BadRequest(format!("address {addr} is not in any pool of this network")));
     };
     if let Some(holder) = state.endpoints.values().find(|e| e.addresses().contains(&addr)) {
         return Err(DriverError::Conflict(format!("address {addr} is already used by endpoint {}", holder.id.short())));
     }
-    let held = state.ipam.pool(pool)?.allocations.contains_key(&addr);
-    if !held {
+    let pool = pool.clone();
+    if !state.ipam.pool(&pool)?.allocations.contains_key(&addr) {
         // dockerd owns this address but our record of it was lost: take it now.
-        state.ipam.request_address(pool, Some(addr), AllocationKind::Address, now)?;
-        dirty.pools.insert(pool.clone());
+        txn.touch_pool(&pool).request_address(&pool, Some(addr), AllocationKind::Address, now)?;
     }
     Ok(addr)
 }
@@ -980,16 +714,6 @@ fn mac_for(id: &EndpointId) -> [u8; 6] {
     mac
 }
 
-fn next_number(state: &mut State) -> u32 {
-    let used: BTreeSet<u32> = state.endpoints.values().map(|e| e.number).collect();
-    loop {
-        state.next_number = state.next_number.wrapping_add(1);
-        if state.next_number != 0 && !used.contains(&state.next_number) {
-            return state.next_number;
-        }
-    }
-}
-
 fn datapath_state(ep: &Endpoint) -> Option<EndpointState> {
     let joined = ep.joined.as_ref()?;
     Some(EndpointState {
@@ -1003,19 +727,4 @@ fn datapath_state(ep: &Endpoint) -> Option<EndpointState> {
         ipv6: ep.ipv6,
         gateway_ipv4: ep.gateway_ipv4,
     })
-}
-
-fn endpoint_view(ep: &Endpoint) -> EndpointView {
-    EndpointView {
-        id: ep.id.to_string(),
-        network: ep.network.to_string(),
-        number: ep.number,
-        ipv6: ep.ipv6.map(|a: Ipv6Addr| a.to_string()),
-        ipv4: ep.ipv4.map(|a: Ipv4Addr| a.to_string()),
-        mac: crate::endpoint::format_mac(&ep.mac),
-        host_ifname: ep.host_ifname(),
-        host_ifindex: ep.joined.as_ref().map(|j| j.host_ifindex),
-        joined: ep.joined.is_some(),
-        counters: Default::default(),
-    }
 }
