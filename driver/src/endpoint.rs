@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::EndpointDesired;
 use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{PoolId, GATEWAY_IPV6};
@@ -58,6 +59,24 @@ impl Endpoint {
 
     pub fn addresses(&self) -> Vec<IpAddr> {
         self.ipv6.map(IpAddr::V6).into_iter().chain(self.ipv4.map(IpAddr::V4)).collect()
+    }
+
+    /// What the kernel must hold for the endpoint while it is joined (`deliver`) or once it
+    /// left; `None` before its veth exists.
+    pub fn desired(&self, deliver: bool) -> Option<EndpointDesired> {
+        let joined = self.joined.as_ref()?;
+        Some(EndpointDesired {
+            number: self.number,
+            sandbox: joined.sandbox,
+            host_ifname: self.host_ifname(),
+            host_ifindex: joined.host_ifindex,
+            host_mac: joined.host_mac,
+            mac: self.mac,
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+            gateway_ipv4: self.gateway_ipv4,
+            deliver,
+        })
     }
 
     /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link

@@ -299,7 +299,7 @@ async fn user_chosen_addresses_mac_and_gateway() {
 
 #[tokio::test]
 async fn failed_join_rolls_back_every_step_and_can_be_retried() {
-    for failing in ["attach", "install"] {
+    for failing in ["attach", "apply_endpoint"] {
         let h = harness().await;
         let (v4_pool, _) = h.create_network(NET, false, "", "").await;
         h.create_endpoint(NET, EP, &v4_pool).await;
@@ -599,4 +599,45 @@ async fn endpoints_of_one_container_share_a_sandbox_number() {
     let sandbox = |n: u32| k.installed[&format!("lxc{}", &endpoint(n)[..11])].sandbox;
     assert_eq!(sandbox(1), sandbox(2), "same container, same sandbox");
     assert_ne!(sandbox(1), sandbox(3), "another container, another sandbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_kernel_step_of_one_endpoint_does_not_stall_the_others() {
+    let h = Arc::new(harness().await);
+    let (v4_pool, _) = h.create_network(NET, false, "", "").await;
+    h.create_endpoint(NET, EP, &v4_pool).await;
+    // The veth of EP takes as long as the test wants.
+    let gate = h.fake().hold("create_veth");
+    let slow = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.ok("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}))
+                .await
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while h.fake().count("create_veth") == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the join reaches create_veth");
+    // Meanwhile another endpoint is created and the views answer.
+    let other = endpoint(2);
+    let started = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let v4 = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": ""})).await;
+        h.ok(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NET, "EndpointID": other, "Interface": {"Address": v4["Address"]}}),
+        )
+        .await;
+        h.driver.status().await
+    })
+    .await
+    .expect("the state lock is not held across another endpoint's kernel call");
+    assert_eq!(started.endpoints, 2);
+    assert!(!slow.is_finished(), "EP's join is still waiting for its veth");
+    gate.add_permits(1);
+    slow.await.expect("join task");
+    assert!(h.fake().kernel().links.contains_key("lxc0123456789a"));
 }

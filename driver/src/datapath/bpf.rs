@@ -533,6 +533,31 @@ impl BpfDatapath {
         }
     }
 
+    /// The `crs_endpoints` entry of `ifindex`, if any.
+    pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>, BpfError> {
+        match self.endpoints.get(&ifindex, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(BpfError::Map {
+                op: "look up",
+                map: MAP_ENDPOINTS,
+                key: ifindex.to_string(),
+                error: Box::new(error),
+            }),
+        }
+    }
+
+    /// The `crs_local_ips` entry of `ip`, if any.
+    pub fn local_ip(&self, ip: IpAddr) -> Result<Option<LocalIp>, BpfError> {
+        match self.local_ips.get(&IpKey::from(ip), 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => {
+                Err(BpfError::Map { op: "look up", map: MAP_LOCAL_IPS, key: ip.to_string(), error: Box::new(error) })
+            }
+        }
+    }
+
     /// Every `crs_endpoints` entry, by ifindex.
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
         let mut entries = self
@@ -587,24 +612,23 @@ impl BpfDatapath {
         Ok(sums.into_iter().collect())
     }
 
-    /// Deletes every `crs_metrics` entry of `endpoint_id`; absent entries are fine.
+    /// Deletes every `crs_metrics` entry of `endpoint_id` (one per reason and direction, so
+    /// no scan); absent entries are fine.
     pub fn remove_metrics(&mut self, endpoint_id: u32) -> Result<(), BpfError> {
-        let keys = self
-            .metrics
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| BpfError::MapRead { map: MAP_METRICS, error: Box::new(error) })?;
-        for key in keys.into_iter().filter(|k| k.endpoint_id == endpoint_id) {
-            match self.metrics.remove(&key) {
-                Err(error) if !is_not_found(&error) => {
-                    return Err(BpfError::Map {
-                        op: "delete",
-                        map: MAP_METRICS,
-                        key: format!("{{endpoint {}, reason {}, dir {}}}", key.endpoint_id, key.reason, key.dir),
-                        error: Box::new(error),
-                    })
+        for reason in abi::DropReason::ALL {
+            for dir in [abi::Direction::Egress, abi::Direction::Ingress] {
+                let key = MetricsKey::new(endpoint_id, reason, dir);
+                match self.metrics.remove(&key) {
+                    Err(error) if !is_not_found(&error) => {
+                        return Err(BpfError::Map {
+                            op: "delete",
+                            map: MAP_METRICS,
+                            key: format!("{{endpoint {}, reason {}, dir {}}}", key.endpoint_id, key.reason, key.dir),
+                            error: Box::new(error),
+                        })
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         Ok(())

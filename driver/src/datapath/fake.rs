@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{Counters, Datapath, DatapathError, EndpointState, HostLink, RestoreReport, VethSpec};
+use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, RestoreReport, VethSpec};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FakeKernel {
@@ -15,8 +15,8 @@ pub struct FakeKernel {
     /// Host-side veths by name (peers are implied).
     pub links: BTreeMap<String, HostLink>,
     pub attached: BTreeSet<String>,
-    /// Installed endpoints by host ifname.
-    pub installed: BTreeMap<String, EndpointState>,
+    /// Applied endpoints by host ifname.
+    pub installed: BTreeMap<String, EndpointDesired>,
     pub counters: BTreeMap<u32, Counters>,
     /// Operations that fail until cleared, e.g. "attach".
     pub failing: BTreeSet<String>,
@@ -27,6 +27,8 @@ pub struct FakeKernel {
 #[derive(Debug, Default)]
 pub struct FakeDatapath {
     kernel: Mutex<FakeKernel>,
+    /// Operations that wait for a permit before they run (see [`FakeDatapath::hold`]).
+    gates: Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 impl FakeDatapath {
@@ -45,6 +47,23 @@ impl FakeDatapath {
 
     pub fn heal(&self) {
         self.kernel().failing.clear();
+    }
+
+    /// Makes every later call of `operation` wait until the returned semaphore gets a permit
+    /// (one per call): a kernel step that takes as long as the test wants.
+    pub fn hold(&self, operation: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        self.gates.lock().unwrap_or_else(|p| p.into_inner()).insert(operation.to_owned(), gate.clone());
+        gate
+    }
+
+    async fn gate(&self, operation: &str) {
+        let gate = self.gates.lock().unwrap_or_else(|p| p.into_inner()).get(operation).cloned();
+        if let Some(gate) = gate {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
     }
 
     /// Number of calls made of `operation`.
@@ -74,7 +93,9 @@ impl Datapath for FakeDatapath {
     }
 
     async fn create_veth(&self, spec: &VethSpec) -> Result<HostLink, DatapathError> {
-        let mut kernel = self.enter("create_veth", &spec.host_ifname)?;
+        drop(self.enter("create_veth", &spec.host_ifname)?);
+        self.gate("create_veth").await;
+        let mut kernel = self.kernel();
         kernel.next_index += 1;
         let index = 100 + kernel.next_index;
         let link = HostLink { index, mac: [0x02, 0xfe, 0, 0, (index >> 8) as u8, index as u8] };
@@ -103,15 +124,18 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
-    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
-        let mut kernel = self.enter("install", &endpoint.host_ifname)?;
-        kernel.installed.insert(endpoint.host_ifname.clone(), endpoint.clone());
-        kernel.counters.entry(endpoint.number).or_default();
+    async fn apply_endpoint(&self, desired: &EndpointDesired) -> Result<(), DatapathError> {
+        let mut kernel = self.enter("apply_endpoint", &desired.host_ifname)?;
+        kernel.installed.retain(|_, e| e.number != desired.number);
+        kernel.installed.insert(desired.host_ifname.clone(), desired.clone());
+        kernel.counters.entry(desired.number).or_default();
         Ok(())
     }
 
-    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
-        self.enter("uninstall", &endpoint.host_ifname)?.installed.remove(&endpoint.host_ifname);
+    async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
+        let mut kernel = self.enter("remove_endpoint", &number.to_string())?;
+        kernel.installed.retain(|_, e| e.number != number);
+        kernel.counters.remove(&number);
         Ok(())
     }
 
@@ -119,25 +143,23 @@ impl Datapath for FakeDatapath {
         Ok(self.enter("counters", "")?.counters.clone())
     }
 
-    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
-        self.enter("forget", &number.to_string())?.counters.remove(&number);
-        Ok(())
-    }
-
-    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {
+    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError> {
         let mut kernel = self.enter("restore", &joined.len().to_string())?;
         let mut report = RestoreReport::default();
         for ep in joined {
-            if !kernel.links.contains_key(&ep.host_ifname) {
+            let Some(link) = kernel.links.get(&ep.host_ifname).copied() else {
                 report.missing_links.push(ep.host_ifname.clone());
                 continue;
-            }
+            };
+            report.links.insert(ep.host_ifname.clone(), link);
             if kernel.attached.insert(ep.host_ifname.clone()) {
                 report.reattached.push(ep.host_ifname.clone());
             }
-            kernel.installed.insert(ep.host_ifname.clone(), ep.clone());
+            let applied = EndpointDesired { host_ifindex: link.index, host_mac: link.mac, ..ep.clone() };
+            kernel.installed.insert(ep.host_ifname.clone(), applied);
         }
-        let wanted: BTreeSet<&String> = joined.iter().map(|e| &e.host_ifname).collect();
+        let wanted: BTreeSet<&String> =
+            joined.iter().map(|e| &e.host_ifname).filter(|n| kernel.links.contains_key(*n)).collect();
         let before = kernel.installed.len();
         kernel.installed.retain(|name, _| wanted.contains(name));
         report.stale_removed = before - kernel.installed.len();

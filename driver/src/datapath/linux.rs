@@ -1,6 +1,8 @@
 //! The Linux datapath: rtnetlink for links, routes and neighbours; aya for programs and maps.
+//! It remembers what it applied for each endpoint, so that a change writes only the difference
+//! and removing an endpoint touches only its own entries (no map scans but one at restore).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -10,7 +12,7 @@ use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
 use super::link::Netlink;
-use super::{Counters, Datapath, DatapathError, EndpointState, HostLink, RestoreReport, Traffic, VethSpec};
+use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, RestoreReport, Traffic, VethSpec};
 
 /// MTU used when the host has no default route to copy it from.
 const FALLBACK_MTU: u32 = 1500;
@@ -18,12 +20,18 @@ const FALLBACK_MTU: u32 = 1500;
 pub struct LinuxDatapath {
     netlink: Netlink,
     bpf: Mutex<BpfDatapath>,
+    /// What was applied for each endpoint, by endpoint number.
+    applied: Mutex<HashMap<u32, EndpointDesired>>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LinuxDatapath")
     }
+}
+
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LinuxDatapath {
@@ -36,27 +44,79 @@ impl LinuxDatapath {
             return Err(DatapathError::Other("--attach-mode tcx needs Linux 6.6 or later".to_owned()));
         }
         bpf.set_attach_mode(mode);
-        Ok(LinuxDatapath { netlink, bpf: Mutex::new(bpf) })
+        Ok(LinuxDatapath { netlink, bpf: Mutex::new(bpf), applied: Mutex::new(HashMap::new()) })
     }
 
     fn bpf(&self) -> MutexGuard<'_, BpfDatapath> {
-        self.bpf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        guard(&self.bpf)
     }
 
-    async fn uninstall_routes(&self, endpoint: &EndpointState, errors: &mut Vec<DatapathError>) {
-        for ip in addresses(endpoint) {
-            if let Err(e) = self.netlink.remove_endpoint_route(endpoint.host_ifindex, ip).await {
-                errors.push(e.into());
+    /// Writes the map entries of `desired`, removing those of `old` it no longer has.
+    fn apply_maps(&self, old: Option<&EndpointDesired>, desired: &EndpointDesired) -> Result<(), DatapathError> {
+        let mut bpf = self.bpf();
+        if old.is_none_or(|o| endpoint_info(o) != endpoint_info(desired) || o.host_ifindex != desired.host_ifindex) {
+            bpf.set_endpoint(desired.host_ifindex, &endpoint_info(desired))?;
+        }
+        if let Some(old) = old.filter(|o| o.host_ifindex != desired.host_ifindex) {
+            bpf.remove_endpoint(old.host_ifindex)?;
+        }
+        let local = abi::LocalIp::new(desired.host_ifindex, desired.number).in_sandbox(desired.sandbox);
+        for ip in desired.delivered_addresses() {
+            if bpf.local_ip(ip)? != Some(local) {
+                bpf.set_local_ip(ip, &local)?;
             }
         }
+        let kept: BTreeSet<IpAddr> = desired.delivered_addresses().into_iter().collect();
+        for ip in old.map(EndpointDesired::delivered_addresses).unwrap_or_default() {
+            if !kept.contains(&ip) {
+                remove_own_local_ip(&mut bpf, ip, desired.number)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the routes of `desired` that `old` did not have, removes those it no longer has.
+    async fn apply_routes(
+        &self,
+        old: Option<&EndpointDesired>,
+        desired: &EndpointDesired,
+    ) -> Result<(), DatapathError> {
+        let same_link = old.is_some_and(|o| o.host_ifindex == desired.host_ifindex && o.mac == desired.mac);
+        let had: BTreeSet<IpAddr> = if same_link {
+            old.map(EndpointDesired::delivered_addresses).unwrap_or_default().into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        for ip in desired.delivered_addresses() {
+            if !had.contains(&ip) {
+                self.netlink.add_endpoint_route(desired.host_ifindex, ip, desired.mac).await?;
+            }
+        }
+        if let Some(old) = old {
+            let kept: BTreeSet<IpAddr> =
+                if same_link { desired.delivered_addresses().into_iter().collect() } else { BTreeSet::new() };
+            let mut errors = Vec::new();
+            for ip in old.delivered_addresses().into_iter().filter(|ip| !kept.contains(ip)) {
+                errors.extend(
+                    self.netlink.remove_endpoint_route(old.host_ifindex, ip).await.err().map(DatapathError::from),
+                );
+            }
+            DatapathError::collect(errors)?;
+        }
+        Ok(())
     }
 }
 
-fn addresses(endpoint: &EndpointState) -> Vec<IpAddr> {
-    endpoint.ipv6.map(IpAddr::V6).into_iter().chain(endpoint.ipv4.map(IpAddr::V4)).collect()
+/// Removes the `crs_local_ips` entry of `ip` if it still belongs to endpoint `number` (another
+/// endpoint may hold the address by now).
+fn remove_own_local_ip(bpf: &mut BpfDatapath, ip: IpAddr, number: u32) -> Result<(), DatapathError> {
+    if bpf.local_ip(ip)?.is_some_and(|v| v.endpoint_id == number) {
+        bpf.remove_local_ip(ip)?;
+    }
+    Ok(())
 }
 
-fn endpoint_info(endpoint: &EndpointState) -> abi::EndpointInfo {
+fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
     let mut info =
         abi::EndpointInfo::new(endpoint.number, endpoint.mac, endpoint.host_mac).in_sandbox(endpoint.sandbox);
     if let Some(v6) = endpoint.ipv6 {
@@ -109,36 +169,45 @@ impl Datapath for LinuxDatapath {
         Ok(self.bpf().detach(host_ifname)?)
     }
 
-    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
-        {
-            let mut bpf = self.bpf();
-            bpf.set_endpoint(endpoint.host_ifindex, &endpoint_info(endpoint))?;
-            let local = abi::LocalIp::new(endpoint.host_ifindex, endpoint.number).in_sandbox(endpoint.sandbox);
-            for ip in addresses(endpoint) {
-                bpf.set_local_ip(ip, &local)?;
-            }
+    async fn apply_endpoint(&self, desired: &EndpointDesired) -> Result<(), DatapathError> {
+        let old = guard(&self.applied).get(&desired.number).cloned();
+        if old.as_ref() == Some(desired) {
+            return Ok(());
         }
-        for ip in addresses(endpoint) {
-            self.netlink.add_endpoint_route(endpoint.host_ifindex, ip, endpoint.mac).await?;
+        // Forget the old record first: if a step fails, the next apply writes everything again.
+        guard(&self.applied).remove(&desired.number);
+        // Stop delivering before the map entries go, deliver only once the map entries exist.
+        if desired.deliver {
+            self.apply_maps(old.as_ref(), desired)?;
+            self.apply_routes(old.as_ref(), desired).await?;
+        } else {
+            self.apply_routes(old.as_ref(), desired).await?;
+            self.apply_maps(old.as_ref(), desired)?;
         }
+        guard(&self.applied).insert(desired.number, desired.clone());
         Ok(())
     }
 
-    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError> {
+    async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
+        let old = guard(&self.applied).remove(&number);
         let mut errors = Vec::new();
-        self.uninstall_routes(endpoint, &mut errors).await;
-        let mut bpf = self.bpf();
-        match bpf.local_ips() {
-            Ok(all) => {
-                // Only entries that still point at this endpoint: another may hold the address by now.
-                for (ip, _) in
-                    all.iter().filter(|(ip, v)| addresses(endpoint).contains(ip) && v.endpoint_id == endpoint.number)
-                {
-                    errors.extend(bpf.remove_local_ip(*ip).err().map(DatapathError::from));
-                }
+        if let Some(old) = &old {
+            for ip in old.delivered_addresses() {
+                errors.extend(
+                    self.netlink.remove_endpoint_route(old.host_ifindex, ip).await.err().map(DatapathError::from),
+                );
             }
-            Err(e) => errors.push(e.into()),
         }
+        let mut bpf = self.bpf();
+        if let Some(old) = &old {
+            for ip in old.delivered_addresses() {
+                errors.extend(remove_own_local_ip(&mut bpf, ip, number).err());
+            }
+            if bpf.endpoint(old.host_ifindex)?.is_some_and(|info| info.endpoint_id == number) {
+                errors.extend(bpf.remove_endpoint(old.host_ifindex).err().map(DatapathError::from));
+            }
+        }
+        errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
         DatapathError::collect(errors)
     }
 
@@ -166,22 +235,7 @@ impl Datapath for LinuxDatapath {
         Ok(counters)
     }
 
-    async fn forget(&self, number: u32) -> Result<(), DatapathError> {
-        let mut bpf = self.bpf();
-        let mut errors = Vec::new();
-        match bpf.endpoints() {
-            Ok(all) => {
-                for (ifindex, _) in all.iter().filter(|(_, info)| info.endpoint_id == number) {
-                    errors.extend(bpf.remove_endpoint(*ifindex).err().map(DatapathError::from));
-                }
-            }
-            Err(e) => errors.push(e.into()),
-        }
-        errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
-        DatapathError::collect(errors)
-    }
-
-    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError> {
+    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError> {
         let mut report = RestoreReport::default();
         let mut live = Vec::new();
         for endpoint in joined {
@@ -191,10 +245,11 @@ impl Datapath for LinuxDatapath {
                     let mut endpoint = endpoint.clone();
                     endpoint.host_ifindex = link.index;
                     endpoint.host_mac = link.mac;
+                    report.links.insert(endpoint.host_ifname.clone(), HostLink { index: link.index, mac: link.mac });
                     // Swaps this daemon's programs in (no gap), e.g. after an upgrade.
                     self.bpf().reattach(&endpoint.host_ifname)?;
                     report.reattached.push(endpoint.host_ifname.clone());
-                    self.install(&endpoint).await?;
+                    self.apply_endpoint(&endpoint).await?;
                     live.push(endpoint);
                 }
             }
@@ -202,7 +257,8 @@ impl Datapath for LinuxDatapath {
         // Remove what belongs to no live endpoint: links that vanished, leftovers of crashes.
         let ifnames: BTreeSet<&str> = live.iter().map(|e| e.host_ifname.as_str()).collect();
         let ifindexes: BTreeSet<u32> = live.iter().map(|e| e.host_ifindex).collect();
-        let ips: BTreeSet<IpAddr> = live.iter().flat_map(addresses).collect();
+        let ips: BTreeSet<IpAddr> = live.iter().flat_map(EndpointDesired::delivered_addresses).collect();
+        let numbers: BTreeSet<u32> = live.iter().map(|e| e.number).collect();
         let mut bpf = self.bpf();
         for name in bpf.pinned_links()? {
             if !ifnames.contains(name.as_str()) {
@@ -221,6 +277,12 @@ impl Datapath for LinuxDatapath {
                 bpf.remove_local_ip(ip)?;
                 report.stale_removed += 1;
             }
+        }
+        let stale_counters: BTreeSet<u32> =
+            bpf.all_metrics()?.iter().map(|(k, _)| k.endpoint_id).filter(|n| *n != 0 && !numbers.contains(n)).collect();
+        for number in stale_counters {
+            bpf.remove_metrics(number)?;
+            report.stale_removed += 1;
         }
         Ok(report)
     }

@@ -10,9 +10,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-/// Everything the kernel needs to know about one endpoint.
+/// The complete kernel state one endpoint should have, as pure code computes it from the
+/// endpoint's record; the datapath applies the difference to what it applied before.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointState {
+pub struct EndpointDesired {
     pub number: u32,
     /// Shared by all endpoints of one container: each accepts the others' addresses as sources.
     pub sandbox: u32,
@@ -23,6 +24,26 @@ pub struct EndpointState {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub gateway_ipv4: Option<Ipv4Addr>,
+    /// Traffic is delivered to the endpoint: host routes, neighbour entries and address
+    /// entries exist. False once it left: only its own entry stays, so what its container still
+    /// sends while dockerd moves the interface back is attributed to it.
+    pub deliver: bool,
+}
+
+impl EndpointDesired {
+    /// The endpoint's addresses, IPv6 first.
+    pub fn addresses(&self) -> Vec<std::net::IpAddr> {
+        self.ipv6.map(std::net::IpAddr::V6).into_iter().chain(self.ipv4.map(std::net::IpAddr::V4)).collect()
+    }
+
+    /// The addresses traffic is delivered to (none once it left).
+    pub fn delivered_addresses(&self) -> Vec<std::net::IpAddr> {
+        if self.deliver {
+            self.addresses()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// The veth pair of an endpoint.
@@ -74,6 +95,8 @@ pub struct RestoreReport {
     pub reattached: Vec<String>,
     /// Stale datapath entries (maps, pins) removed because no endpoint owns them.
     pub stale_removed: usize,
+    /// The host links found, by name (their index or MAC may differ from the records').
+    pub links: BTreeMap<String, HostLink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,21 +148,21 @@ pub trait Datapath: Send + Sync + 'static {
     /// Detaches them; absent is fine.
     async fn detach(&self, host_ifname: &str) -> Result<(), DatapathError>;
 
-    /// Makes the endpoint reachable: host routes, neighbour entries and map entries.
-    async fn install(&self, endpoint: &EndpointState) -> Result<(), DatapathError>;
+    /// Makes the kernel hold exactly `desired` for endpoint `desired.number` (map entries,
+    /// host routes, neighbours, counters), changing only what differs from what it applied for
+    /// that endpoint before. Entries another endpoint holds by now are left alone.
+    async fn apply_endpoint(&self, desired: &EndpointDesired) -> Result<(), DatapathError>;
 
-    /// Stops delivering to the endpoint (routes, neighbours, address entries); absent entries
-    /// are fine; goes on past errors and reports them all. The endpoint's own entry stays, so
-    /// what its container still sends is attributed to it until `forget`.
-    async fn uninstall(&self, endpoint: &EndpointState) -> Result<(), DatapathError>;
+    /// Removes everything applied for endpoint `number` (its entries, routes and counters),
+    /// going on past errors and reporting them all; an unknown endpoint is fine.
+    async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError>;
 
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;
 
-    /// Forgets an endpoint once its veth is gone: its entry and its counters.
-    async fn forget(&self, number: u32) -> Result<(), DatapathError>;
-
-    /// After a restart: makes the kernel match the joined endpoints (attach, install) and
-    /// removes datapath entries that belong to none of them.
-    async fn restore(&self, joined: &[EndpointState]) -> Result<RestoreReport, DatapathError>;
+    /// After a restart (once): attaches this daemon's programs to the joined endpoints, applies
+    /// their desired state, and removes what belongs to none of them (the only full scan of
+    /// the maps). `host_ifindex` and `host_mac` of `joined` may be stale: the links are looked
+    /// up by name.
+    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError>;
 }

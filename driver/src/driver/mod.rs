@@ -2,16 +2,23 @@
 //! checked, planned with the pure modules (ipam, network, endpoint, reconcile), applied through
 //! the datapath in a fixed order with an undo for every step, and its records persisted in one
 //! commit before the answer.
+//!
+//! Locking: the state lock is only ever held for short, synchronous sections (checks, record
+//! changes, the commit); kernel calls run outside it, under a per-endpoint lock, so one slow
+//! endpoint (or a policy change) never stalls the plugin calls of others.
+
+mod locks;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::sync::{Mutex, MutexGuard};
+
 use ipnet::IpNet;
-use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::datapath::{Datapath, DatapathError, EndpointState, VethSpec};
+use crate::datapath::{Datapath, DatapathError, EndpointDesired, VethSpec};
 use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::input::quoted;
@@ -106,10 +113,9 @@ pub struct EndpointGrant {
 /// A kernel step already applied, undone in reverse order if a later step fails.
 #[derive(Debug)]
 enum Undo {
-    Forget(u32),
+    RemoveEndpoint(u32),
     DeleteVeth(String),
     Detach(String),
-    Uninstall(EndpointState),
 }
 
 pub struct Driver {
@@ -117,6 +123,8 @@ pub struct Driver {
     datapath: Arc<dyn Datapath>,
     store: Arc<dyn Store>,
     state: Mutex<State>,
+    /// Serialises the calls of one endpoint (their kernel steps run outside the state lock).
+    endpoint_locks: locks::KeyedLocks<EndpointId>,
     /// Wakes the background reconciliation early (a new dockerd started talking to us).
     reconcile_soon: tokio::sync::Notify,
 }
@@ -136,37 +144,65 @@ impl Driver {
         config.ipam.validate()?;
         let records = store.load().map_err(StateError::from)?;
         let state = State::decode(&records)?;
-        let driver =
-            Driver { config, datapath, store, state: Mutex::new(state), reconcile_soon: tokio::sync::Notify::new() };
+        let driver = Driver {
+            config,
+            datapath,
+            store,
+            state: Mutex::new(state),
+            endpoint_locks: locks::KeyedLocks::default(),
+            reconcile_soon: tokio::sync::Notify::new(),
+        };
         driver.restore().await?;
         Ok(driver)
     }
 
+    /// The state, for a short synchronous section (never held across an await).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     async fn restore(&self) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
-        let joined: Vec<EndpointState> = state.endpoints.values().filter_map(datapath_state).collect();
+        let (joined, networks, endpoints): (Vec<EndpointDesired>, usize, usize) = {
+            let state = self.state();
+            let joined = state.endpoints.values().filter_map(|e| e.desired(true)).collect();
+            (joined, state.networks.len(), state.endpoints.len())
+        };
         let report = self.datapath.restore(&joined).await?;
         info!(
-            networks = state.networks.len(),
-            endpoints = state.endpoints.len(),
+            networks,
+            endpoints,
             reattached = report.reattached.len(),
             stale_removed = report.stale_removed,
             "state restored"
         );
-        let vanished: Vec<EndpointId> = state
+        let mut state = self.state();
+        let changed: Vec<EndpointId> = state
             .endpoints
             .values()
-            .filter(|e| e.joined.is_some() && report.missing_links.contains(&e.host_ifname()))
+            .filter(|e| {
+                e.joined.as_ref().is_some_and(|j| match report.links.get(&e.host_ifname()) {
+                    None => report.missing_links.contains(&e.host_ifname()),
+                    Some(link) => link.index != j.host_ifindex || link.mac != j.host_mac,
+                })
+            })
             .map(|e| e.id.clone())
             .collect();
-        if vanished.is_empty() {
+        if changed.is_empty() {
             return Ok(());
         }
         let mut txn = Txn::new(&mut state);
-        for id in vanished {
-            if let Some(ep) = txn.touch_endpoint(&id).get_mut(&id) {
-                warn!(endpoint = ep.id.short(), ifname = %ep.host_ifname(), "veth vanished while the daemon was down");
-                ep.joined = None;
+        for id in changed {
+            let Some(ep) = txn.touch_endpoint(&id).get_mut(&id) else { continue };
+            let ifname = ep.host_ifname();
+            match (report.links.get(&ifname), ep.joined.as_mut()) {
+                (Some(link), Some(joined)) => {
+                    joined.host_ifindex = link.index;
+                    joined.host_mac = link.mac;
+                }
+                _ => {
+                    warn!(endpoint = ep.id.short(), %ifname, "veth vanished while the daemon was down");
+                    ep.joined = None;
+                }
             }
         }
         txn.commit(self.store.as_ref())?;
@@ -199,7 +235,7 @@ impl Driver {
             )));
         }
         let avoid = if request.subnet.is_none() { self.datapath.host_prefixes().await? } else { Vec::new() };
-        let mut state = self.state.lock().await;
+        let mut state = self.state();
         let mut txn = Txn::new(&mut state);
         let config = &self.config.ipam;
         let id = txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, &avoid, now())?.id.clone()))?;
@@ -218,7 +254,7 @@ impl Driver {
     }
 
     pub async fn release_pool(&self, id: &PoolId) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state();
         if !state.ipam.pools.contains_key(id) {
             return Ok(());
         }
@@ -237,7 +273,7 @@ impl Driver {
         preferred: Option<IpAddr>,
         gateway: bool,
     ) -> Result<IpNet, DriverError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state();
         let mut txn = Txn::new(&mut state);
         let kind = if gateway { AllocationKind::Gateway } else { AllocationKind::Address };
         let addr = txn.touch_pool(pool).request_address(pool, preferred, kind, now())?;
@@ -248,7 +284,7 @@ impl Driver {
     }
 
     pub async fn release_address(&self, pool: &PoolId, addr: IpAddr) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state();
         if let Some(holder) = state.endpoints.values().find(|e| e.addresses().contains(&addr)) {
             // dockerd releases after DeleteEndpoint; an earlier release would hand out a live
             // address twice.
@@ -268,16 +304,16 @@ impl Driver {
     // ---- networks ----
 
     pub async fn create_network(&self, request: CreateNetwork) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
+        // IPv6 always: without an IPv6 pool from dockerd the driver takes one for the network.
+        let avoid = if request.ipv6.is_empty() { self.datapath.host_prefixes().await? } else { Vec::new() };
+        let mut state = self.state();
         if state.networks.contains_key(&request.id) {
             return Err(DriverError::Conflict(format!("network {} already exists", request.id.short())));
         }
         let ipv4_pools = own_pools(&state, &request.ipv4)?;
         let ipv6_pools = own_pools(&state, &request.ipv6)?;
-        let avoid = if ipv6_pools.is_empty() { self.datapath.host_prefixes().await? } else { Vec::new() };
         let mut txn = Txn::new(&mut state);
         let driver_ipv6_pool = if ipv6_pools.is_empty() {
-            // IPv6 always: take a pool for the network ourselves.
             let request = PoolRequest { v6: true, internal: true, ..PoolRequest::default() };
             let config = &self.config.ipam;
             Some(txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, &avoid, now())?.id.clone()))?)
@@ -303,28 +339,34 @@ impl Driver {
     /// Removes a network; its remaining endpoints (if dockerd lost track of them) are torn
     /// down and its pools released. Unknown networks are fine.
     pub async fn delete_network(&self, id: &NetworkId) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
-        let Some(network) = state.networks.get(id).cloned() else { return Ok(()) };
-        let orphans: Vec<EndpointId> =
-            state.endpoints.values().filter(|e| &e.network == id).map(|e| e.id.clone()).collect();
-        let mut txn = Txn::new(&mut state);
+        let orphans: Vec<EndpointId> = {
+            let state = self.state();
+            if !state.networks.contains_key(id) {
+                return Ok(());
+            }
+            state.endpoints.values().filter(|e| &e.network == id).map(|e| e.id.clone()).collect()
+        };
         let mut errors = Vec::new();
         for ep in orphans {
-            errors.extend(self.teardown_endpoint(&mut txn, &ep).await.err());
+            errors.extend(self.teardown_endpoint(&ep).await.err());
         }
+        let mut state = self.state();
+        let Some(network) = state.networks.get(id).cloned() else { return Ok(()) };
+        let mut txn = Txn::new(&mut state);
         for pool in network.pools() {
             txn.touch_pool(pool).release_pool(pool);
         }
         txn.touch_network(id).remove(id);
         txn.commit(self.store.as_ref())?;
         info!(network = id.short(), "network deleted");
-        DatapathError::collect(errors).map_err(DriverError::from)
+        DriverError::collect(errors)
     }
 
     // ---- endpoints ----
 
     pub async fn create_endpoint(&self, request: CreateEndpoint) -> Result<EndpointGrant, DriverError> {
-        let mut state = self.state.lock().await;
+        let _held = self.endpoint_locks.lock(&request.endpoint).await;
+        let mut state = self.state();
         if let Some(existing) = state.endpoints.get(&request.endpoint) {
             // dockerd repeats a call whose connection broke (e.g. the daemon restarted mid-call).
             return repeated_create(existing, &request);
@@ -402,37 +444,47 @@ impl Driver {
         Ok(grant)
     }
 
-    /// Creates the veth pair, attaches the programs and installs routes and map entries.
+    /// Creates the veth pair, attaches the programs and applies the endpoint's desired state.
     pub async fn join(&self, network: &NetworkId, id: &EndpointId, sandbox_key: &str) -> Result<JoinPlan, DriverError> {
-        let mut state = self.state.lock().await;
-        let endpoint = lookup(&state, network, id)?.clone();
-        if endpoint.joined.is_some() {
-            return Ok(endpoint.join_plan());
-        }
-        let mtu = match state.networks.get(network).and_then(|n| n.mtu).or(self.config.mtu) {
+        let _held = self.endpoint_locks.lock(id).await;
+        let (endpoint, mtu, sandbox) = {
+            let state = self.state();
+            let endpoint = lookup(&state, network, id)?.clone();
+            if endpoint.joined.is_some() {
+                return Ok(endpoint.join_plan());
+            }
+            let mtu = state.networks.get(network).and_then(|n| n.mtu).or(self.config.mtu);
+            // All endpoints of one container share the sandbox key dockerd sends (its netns
+            // path); dockerd joins one sandbox's endpoints one at a time.
+            let sandbox = state
+                .endpoints
+                .values()
+                .filter_map(|e| e.joined.as_ref())
+                .find(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
+                .map_or(endpoint.number, |j| j.sandbox);
+            (endpoint, mtu, sandbox)
+        };
+        let mtu = match mtu {
             Some(mtu) => mtu,
             None => self.datapath.default_mtu().await?,
         };
-        // All endpoints of one container share the sandbox key dockerd sends (its netns path).
-        let sandbox = state
-            .endpoints
-            .values()
-            .filter_map(|e| e.joined.as_ref())
-            .find(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
-            .map_or(endpoint.number, |j| j.sandbox);
         let mut undo = Vec::new();
-        let joined = match self.apply_join(&endpoint, mtu, sandbox, &mut undo).await {
+        let joined = match self.apply_join(&endpoint, mtu, sandbox, sandbox_key, &mut undo).await {
             Ok(joined) => joined,
             Err(e) => {
                 self.rollback(undo).await;
                 return Err(e.into());
             }
         };
-        let mut txn = Txn::new(&mut state);
-        if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
-            ep.joined = Some(Joined { sandbox_key: sandbox_key.to_owned(), ..joined });
-        }
-        if let Err(e) = txn.commit(self.store.as_ref()) {
+        let committed = {
+            let mut state = self.state();
+            let mut txn = Txn::new(&mut state);
+            if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
+                ep.joined = Some(joined);
+            }
+            txn.commit(self.store.as_ref())
+        };
+        if let Err(e) = committed {
             self.rollback(undo).await;
             return Err(e.into());
         }
@@ -445,6 +497,7 @@ impl Driver {
         endpoint: &Endpoint,
         mtu: u32,
         sandbox: u32,
+        sandbox_key: &str,
         undo: &mut Vec<Undo>,
     ) -> Result<Joined, DatapathError> {
         let host_ifname = endpoint.host_ifname();
@@ -455,30 +508,28 @@ impl Driver {
             peer_mac: endpoint.mac,
         };
         let started = std::time::Instant::now();
-        undo.push(Undo::Forget(endpoint.number));
         let link = self.datapath.create_veth(&spec).await?;
         undo.push(Undo::DeleteVeth(host_ifname.clone()));
         let veth_us = started.elapsed().as_micros() as u64;
         self.datapath.attach(&host_ifname).await?;
         undo.push(Undo::Detach(host_ifname.clone()));
         let attach_us = started.elapsed().as_micros() as u64 - veth_us;
-        let joined = Joined { sandbox_key: String::new(), sandbox, host_ifindex: link.index, host_mac: link.mac, mtu };
-        let mut with_link = endpoint.clone();
-        with_link.joined = Some(joined.clone());
-        if let Some(ep_state) = datapath_state(&with_link) {
-            self.datapath.install(&ep_state).await?;
-            undo.push(Undo::Uninstall(ep_state));
+        let joined =
+            Joined { sandbox_key: sandbox_key.to_owned(), sandbox, host_ifindex: link.index, host_mac: link.mac, mtu };
+        let with_link = Endpoint { joined: Some(joined.clone()), ..endpoint.clone() };
+        if let Some(desired) = with_link.desired(true) {
+            undo.push(Undo::RemoveEndpoint(endpoint.number));
+            self.datapath.apply_endpoint(&desired).await?;
         }
-        let install_us = started.elapsed().as_micros() as u64 - veth_us - attach_us;
-        debug!(veth_us, attach_us, install_us, "join applied");
+        let apply_us = started.elapsed().as_micros() as u64 - veth_us - attach_us;
+        debug!(veth_us, attach_us, apply_us, "join applied");
         Ok(joined)
     }
 
     async fn rollback(&self, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             let result = match &step {
-                Undo::Uninstall(ep) => self.datapath.uninstall(ep).await,
-                Undo::Forget(number) => self.datapath.forget(*number).await,
+                Undo::RemoveEndpoint(number) => self.datapath.remove_endpoint(*number).await,
                 Undo::Detach(name) => self.datapath.detach(name).await,
                 Undo::DeleteVeth(name) => self.datapath.delete_veth(name).await,
             };
@@ -491,63 +542,81 @@ impl Driver {
     /// Stops delivering to the endpoint; dockerd moves the interface back afterwards, and the
     /// veth goes at DeleteEndpoint. Unknown or already-left endpoints are fine.
     pub async fn leave(&self, network: &NetworkId, id: &EndpointId) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(id).filter(|e| &e.network == network) else {
+        let _held = self.endpoint_locks.lock(id).await;
+        let Some(endpoint) = self.state().endpoints.get(id).filter(|e| &e.network == network).cloned() else {
             return Ok(());
         };
-        let Some(ep_state) = datapath_state(endpoint) else { return Ok(()) };
-        self.datapath.uninstall(&ep_state).await?;
-        let mut txn = Txn::new(&mut state);
-        if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
-            ep.joined = None;
+        let (Some(left), Some(joined)) = (endpoint.desired(false), endpoint.desired(true)) else { return Ok(()) };
+        self.datapath.apply_endpoint(&left).await?;
+        let committed = {
+            let mut state = self.state();
+            let mut txn = Txn::new(&mut state);
+            if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
+                ep.joined = None;
+            }
+            txn.commit(self.store.as_ref())
+        };
+        if let Err(e) = committed {
+            // Still joined on record: deliver again.
+            if let Err(undo) = self.datapath.apply_endpoint(&joined).await {
+                warn!(error = %undo, "rollback of leave failed");
+            }
+            return Err(e.into());
         }
-        txn.commit(self.store.as_ref())?;
         info!(network = network.short(), endpoint = id.short(), "endpoint left");
         Ok(())
     }
 
     /// Removes everything of the endpoint, going on past errors; unknown endpoints are fine.
     pub async fn delete_endpoint(&self, network: &NetworkId, id: &EndpointId) -> Result<(), DriverError> {
-        let mut state = self.state.lock().await;
-        if state.endpoints.get(id).is_none_or(|e| &e.network != network) {
-            // Not ours any more (state lost, or a repeated call): the veth is still named after
-            // the endpoint id, so remove it and its pins if they exist.
-            let host_ifname = host_ifname(id);
-            if state.endpoints.values().any(|e| e.host_ifname() == host_ifname) {
-                return Ok(());
-            }
-            let errors: Vec<DatapathError> =
-                [self.datapath.detach(&host_ifname).await.err(), self.datapath.delete_veth(&host_ifname).await.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-            return DatapathError::collect(errors).map_err(DriverError::from);
+        let (ours, name_taken) = {
+            let state = self.state();
+            let ours = state.endpoints.get(id).is_some_and(|e| &e.network == network);
+            (ours, state.endpoints.values().any(|e| e.host_ifname() == host_ifname(id)))
+        };
+        if ours {
+            self.teardown_endpoint(id).await?;
+            info!(network = network.short(), endpoint = id.short(), "endpoint deleted");
+            return Ok(());
         }
-        let mut txn = Txn::new(&mut state);
-        let result = self.teardown_endpoint(&mut txn, id).await;
-        txn.commit(self.store.as_ref())?;
-        info!(network = network.short(), endpoint = id.short(), "endpoint deleted");
-        result.map_err(DriverError::from)
+        if name_taken {
+            // The interface name belongs to another live endpoint: nothing of ours to remove.
+            return Ok(());
+        }
+        // Not ours any more (state lost, or a repeated call): the veth is still named after the
+        // endpoint id, so remove it and its pins if they exist.
+        let _held = self.endpoint_locks.lock(id).await;
+        let host_ifname = host_ifname(id);
+        let errors: Vec<DatapathError> =
+            [self.datapath.detach(&host_ifname).await.err(), self.datapath.delete_veth(&host_ifname).await.err()]
+                .into_iter()
+                .flatten()
+                .collect();
+        DatapathError::collect(errors).map_err(DriverError::from)
     }
 
-    /// Removes the endpoint's kernel objects and its record, and gives back the IPv6 address
-    /// the driver took for it, going on past errors.
-    async fn teardown_endpoint(&self, txn: &mut Txn<'_>, id: &EndpointId) -> Result<(), DatapathError> {
-        let Some(endpoint) = txn.touch_endpoint(id).remove(id) else { return Ok(()) };
+    /// Removes the endpoint's kernel objects, then its record, giving back the IPv6 address the
+    /// driver took for it; goes on past kernel errors and reports them after the commit.
+    async fn teardown_endpoint(&self, id: &EndpointId) -> Result<(), DriverError> {
+        let _held = self.endpoint_locks.lock(id).await;
+        let Some(endpoint) = self.state().endpoints.get(id).cloned() else { return Ok(()) };
         let host_ifname = endpoint.host_ifname();
         let mut errors = Vec::new();
-        if let Some(ep_state) = datapath_state(&endpoint) {
-            errors.extend(self.datapath.uninstall(&ep_state).await.err());
-        }
+        errors.extend(self.datapath.remove_endpoint(endpoint.number).await.err());
         errors.extend(self.datapath.detach(&host_ifname).await.err());
         errors.extend(self.datapath.delete_veth(&host_ifname).await.err());
-        errors.extend(self.datapath.forget(endpoint.number).await.err());
-        if let (Some(pool), Some(addr)) = (&endpoint.ipv6_pool, endpoint.ipv6) {
-            if let Err(e) = txn.touch_pool(pool).release_address(pool, IpAddr::V6(addr)) {
-                errors.push(DatapathError::Other(e.to_string()));
+        {
+            let mut state = self.state();
+            let mut txn = Txn::new(&mut state);
+            txn.touch_endpoint(id).remove(id);
+            if let (Some(pool), Some(addr)) = (&endpoint.ipv6_pool, endpoint.ipv6) {
+                if let Err(e) = txn.touch_pool(pool).release_address(pool, IpAddr::V6(addr)) {
+                    errors.push(DatapathError::Other(e.to_string()));
+                }
             }
+            txn.commit(self.store.as_ref())?;
         }
-        DatapathError::collect(errors)
+        DatapathError::collect(errors).map_err(DriverError::from)
     }
 
     pub async fn endpoint_info(
@@ -555,7 +624,7 @@ impl Driver {
         network: &NetworkId,
         id: &EndpointId,
     ) -> Result<BTreeMap<String, String>, DriverError> {
-        let state = self.state.lock().await;
+        let state = self.state();
         Ok(views::endpoint_oper_info(lookup(&state, network, id)?))
     }
 
@@ -571,48 +640,49 @@ impl Driver {
         self.reconcile_soon.notified().await;
     }
 
-    /// Drops what dockerd no longer knows (see `reconcile::plan`).
+    /// Drops what dockerd no longer knows (see `reconcile::plan`): first the endpoints, each
+    /// with its kernel objects, then — planned again on the state as it is by then — networks,
+    /// pools and addresses, in one commit.
     pub async fn reconcile(&self, snap: &DockerSnapshot) -> Result<ReconcileReport, DriverError> {
-        let mut state = self.state.lock().await;
-        let plan = reconcile::plan(&state, snap, self.config.reconcile_grace_secs);
-        if plan.is_empty() {
-            return Ok(ReconcileReport::default());
-        }
-        let mut txn = Txn::new(&mut state);
+        let grace = self.config.reconcile_grace_secs;
+        let gone = reconcile::plan(&self.state(), snap, grace).endpoints;
         let mut errors = Vec::new();
-        for id in &plan.endpoints {
+        for id in &gone {
             warn!(endpoint = id.short(), "dockerd no longer knows this endpoint: removing it");
-            errors.extend(self.teardown_endpoint(&mut txn, id).await.err());
+            errors.extend(self.teardown_endpoint(id).await.err());
         }
-        for id in &plan.networks {
-            warn!(network = id.short(), "dockerd no longer knows this network: removing it");
-            txn.touch_network(id).remove(id);
-        }
-        for id in &plan.network_pools {
-            txn.touch_pool(id).release_pool(id);
-        }
-        for id in &plan.orphan_pools {
-            warn!(pool = %id, "no network uses this pool: releasing it");
-            txn.touch_pool(id).release_pool(id);
-        }
-        for (pool, addr) in &plan.leaked_addresses {
-            warn!(pool = %pool, %addr, "address held by nobody: releasing it");
-            if let Some(p) = txn.touch_pool(pool).pools.get_mut(pool) {
-                p.allocations.remove(addr);
+        let plan = {
+            let mut state = self.state();
+            let plan = reconcile::plan(&state, snap, grace);
+            let mut txn = Txn::new(&mut state);
+            for id in &plan.networks {
+                warn!(network = id.short(), "dockerd no longer knows this network: removing it");
+                txn.touch_network(id).remove(id);
             }
-        }
-        txn.commit(self.store.as_ref())?;
-        DatapathError::collect(errors)?;
-        Ok(plan.report())
+            for id in &plan.network_pools {
+                txn.touch_pool(id).release_pool(id);
+            }
+            for id in &plan.orphan_pools {
+                warn!(pool = %id, "no network uses this pool: releasing it");
+                txn.touch_pool(id).release_pool(id);
+            }
+            for (pool, addr) in &plan.leaked_addresses {
+                warn!(pool = %pool, %addr, "address held by nobody: releasing it");
+                if let Some(p) = txn.touch_pool(pool).pools.get_mut(pool) {
+                    p.allocations.remove(addr);
+                }
+            }
+            txn.commit(self.store.as_ref())?;
+            plan
+        };
+        DriverError::collect(errors)?;
+        Ok(ReconcileReport { endpoints_removed: gone.len(), ..plan.report() })
     }
 
     // ---- views ----
 
     pub async fn endpoints(&self) -> Result<Vec<EndpointView>, DriverError> {
-        let views: Vec<EndpointView> = {
-            let state = self.state.lock().await;
-            state.endpoints.values().map(views::endpoint).collect()
-        };
+        let views: Vec<EndpointView> = self.state().endpoints.values().map(views::endpoint).collect();
         let mut counters = self.datapath.counters().await?;
         Ok(views
             .into_iter()
@@ -624,11 +694,25 @@ impl Driver {
     }
 
     pub async fn networks(&self) -> Vec<NetworkView> {
-        views::networks(&*self.state.lock().await)
+        views::networks(&self.state())
     }
 
     pub async fn status(&self) -> StatusView {
-        views::status(&*self.state.lock().await)
+        views::status(&self.state())
+    }
+}
+
+impl DriverError {
+    /// Folds the errors of a teardown that went on past failures.
+    fn collect(errors: Vec<DriverError>) -> Result<(), DriverError> {
+        let mut errors = errors;
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(DriverError::Datapath(DatapathError::Other(
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            ))),
+        }
     }
 }
 
@@ -712,19 +796,4 @@ fn mac_for(id: &EndpointId) -> [u8; 6] {
         *slot = u8::from_str_radix(pair, 16).unwrap_or(0);
     }
     mac
-}
-
-fn datapath_state(ep: &Endpoint) -> Option<EndpointState> {
-    let joined = ep.joined.as_ref()?;
-    Some(EndpointState {
-        number: ep.number,
-        sandbox: joined.sandbox,
-        host_ifname: ep.host_ifname(),
-        host_ifindex: joined.host_ifindex,
-        host_mac: joined.host_mac,
-        mac: ep.mac,
-        ipv4: ep.ipv4,
-        ipv6: ep.ipv6,
-        gateway_ipv4: ep.gateway_ipv4,
-    })
 }
