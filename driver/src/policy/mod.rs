@@ -1,17 +1,33 @@
-//! Label-based policy: Cilium's rule JSON/YAML parsed and validated (`rule`), selectors matched
-//! against label sets (`selector`), rules × identities resolved into the entries of the policy
-//! map (`resolve`), and the datapath's lookup emulated to explain a verdict (`trace`). No I/O.
+//! Label-based policy: Cilium's rule JSON/YAML parsed and validated (`file`, `rule`), selectors
+//! matched against label sets (`selector`), rules × identities resolved into the entries of the
+//! policy map (`resolve`, with port ranges as prefix blocks in `ports` and the labels of CIDR
+//! identities in `cidr`), and the datapath's lookup emulated to explain a verdict (`trace`).
+//! No I/O.
 //!
 //! The policy map is an LPM trie. Its key, in order of significance, is
 //! `local identity (32) · remote identity (32) · direction (8) · protocol (8) · port (16)`;
 //! a key matches the first `72 + 8 + port_prefix` bits, or only the first 72 when the protocol
-//! is "any". The datapath decides a new flow at one endpoint like this (see [`trace`]):
+//! is "any". The datapath decides a new flow at one endpoint like this (see [`trace::lookup`]):
 //!
 //! 1. `e1` = longest match of `(local, remote, dir, proto, port)`,
 //!    `e2` = longest match of `(local, ANY, dir, proto, port)`;
 //! 2. a deny in `e1` or `e2` → denied (by that rule);
 //! 3. else an allow in either → allowed;
 //! 4. else denied (default deny).
+
+pub mod cidr;
+pub mod file;
+pub mod ports;
+pub mod resolve;
+pub mod rule;
+pub mod selector;
+pub mod trace;
+mod walk;
+
+#[cfg(test)]
+mod examples;
+#[cfg(test)]
+mod testkit;
 
 use std::fmt;
 
@@ -20,6 +36,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 use crate::labels::Labels;
+
+pub use cidr::{cidr_identity_labels, cidr_labels};
+pub use file::{parse_rule_value, parse_rules, parse_rules_str, PolicyError};
+pub use resolve::{ResolveError, Resolver};
+pub use rule::{Entity, Protocol, Rule, Section};
+pub use selector::Selector;
+pub use trace::{lookup, trace, Decision, Trace};
+pub use walk::MAX_STRING;
 
 /// Which way a packet crosses the endpoint, seen from the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
