@@ -40,7 +40,7 @@ fn run() -> Result<(), String> {
     let source = bpf_dir.join("endpoint.c");
     let object = out_dir.join("endpoint.o");
     let mut cmd = Command::new(&clang);
-    cmd.args(["-target", "bpf", "-O2", "-g", "-Wall", "-Wextra", "-Werror"])
+    cmd.args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Wextra", "-Werror"])
         .arg("-I")
         .arg(bpf_dir.join("lib"))
         .arg("-I")

@@ -3,19 +3,26 @@
  * The endpoint programs, attached to the host side of every endpoint veth (docs/datapath.md):
  * crs_from_container on tc ingress (what the container sends), crs_to_container on tc egress
  * (what the host stack sends to the container). Each finds its endpoint in crs_endpoints by
- * the interface index.
+ * the interface index. Every IP packet passes the one parser (crs_parse_flow) and the one
+ * policy and connection-tracking check (crs_ct_policy), both global functions that the
+ * verifier checks once on their own.
  */
 #include "common.h"
 #include "arp.h"
+#include "config.h"
+#include "conntrack.h"
 #include "csum.h"
 #include "drop.h"
 #include "endpoints.h"
 #include "eth.h"
+#include "flow.h"
 #include "icmp.h"
 #include "icmp6.h"
+#include "ipcache.h"
 #include "ipv4.h"
 #include "ipv6.h"
 #include "metrics.h"
+#include "policy.h"
 
 /* Counts a packet the container sent as forwarded and hands it to the host stack. */
 static __always_inline int pass_to_stack(const struct __sk_buff *ctx, __u32 endpoint_id)
@@ -24,14 +31,31 @@ static __always_inline int pass_to_stack(const struct __sk_buff *ctx, __u32 endp
 	return CTX_ACT_OK;
 }
 
-/* Sends a reply built in place back out of the veth it came from, towards the container. */
+/*
+ * Sends a reply built in place straight back into the container (the peer of the veth it came
+ * from), so the host stack and crs_to_container never see the router's own answers.
+ */
 static __always_inline int send_reply(struct __sk_buff *ctx, __u32 endpoint_id, __u32 len,
 				      enum reply_result result)
 {
-	if (result == REPLY_FAILED)
+	void *data = ctx_data(ctx);
+	void *data_end = ctx_data_end(ctx);
+	struct ethhdr *eth = data;
+
+	if (result == REPLY_FAILED || (void *)(eth + 1) > data_end)
 		return send_drop(ctx, endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	bpf_skb_change_type(ctx, (eth->h_dest[0] & 1) ? PACKET_MULTICAST : PACKET_HOST);
 	metrics_update(endpoint_id, FORWARDED, METRIC_EGRESS, len);
-	return bpf_redirect(ctx->ifindex, 0);
+	return bpf_redirect_peer(ctx->ifindex, 0);
+}
+
+/* Drops a packet policy refused, counted on the endpoint whose check failed. */
+static __always_inline int policy_drop(const struct __sk_buff *ctx, const struct flow *flow,
+				       int reason, __u32 sender_id, __u32 receiver_id)
+{
+	if (flow->denied_receiver)
+		return send_drop(ctx, receiver_id, reason, METRIC_INGRESS);
+	return send_drop(ctx, sender_id, reason, METRIC_EGRESS);
 }
 
 /*
@@ -93,17 +117,29 @@ static __always_inline enum reply_result icmp6_answer(struct __sk_buff *ctx,
 	}
 }
 
+/* The identity of an IPv6 destination the host stack receives. */
+static __always_inline __u32 stack_identity6(const struct in6_addr *addr)
+{
+	/* Link-local and multicast destinations reach only the host side of the veth. */
+	if (ipv6_is_link_local(addr) || ipv6_is_multicast(addr))
+		return IDENTITY_HOST;
+	return ipcache_identity(IP_FAMILY_V6, (const __u8 *)addr);
+}
+
 static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpoint_info *ep)
 {
 	void *data = ctx_data(ctx);
 	void *data_end = ctx_data_end(ctx);
-	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
-	const struct endpoint_info *dst_ep;
-	const struct local_ip *dst;
+	const struct endpoint_info *dst_ep = NULL;
+	const struct local_ip *dst = NULL;
 	enum reply_result reply;
+	struct flow flow;
+	struct ethhdr *eth;
 	__u32 len = ctx->len;
+	__u32 dst_identity;
 	bool own_source;
+	int ret;
 
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
@@ -119,40 +155,68 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 		reply = icmp6_answer(ctx, ep);
 		if (reply != REPLY_NONE)
 			return send_reply(ctx, ep->endpoint_id, len, reply);
-		/* Not answered: the packet is unchanged, but the pointers must be reloaded. */
-		data = ctx_data(ctx);
-		data_end = ctx_data_end(ctx);
-		eth = data;
-		ip6 = data + ETH_HLEN;
-		if ((void *)(ip6 + 1) > data_end)
-			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
 	}
 
-	/* Link-local traffic is for the host side of this link. */
-	if (!own_source)
+	ret = crs_parse_flow(ctx, &flow);
+	if (ret != FORWARDED)
+		return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+	if (flow.proto == IPPROTO_ICMPV6 && icmp6_is_link_control(flow.icmp_type))
 		return pass_to_stack(ctx, ep->endpoint_id);
 
-	dst = lookup_local_ip6(&ip6->daddr);
-	if (!dst || ip6->hop_limit <= 1)
-		return pass_to_stack(ctx, ep->endpoint_id);
-	dst_ep = lookup_endpoint(dst->ifindex);
-	if (!dst_ep)
+	/* The helpers above may have moved the packet: reload the pointers. */
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	ip6 = data + ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end)
+		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	if (own_source && ip6->hop_limit > 1) {
+		dst = lookup_local_ip6(&ip6->daddr);
+		if (dst)
+			dst_ep = lookup_endpoint(dst->ifindex);
+	}
+	dst_identity = dst_ep ? dst_ep->identity : stack_identity6(&ip6->daddr);
+
+	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
+			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
+	if (ret != FORWARDED)
+		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	if (!dst || !dst_ep)
 		return pass_to_stack(ctx, ep->endpoint_id);
 
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	eth = data;
+	ip6 = data + ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end)
+		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
 	ip6->hop_limit--;
 	return deliver_local(ctx, ep->endpoint_id, dst, dst_ep, eth);
+}
+
+/* The identity of an IPv4 destination the host stack receives. */
+static __always_inline __u32 stack_identity4(__be32 addr, const struct endpoint_info *ep)
+{
+	/* The gateway, multicast and broadcast destinations reach only the host. */
+	if (addr == ep->gateway_ipv4 || (addr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) ||
+	    addr == 0xffffffff)
+		return IDENTITY_HOST;
+	return ipcache_identity(IP_FAMILY_V4, (const __u8 *)&addr);
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpoint_info *ep)
 {
 	void *data = ctx_data(ctx);
 	void *data_end = ctx_data_end(ctx);
-	struct ethhdr *eth = data;
 	struct iphdr *ip4 = data + ETH_HLEN;
-	const struct endpoint_info *dst_ep;
-	const struct local_ip *dst;
+	const struct endpoint_info *dst_ep = NULL;
+	const struct local_ip *dst = NULL;
 	enum reply_result reply;
+	struct flow flow;
+	struct ethhdr *eth;
 	__u32 len = ctx->len;
+	__u32 dst_identity;
+	__be32 daddr;
+	int ret;
 
 	if ((void *)(ip4 + 1) > data_end || ip4->version != 4 || ip4->ihl < 5)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
@@ -164,16 +228,38 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 		reply = icmp4_echo_reply(ctx, ep->gateway_ipv4, ep->host_mac);
 		if (reply != REPLY_NONE)
 			return send_reply(ctx, ep->endpoint_id, len, reply);
-		return pass_to_stack(ctx, ep->endpoint_id);
 	}
 
-	dst = lookup_local_ip4(ip4->daddr);
-	if (!dst || ip4->ttl <= 1)
-		return pass_to_stack(ctx, ep->endpoint_id);
-	dst_ep = lookup_endpoint(dst->ifindex);
-	if (!dst_ep)
+	ret = crs_parse_flow(ctx, &flow);
+	if (ret != FORWARDED)
+		return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	daddr = ip4->daddr;
+	if (ip4->ttl > 1) {
+		dst = lookup_local_ip4(daddr);
+		if (dst)
+			dst_ep = lookup_endpoint(dst->ifindex);
+	}
+	dst_identity = dst_ep ? dst_ep->identity : stack_identity4(daddr, ep);
+
+	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
+			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
+	if (ret != FORWARDED)
+		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	if (!dst || !dst_ep)
 		return pass_to_stack(ctx, ep->endpoint_id);
 
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	eth = data;
+	ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
 	ipv4_set_ttl(ip4, ip4->ttl - 1);
 	return deliver_local(ctx, ep->endpoint_id, dst, dst_ep, eth);
 }
@@ -202,12 +288,49 @@ int crs_from_container(struct __sk_buff *ctx)
 	}
 }
 
+/* The identity of the source of a packet the host stack sends to the container. */
+static __always_inline __u32 source_identity(const struct flow *flow)
+{
+	const struct in6_addr *saddr = (const struct in6_addr *)flow->saddr;
+
+	/* On the veth, link-local sources are the host side itself. */
+	if (flow->family == IP_FAMILY_V6 &&
+	    (ipv6_is_link_local(saddr) || ipv6_is_unspecified(saddr)))
+		return IDENTITY_HOST;
+	return ipcache_identity(flow->family, flow->saddr);
+}
+
 SEC("classifier")
 int crs_to_container(struct __sk_buff *ctx)
 {
 	const struct endpoint_info *ep = lookup_endpoint(ctx->ifindex);
+	struct flow flow;
+	__u32 endpoint_id;
+	int ret;
 
-	metrics_update(ep ? ep->endpoint_id : 0, FORWARDED, METRIC_INGRESS, ctx->len);
+	if (!ep)
+		return send_drop(ctx, 0, DROP_UNKNOWN_ENDPOINT, METRIC_INGRESS);
+	endpoint_id = ep->endpoint_id;
+
+	switch (ctx->protocol) {
+	case bpf_htons(ETH_P_ARP):
+		break;
+	case bpf_htons(ETH_P_IPV6):
+	case bpf_htons(ETH_P_IP):
+		ret = crs_parse_flow(ctx, &flow);
+		if (ret != FORWARDED)
+			return send_drop(ctx, endpoint_id, ret, METRIC_INGRESS);
+		if (flow.proto == IPPROTO_ICMPV6 && icmp6_is_link_control(flow.icmp_type))
+			break;
+		ret = crs_ct_policy(ctx, &flow, source_identity(&flow), ep->identity,
+				    ENFORCE_RECEIVER);
+		if (ret != FORWARDED)
+			return send_drop(ctx, endpoint_id, ret, METRIC_INGRESS);
+		break;
+	default:
+		return send_drop(ctx, endpoint_id, DROP_UNSUPPORTED_PROTOCOL, METRIC_INGRESS);
+	}
+	metrics_update(endpoint_id, FORWARDED, METRIC_INGRESS, ctx->len);
 	return CTX_ACT_OK;
 }
 

@@ -1,7 +1,7 @@
 //! Rust mirrors of every map key and value of the C datapath, with layout checks.
 //!
-//! The C side lives in `bpf/lib/endpoints.h`, `bpf/lib/metrics.h` and `bpf/lib/drop.h`; the
-//! contract is `docs/datapath.md`. Change both sides together and bump [`CRS_LAYOUT_VERSION`]
+//! The C side lives in `bpf/lib/*.h` (each map next to its key and value); the contract is
+//! `docs/datapath.md`. Change both sides together and bump [`CRS_LAYOUT_VERSION`]
 //! whenever a key or value layout changes.
 
 use std::fmt;
@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Version of the pinned map layout; part of the pin path (`<bpf-root>/v<N>/`), so a daemon
 /// never reuses maps pinned with another layout.
-pub const CRS_LAYOUT_VERSION: u32 = 2;
+pub const CRS_LAYOUT_VERSION: u32 = 3;
 
 /// `EndpointInfo::flags`: the endpoint has an IPv4 address.
 pub const ENDPOINT_F_IPV4: u32 = 1;
@@ -22,26 +22,67 @@ pub const IP_FAMILY_V4: u8 = 4;
 /// `IpKey::family` of an IPv6 address.
 pub const IP_FAMILY_V6: u8 = 6;
 
-/// `MetricsKey::dir`: sent by the container.
+/// Direction: sent by the container.
 pub const METRIC_EGRESS: u8 = 1;
-/// `MetricsKey::dir`: delivered to the container.
+/// Direction: delivered to the container.
 pub const METRIC_INGRESS: u8 = 2;
 
 /// Endpoint by host-side ifindex: `u32` → [`EndpointInfo`].
 pub const MAP_ENDPOINTS: &str = "crs_endpoints";
 /// Local endpoint addresses: [`IpKey`] → [`LocalIp`].
 pub const MAP_LOCAL_IPS: &str = "crs_local_ips";
-/// Per-CPU counters: [`MetricsKey`] → [`MetricsValue`].
+/// Per-CPU counters: endpoint number (`u32`) → [`EndpointMetrics`].
 pub const MAP_METRICS: &str = "crs_metrics";
+/// Address → identity, LPM trie: [`IpcacheKey`] → [`IpcacheValue`].
+pub const MAP_IPCACHE: &str = "crs_ipcache";
+/// Policy entries, LPM trie: [`PolicyKey`] → [`PolicyValue`].
+pub const MAP_POLICY: &str = "crs_policy";
+/// One [`DatapathConfig`] at index 0.
+pub const MAP_CONFIG: &str = "crs_config";
+/// Connection tracking, LRU: [`CtKey`] → [`CtEntry`].
+pub const MAP_CT: &str = "crs_ct";
+/// Ports of fragmented datagrams, LRU (the daemon never writes it).
+pub const MAP_FRAGS: &str = "crs_frags";
 /// Every pinned map of the endpoint object.
-pub const MAP_NAMES: [&str; 3] = [MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS];
+pub const MAP_NAMES: [&str; 8] =
+    [MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS, MAP_IPCACHE, MAP_POLICY, MAP_CONFIG, MAP_CT, MAP_FRAGS];
 
 /// `max_entries` of the maps, as declared in the C definitions.
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 65_536;
 /// `max_entries` of `crs_local_ips`.
 pub const LOCAL_IPS_MAX_ENTRIES: u32 = 131_072;
-/// `max_entries` of `crs_metrics`.
-pub const METRICS_MAX_ENTRIES: u32 = 262_144;
+/// `max_entries` of `crs_metrics`: every endpoint and endpoint 0.
+pub const METRICS_MAX_ENTRIES: u32 = 65_537;
+/// `max_entries` of `crs_ipcache`.
+pub const IPCACHE_MAX_ENTRIES: u32 = 262_144;
+/// `max_entries` of `crs_policy`.
+pub const POLICY_MAX_ENTRIES: u32 = 524_288;
+/// `max_entries` of `crs_ct`.
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Drop-reason slots per direction in [`EndpointMetrics`].
+pub const METRICS_REASONS: usize = 32;
+
+/// Reserved identities (as `bpf/lib/common.h`).
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_INIT: u32 = 5;
+
+/// Bits of a policy key's data that the identities and direction take.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+/// Bits of a policy key's data: identities, direction, protocol, port.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+/// `PolicyValue::flags`: the entry denies.
+pub const POLICY_F_DENY: u8 = 1;
+/// Bits of an ipcache key's data before the address (family and padding).
+pub const IPCACHE_PREFIX_HEAD: u32 = 32;
+
+/// `CtEntry::flags` (see `bpf/lib/conntrack.h`).
+pub const CT_F_INITIATOR_HI: u32 = 0x01;
+pub const CT_F_EGRESS_OK: u32 = 0x02;
+pub const CT_F_INGRESS_OK: u32 = 0x04;
+pub const CT_F_SEEN_REPLY: u32 = 0x08;
+pub const CT_F_CLOSING: u32 = 0x40;
 
 /// Program attached to tc ingress of the host-side veth (packets the container sends).
 pub const PROG_FROM_CONTAINER: &str = "crs_from_container";
@@ -68,6 +109,10 @@ pub struct EndpointInfo {
     pub host_mac: [u8; 6],
     /// The container the endpoint belongs to; every endpoint of one container shares it.
     pub sandbox_id: u32,
+    /// The endpoint's security identity.
+    pub identity: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 impl EndpointInfo {
@@ -82,7 +127,15 @@ impl EndpointInfo {
             mac,
             host_mac,
             sandbox_id: endpoint_id,
+            identity: IDENTITY_INIT,
+            pad: 0,
         }
+    }
+
+    /// Sets the endpoint's security identity (it starts as init).
+    pub const fn with_identity(mut self, identity: u32) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// Puts the endpoint into a container with other endpoints (by default it is alone in one
@@ -200,55 +253,162 @@ impl LocalIp {
     }
 }
 
-/// Key of `crs_metrics` (C `struct metrics_key`, 8 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MetricsKey {
-    /// The endpoint; 0 when the program ran on an unknown interface.
-    pub endpoint_id: u32,
-    /// 0 = forwarded, else a [`DropReason`].
-    pub reason: u8,
-    /// [`METRIC_EGRESS`] or [`METRIC_INGRESS`].
-    pub dir: u8,
-    /// Always zero.
-    pub pad: u16,
-}
-
-impl MetricsKey {
-    /// The counter of `endpoint_id` for `reason` in direction `dir`.
-    pub const fn new(endpoint_id: u32, reason: DropReason, dir: Direction) -> Self {
-        Self { endpoint_id, reason: reason as u8, dir: dir as u8, pad: 0 }
-    }
-
-    /// The reason, when it is one this build knows.
-    pub const fn drop_reason(&self) -> Option<DropReason> {
-        DropReason::from_u8(self.reason)
-    }
-
-    /// The direction, when it is one this build knows.
-    pub const fn direction(&self) -> Option<Direction> {
-        Direction::from_u8(self.dir)
-    }
-}
-
-/// Value of `crs_metrics`, per CPU (C `struct metrics_value`, 16 bytes).
+/// Packets and bytes (C `struct traffic`, 16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MetricsValue {
+pub struct Traffic {
     /// Packets counted.
     pub packets: u64,
     /// Bytes counted (whole frames, as the program saw them).
     pub bytes: u64,
 }
 
-impl std::ops::AddAssign for MetricsValue {
+impl std::ops::AddAssign for Traffic {
     fn add_assign(&mut self, other: Self) {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
     }
 }
 
-/// Direction of a counter (`MetricsKey::dir`), seen from the container.
+/// Value of `crs_metrics`, per CPU, keyed by endpoint number (C `struct endpoint_metrics`,
+/// 1056 bytes): forwarded and dropped traffic of one endpoint each way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointMetrics {
+    /// `[dir - 1]`: forwarded egress, forwarded ingress.
+    pub forwarded: [Traffic; 2],
+    /// `[dir - 1][reason]`: dropped, by [`DropReason`].
+    pub dropped: [[Traffic; METRICS_REASONS]; 2],
+}
+
+impl EndpointMetrics {
+    /// The counter of `reason` (forwarded when `Forwarded`) in direction `dir`.
+    pub fn get(&self, reason: DropReason, dir: Direction) -> Traffic {
+        let d = dir as usize - 1;
+        match reason {
+            DropReason::Forwarded => self.forwarded[d],
+            reason => self.dropped[d][reason as usize],
+        }
+    }
+
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.forwarded.iter_mut().zip(other.forwarded) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.dropped.iter_mut().zip(other.dropped) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+    }
+}
+
+/// Data of a `crs_ipcache` key (C `struct ipcache_key` without its leading `prefixlen`; aya's
+/// [`aya::maps::lpm_trie::Key`] adds it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpcacheData {
+    /// [`IP_FAMILY_V4`] or [`IP_FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// The address in network order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
+impl IpcacheData {
+    /// The LPM key of a prefix of `net`.
+    pub fn key(net: ipnet::IpNet) -> aya::maps::lpm_trie::Key<IpcacheData> {
+        let IpKey { family, addr, .. } = IpKey::from(net.network());
+        aya::maps::lpm_trie::Key::new(
+            IPCACHE_PREFIX_HEAD + u32::from(net.prefix_len()),
+            IpcacheData { family, pad: [0; 3], addr },
+        )
+    }
+}
+
+/// Value of `crs_ipcache` (C `struct ipcache_value`, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    /// The security identity of the addresses under the prefix.
+    pub identity: u32,
+    /// Always zero.
+    pub flags: u32,
+}
+
+/// Data of a `crs_policy` key (C `struct policy_key` without its leading `prefixlen`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyData {
+    /// The local endpoint's identity.
+    pub local_identity: u32,
+    /// The peer's identity; [`IDENTITY_ANY`] matches every peer.
+    pub remote_identity: u32,
+    /// [`METRIC_EGRESS`] or [`METRIC_INGRESS`].
+    pub dir: u8,
+    /// IP protocol number; any protocol with a prefix of [`POLICY_PREFIX_ANY_PROTO`] bits.
+    pub proto: u8,
+    /// Destination port (or ICMP type) in network order, matched by the prefix.
+    pub port: [u8; 2],
+}
+
+/// Value of `crs_policy` (C `struct policy_value`, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// [`POLICY_F_DENY`].
+    pub flags: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// The rule that put the entry there (0 = no rule: the endpoint is not enforced).
+    pub rule: u32,
+}
+
+/// Value of `crs_config` at index 0 (C `struct datapath_config`, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DatapathConfig {
+    /// Connection-tracking entries checked at another revision are checked again.
+    pub policy_revision: u32,
+    /// Always zero.
+    pub flags: u32,
+}
+
+/// Key of `crs_ct` (C `struct ct_key`, 40 bytes): a flow's addresses and ports in canonical
+/// order, the same for both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    /// Network order.
+    pub port_lo: [u8; 2],
+    /// Network order.
+    pub port_hi: [u8; 2],
+    pub family: u8,
+    pub proto: u8,
+    pub pad: u16,
+}
+
+/// Value of `crs_ct` (C `struct ct_entry`, 56 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// Deadline in `CLOCK_MONOTONIC` (coarse) nanoseconds.
+    pub expires: u64,
+    pub created: u64,
+    /// `[original, reply]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// The policy revision the flags were checked at.
+    pub revision: u32,
+    /// `CT_F_*`.
+    pub flags: u32,
+}
+
+/// Direction of a counter or a policy key, seen from the container.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -299,17 +459,29 @@ pub enum DropReason {
     UnsupportedProtocol = 4,
     /// The program ran on an interface the daemon does not know.
     UnknownEndpoint = 5,
+    /// No rule allows the flow (default deny).
+    PolicyDenied = 6,
+    /// A deny rule matches the flow.
+    PolicyDenyRule = 7,
+    /// A non-first fragment whose first fragment was not seen.
+    FragmentUnknown = 8,
+    /// More IPv6 extension headers than the datapath parses.
+    ExtHeaders = 9,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 10] = [
         Self::Forwarded,
         Self::Malformed,
         Self::SpoofedSource,
         Self::SpoofedArp,
         Self::UnsupportedProtocol,
         Self::UnknownEndpoint,
+        Self::PolicyDenied,
+        Self::PolicyDenyRule,
+        Self::FragmentUnknown,
+        Self::ExtHeaders,
     ];
 
     /// The reason with this numeric value.
@@ -321,6 +493,10 @@ impl DropReason {
             3 => Some(Self::SpoofedArp),
             4 => Some(Self::UnsupportedProtocol),
             5 => Some(Self::UnknownEndpoint),
+            6 => Some(Self::PolicyDenied),
+            7 => Some(Self::PolicyDenyRule),
+            8 => Some(Self::FragmentUnknown),
+            9 => Some(Self::ExtHeaders),
             _ => None,
         }
     }
@@ -334,6 +510,10 @@ impl DropReason {
             Self::SpoofedArp => "SPOOFED_ARP",
             Self::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
             Self::UnknownEndpoint => "UNKNOWN_ENDPOINT",
+            Self::PolicyDenied => "POLICY_DENIED",
+            Self::PolicyDenyRule => "POLICY_DENY_RULE",
+            Self::FragmentUnknown => "FRAGMENT_UNKNOWN",
+            Self::ExtHeaders => "EXT_HEADERS",
         }
     }
 
@@ -356,13 +536,25 @@ unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for IpKey {}
 // SAFETY: as above: `repr(C)`, three `u32`s, layout asserted below.
 unsafe impl aya::Pod for LocalIp {}
+// SAFETY: as above: `repr(C)`, arrays of pairs of `u64`s, layout asserted below.
+unsafe impl aya::Pod for EndpointMetrics {}
 // SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
-unsafe impl aya::Pod for MetricsKey {}
-// SAFETY: as above: `repr(C)`, two `u64`s, layout asserted below.
-unsafe impl aya::Pod for MetricsValue {}
+unsafe impl aya::Pod for IpcacheData {}
+// SAFETY: as above: `repr(C)`, two `u32`s, layout asserted below.
+unsafe impl aya::Pod for IpcacheValue {}
+// SAFETY: as above: `repr(C)`, integer fields only, no implicit padding, layout asserted below.
+unsafe impl aya::Pod for PolicyData {}
+// SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for PolicyValue {}
+// SAFETY: as above: `repr(C)`, two `u32`s, layout asserted below.
+unsafe impl aya::Pod for DatapathConfig {}
+// SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: as above: `repr(C)`, `u64`s then two `u32`s, layout asserted below.
+unsafe impl aya::Pod for CtEntry {}
 
 // The C layout, field by field (docs/datapath.md, "Maps").
-const _: () = assert!(size_of::<EndpointInfo>() == 48);
+const _: () = assert!(size_of::<EndpointInfo>() == 56);
 const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 0);
 const _: () = assert!(offset_of!(EndpointInfo, flags) == 4);
 const _: () = assert!(offset_of!(EndpointInfo, ipv6) == 8);
@@ -371,6 +563,7 @@ const _: () = assert!(offset_of!(EndpointInfo, gateway_ipv4) == 28);
 const _: () = assert!(offset_of!(EndpointInfo, mac) == 32);
 const _: () = assert!(offset_of!(EndpointInfo, host_mac) == 38);
 const _: () = assert!(offset_of!(EndpointInfo, sandbox_id) == 44);
+const _: () = assert!(offset_of!(EndpointInfo, identity) == 48);
 
 const _: () = assert!(size_of::<IpKey>() == 20);
 const _: () = assert!(offset_of!(IpKey, family) == 0);
@@ -382,15 +575,28 @@ const _: () = assert!(offset_of!(LocalIp, ifindex) == 0);
 const _: () = assert!(offset_of!(LocalIp, endpoint_id) == 4);
 const _: () = assert!(offset_of!(LocalIp, sandbox_id) == 8);
 
-const _: () = assert!(size_of::<MetricsKey>() == 8);
-const _: () = assert!(offset_of!(MetricsKey, endpoint_id) == 0);
-const _: () = assert!(offset_of!(MetricsKey, reason) == 4);
-const _: () = assert!(offset_of!(MetricsKey, dir) == 5);
-const _: () = assert!(offset_of!(MetricsKey, pad) == 6);
+const _: () = assert!(size_of::<EndpointMetrics>() == 1056);
+const _: () = assert!(offset_of!(EndpointMetrics, dropped) == 32);
 
-const _: () = assert!(size_of::<MetricsValue>() == 16);
-const _: () = assert!(offset_of!(MetricsValue, packets) == 0);
-const _: () = assert!(offset_of!(MetricsValue, bytes) == 8);
+const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<IpcacheData>>() == 24);
+const _: () = assert!(offset_of!(IpcacheData, addr) == 4);
+const _: () = assert!(size_of::<IpcacheValue>() == 8);
+
+const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<PolicyData>>() == 16);
+const _: () = assert!(offset_of!(PolicyData, remote_identity) == 4);
+const _: () = assert!(offset_of!(PolicyData, dir) == 8);
+const _: () = assert!(offset_of!(PolicyData, proto) == 9);
+const _: () = assert!(offset_of!(PolicyData, port) == 10);
+const _: () = assert!(size_of::<PolicyValue>() == 8);
+const _: () = assert!(offset_of!(PolicyValue, rule) == 4);
+
+const _: () = assert!(size_of::<DatapathConfig>() == 8);
+
+const _: () = assert!(size_of::<CtKey>() == 40);
+const _: () = assert!(offset_of!(CtKey, port_lo) == 32);
+const _: () = assert!(offset_of!(CtKey, family) == 36);
+const _: () = assert!(size_of::<CtEntry>() == 56);
+const _: () = assert!(offset_of!(CtEntry, revision) == 48);
 
 #[cfg(test)]
 mod tests {
@@ -403,7 +609,7 @@ mod tests {
             assert_eq!(DropReason::from_u8(i as u8), Some(*reason));
             assert_eq!(reason.to_string(), reason.name());
         }
-        assert_eq!(DropReason::from_u8(6), None);
+        assert_eq!(DropReason::from_u8(10), None);
         assert_eq!(DropReason::SpoofedSource.name(), "SPOOFED_SOURCE");
         assert!(!DropReason::Forwarded.is_drop());
         assert!(DropReason::UnknownEndpoint.is_drop());
@@ -438,13 +644,25 @@ mod tests {
     }
 
     #[test]
-    fn metrics_keys_and_values() {
-        let key = MetricsKey::new(9, DropReason::SpoofedArp, Direction::Egress);
-        assert_eq!((key.endpoint_id, key.reason, key.dir, key.pad), (9, 3, METRIC_EGRESS, 0));
-        assert_eq!(key.drop_reason(), Some(DropReason::SpoofedArp));
-        assert_eq!(key.direction(), Some(Direction::Egress));
-        let mut sum = MetricsValue { packets: 1, bytes: 100 };
-        sum += MetricsValue { packets: 2, bytes: 50 };
-        assert_eq!(sum, MetricsValue { packets: 3, bytes: 150 });
+    fn endpoint_metrics_sum_and_index_by_reason_and_direction() {
+        let mut one = EndpointMetrics::default();
+        one.forwarded[0] = Traffic { packets: 1, bytes: 100 };
+        one.dropped[1][DropReason::PolicyDenied as usize] = Traffic { packets: 2, bytes: 50 };
+        let mut sum = one;
+        sum.add(&one);
+        assert_eq!(sum.get(DropReason::Forwarded, Direction::Egress), Traffic { packets: 2, bytes: 200 });
+        assert_eq!(sum.get(DropReason::PolicyDenied, Direction::Ingress), Traffic { packets: 4, bytes: 100 });
+        assert_eq!(sum.get(DropReason::PolicyDenied, Direction::Egress), Traffic::default());
+        assert!(DropReason::ALL.iter().all(|r| (*r as usize) < METRICS_REASONS));
+    }
+
+    #[test]
+    fn ipcache_keys_count_the_family_head() {
+        let key = IpcacheData::key("10.1.0.0/16".parse().expect("net"));
+        assert_eq!(key.prefix_len(), 48);
+        assert_eq!(key.data().family, IP_FAMILY_V4);
+        assert_eq!(key.data().addr[..4], [10, 1, 0, 0]);
+        let key = IpcacheData::key("fdc1::5/128".parse().expect("net"));
+        assert_eq!((key.prefix_len(), key.data().family), (160, IP_FAMILY_V6));
     }
 }

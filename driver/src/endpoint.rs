@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::EndpointDesired;
+use crate::identity::Identity;
 use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{PoolId, GATEWAY_IPV6};
@@ -34,6 +35,13 @@ pub struct Endpoint {
     pub gateway_ipv4: Option<Ipv4Addr>,
     pub created_at: u64,
     pub joined: Option<Joined>,
+    /// The endpoint's security identity: init until its labels are known.
+    #[serde(default = "init_identity")]
+    pub identity: Identity,
+}
+
+fn init_identity() -> Identity {
+    Identity::INIT
 }
 
 /// What exists in the kernel while the endpoint is joined.
@@ -75,6 +83,7 @@ impl Endpoint {
             ipv4: self.ipv4,
             ipv6: self.ipv6,
             gateway_ipv4: self.gateway_ipv4,
+            identity: self.identity,
             deliver,
         })
     }
@@ -162,6 +171,7 @@ mod tests {
             gateway_ipv4: Some(Ipv4Addr::new(169, 254, 1, 1)),
             created_at: 0,
             joined: None,
+            identity: Identity::INIT,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
                 gateway_ipv4: None,
                 created_at: 0,
                 joined: None,
+                identity: crate::identity::Identity::INIT,
             },
         );
         (state, pool)

@@ -10,10 +10,12 @@ use std::path::Path;
 
 use aya::programs::{loaded_programs, SchedClassifier, TcAttachType};
 use bpf_programs::abi::{
-    DropReason, EndpointInfo, LocalIp, MetricsKey, MetricsValue, MAP_NAMES, METRIC_EGRESS, METRIC_INGRESS,
-    PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
+    Direction, DropReason, EndpointInfo, EndpointMetrics, LocalIp, MAP_NAMES, PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
 };
 use cilium_rs::datapath::bpf::{AttachMode, BpfDatapath};
+use cilium_rs::datapath::policy_maps::PolicyMaps;
+use cilium_rs::identity::Identity;
+use cilium_rs::policy::{Direction as PolicyDirection, PolicyEntry, PolicyKey, PROTO_ANY};
 use support::{in_netns, require_root, run, BpfRoot, Netns};
 
 /// The kernel keeps 15 bytes of a program name.
@@ -330,6 +332,7 @@ fn container(role: &str, n: u8, endpoint_id: u32) -> Container {
 /// Fills `crs_endpoints` for the container (and `crs_local_ips` when `local`).
 fn install(dp: &mut BpfDatapath, c: &Container, local: bool) {
     let ifindex = ifindex(&c.lxc);
+    dp.ensure_metrics(c.endpoint_id).expect("create counters");
     let info =
         EndpointInfo::new(c.endpoint_id, c.mac, link_mac(&c.lxc)).with_ipv6(c.ipv6).with_ipv4(c.ipv4, GATEWAY_V4);
     dp.set_endpoint(ifindex, &info).expect("set endpoint");
@@ -376,17 +379,25 @@ fn forwarded_by_host() -> (u64, u64) {
     (v4, v6)
 }
 
-fn counter(rows: &[(MetricsKey, MetricsValue)], reason: DropReason, dir: u8) -> u64 {
-    rows.iter().filter(|(k, _)| k.reason == reason as u8 && k.dir == dir).map(|(_, v)| v.packets).sum()
+fn counter(metrics: &EndpointMetrics, reason: DropReason, dir: Direction) -> u64 {
+    metrics.get(reason, dir).packets
 }
 
-fn metrics(dp: &BpfDatapath, c: &Container) -> Vec<(MetricsKey, MetricsValue)> {
-    let rows = dp.metrics(c.endpoint_id).expect("metrics");
-    // The same rows as the full dump, filtered.
-    let all: Vec<_> =
-        dp.all_metrics().expect("all metrics").into_iter().filter(|(k, _)| k.endpoint_id == c.endpoint_id).collect();
-    assert_eq!(rows, all);
-    rows
+fn metrics(dp: &BpfDatapath, c: &Container) -> EndpointMetrics {
+    let one = dp.metrics(c.endpoint_id).expect("metrics").expect("the endpoint has counters");
+    // The same as its row of the full dump.
+    let all = dp.all_metrics().expect("all metrics");
+    assert_eq!(all.iter().find(|(id, _)| *id == c.endpoint_id).map(|(_, m)| *m), Some(one));
+    one
+}
+
+/// Lets `identity` send and receive anything, as the daemon does while no rule selects it.
+fn allow_all(maps: &mut PolicyMaps, identity: Identity) {
+    for direction in [PolicyDirection::Ingress, PolicyDirection::Egress] {
+        let key =
+            PolicyKey { local: identity, remote: Identity::ANY, direction, proto: PROTO_ANY, port: 0, port_prefix: 0 };
+        maps.set_policy(&key, &PolicyEntry { deny: false, rule: 0 }).expect("set policy");
+    }
 }
 
 #[test]
@@ -398,6 +409,8 @@ fn packets_between_containers_take_the_bpf_path() {
         let a = container("pa", 2, 701);
         let b = container("pb", 3, 702);
         let mut dp = BpfDatapath::load(root.path()).expect("load");
+        let mut policy = dp.take_policy_maps().expect("policy maps");
+        allow_all(&mut policy, Identity::INIT);
         for c in [&a, &b] {
             install(&mut dp, c, false);
             dp.attach(&c.lxc).expect("attach");
@@ -428,10 +441,10 @@ fn packets_between_containers_take_the_bpf_path() {
         let (a1, b1) = (metrics(&dp, &a), metrics(&dp, &b));
         // 6 requests + 2 replies each way at least (neighbour discovery may add some).
         for (name, before, after) in [("a", &a0, &a1), ("b", &b0, &b1)] {
-            let egress = counter(after, DropReason::Forwarded, METRIC_EGRESS)
-                - counter(before, DropReason::Forwarded, METRIC_EGRESS);
-            let ingress = counter(after, DropReason::Forwarded, METRIC_INGRESS)
-                - counter(before, DropReason::Forwarded, METRIC_INGRESS);
+            let egress = counter(after, DropReason::Forwarded, Direction::Egress)
+                - counter(before, DropReason::Forwarded, Direction::Egress);
+            let ingress = counter(after, DropReason::Forwarded, Direction::Ingress)
+                - counter(before, DropReason::Forwarded, Direction::Ingress);
             assert!(egress >= 8 && ingress >= 8, "{name}: egress +{egress}, ingress +{ingress}: {after:?}");
         }
 
@@ -445,7 +458,7 @@ fn packets_between_containers_take_the_bpf_path() {
         assert!(neigh.contains(&mac_text(link_mac(&a.lxc))), "{neigh}");
 
         // Spoofed sources are dropped and counted as SPOOFED_SOURCE of the sender.
-        let spoofed = |rows: &[(MetricsKey, MetricsValue)]| counter(rows, DropReason::SpoofedSource, METRIC_EGRESS);
+        let spoofed = |m: &EndpointMetrics| counter(m, DropReason::SpoofedSource, Direction::Egress);
         let before = spoofed(&metrics(&dp, &a));
         a.ns.exec(&["ip", "addr", "add", "fdc1:1a00:99::99/128", "dev", "eth0", "nodad"]);
         assert!(ping_fails(&a, &["-c", "1", "-W", "1", "-I", "fdc1:1a00:99::99", &b6]));
@@ -499,7 +512,7 @@ fn packets_between_containers_take_the_bpf_path() {
             dp.remove_local_ip(IpAddr::V4(c.ipv4)).expect("remove local ip");
             dp.remove_endpoint(ifindex(&c.lxc)).expect("remove endpoint");
             dp.remove_metrics(c.endpoint_id).expect("remove metrics");
-            assert!(dp.metrics(c.endpoint_id).expect("metrics").is_empty());
+            assert!(dp.metrics(c.endpoint_id).expect("metrics").is_none());
         }
     });
 }
@@ -513,8 +526,8 @@ fn unknown_interfaces_drop_everything() {
         dp.attach(&c.lxc).expect("attach");
         // No crs_endpoints entry: the gateway stays unreachable and drops count under endpoint 0.
         assert!(ping_fails(&c, &["-c", "1", "-W", "1", &GATEWAY_V4.to_string()]));
-        let unknown = dp.metrics(0).expect("metrics of endpoint 0");
-        assert!(counter(&unknown, DropReason::UnknownEndpoint, METRIC_EGRESS) >= 1, "{unknown:?}");
+        let unknown = dp.metrics(0).expect("metrics of endpoint 0").expect("endpoint 0 always has counters");
+        assert!(counter(&unknown, DropReason::UnknownEndpoint, Direction::Egress) >= 1, "{unknown:?}");
         dp.detach(&c.lxc).expect("detach");
     });
 }

@@ -75,10 +75,17 @@ impl Env {
             anyhow::ensure!(status["pools"] == 0, "pools left: {status}");
             let pins = pinned_links(daemon);
             anyhow::ensure!(pins.is_empty(), "pinned links left: {pins:?}");
-            for map in ["crs_endpoints", "crs_local_ips", "crs_metrics"] {
-                let n = map_entries(daemon, map)?;
+            for map in ["crs_endpoints", "crs_local_ips"] {
+                let n = map_entries(daemon, map)?.len();
                 anyhow::ensure!(n == 0, "{map} still has {n} entries");
             }
+            // Only the counters of unknown interfaces (endpoint 0) stay.
+            let metrics = map_entries(daemon, "crs_metrics")?;
+            anyhow::ensure!(metrics.len() == 1, "crs_metrics holds {} entries: {metrics:?}", metrics.len());
+            // No address keeps an endpoint's identity (init, or allocated ones).
+            let endpoint_ips: Vec<Value> =
+                map_entries(daemon, "crs_ipcache")?.into_iter().filter(is_endpoint_identity).collect();
+            anyhow::ensure!(endpoint_ips.is_empty(), "ipcache entries of endpoints left: {endpoint_ips:?}");
             let routes: Vec<String> = our_routes()?.into_iter().filter(|r| !self.baseline_routes.contains(r)).collect();
             anyhow::ensure!(routes.is_empty(), "routes left: {routes:?}");
             let links: Vec<String> =
@@ -98,11 +105,24 @@ fn pinned_links(daemon: &Daemon) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn map_entries(daemon: &Daemon, map: &str) -> Result<usize> {
+fn map_entries(daemon: &Daemon, map: &str) -> Result<Vec<Value>> {
     let path = daemon.bpf_root.join(format!("v{CRS_LAYOUT_VERSION}/maps")).join(map);
     let text = run(&["bpftool", "-j", "map", "dump", "pinned", &path.to_string_lossy()])?;
-    let entries: Vec<Value> = serde_json::from_str(&text).context("bpftool json")?;
-    Ok(entries.len())
+    serde_json::from_str(&text).context("bpftool json")
+}
+
+/// Whether a bpftool row of crs_ipcache maps to init (5) or an allocated identity (>= 256).
+fn is_endpoint_identity(row: &Value) -> bool {
+    let bytes: Vec<u8> = row["value"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|b| b.as_str().and_then(|h| u8::from_str_radix(h.trim_start_matches("0x"), 16).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let identity = bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+    identity == 5 || (256..1 << 24).contains(&identity)
 }
 
 fn ping(from: &str, to: &str) -> Result<()> {

@@ -7,6 +7,7 @@
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/ip.h>
@@ -17,11 +18,25 @@
 #include <bpf/bpf_endian.h>
 
 /* Bumped whenever the key or value layout of a pinned map changes (docs/datapath.md). */
-#define CRS_LAYOUT_VERSION 2
+#define CRS_LAYOUT_VERSION 3
 
 /* Verdicts: pass to the host stack, or drop. Redirects return the helper's result. */
 #define CTX_ACT_OK   TC_ACT_OK
 #define CTX_ACT_DROP TC_ACT_SHOT
+
+/* Security identities (Cilium's numbering); 0 in a policy key means "any remote identity". */
+#define IDENTITY_ANY   0
+#define IDENTITY_HOST  1
+#define IDENTITY_WORLD 2
+#define IDENTITY_INIT  5
+
+/* Address families as the maps store them. */
+#define IP_FAMILY_V4 4
+#define IP_FAMILY_V6 6
+
+/* Directions, seen from the endpoint: metrics, policy keys and verdicts share them. */
+#define METRIC_EGRESS  1 /* sent by the container */
+#define METRIC_INGRESS 2 /* delivered to the container */
 
 /* Outcome of a helper that may turn the packet into a reply in place. */
 enum reply_result {

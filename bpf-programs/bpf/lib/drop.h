@@ -13,7 +13,13 @@ enum drop_reason {
 	DROP_SPOOFED_ARP = 3,	       /* ARP sender address is not the endpoint's */
 	DROP_UNSUPPORTED_PROTOCOL = 4, /* ethertype other than IPv4, IPv6 or ARP */
 	DROP_UNKNOWN_ENDPOINT = 5,     /* no crs_endpoints entry for this interface */
+	DROP_POLICY_DENIED = 6,	       /* no rule allows the flow (default deny) */
+	DROP_POLICY_DENY_RULE = 7,     /* a deny rule matches the flow */
+	DROP_FRAGMENT_UNKNOWN = 8,     /* a non-first fragment whose first fragment was not seen */
+	DROP_EXT_HEADERS = 9,	       /* more IPv6 extension headers than the datapath parses */
 };
+
+_Static_assert(DROP_EXT_HEADERS < METRICS_REASONS, "crs_metrics has a slot for every reason");
 
 /* Counts the packet under `reason` and drops it. */
 static __always_inline int send_drop(const struct __sk_buff *ctx, __u32 endpoint_id,

@@ -8,9 +8,6 @@
 #define ENDPOINT_F_IPV4 1
 #define ENDPOINT_F_IPV6 2
 
-#define IP_FAMILY_V4 4
-#define IP_FAMILY_V6 6
-
 struct endpoint_info {
 	__u32 endpoint_id;	 /* daemon-assigned endpoint number, key of crs_metrics */
 	__u32 flags;		 /* ENDPOINT_F_* */
@@ -20,9 +17,11 @@ struct endpoint_info {
 	__u8 mac[ETH_ALEN];	 /* container-side MAC */
 	__u8 host_mac[ETH_ALEN]; /* host-side MAC */
 	__u32 sandbox_id;	 /* the container (all its endpoints share it) */
+	__u32 identity;		 /* the endpoint's security identity */
+	__u32 pad;
 };
 
-_Static_assert(sizeof(struct endpoint_info) == 48, "endpoint_info layout (abi::EndpointInfo)");
+_Static_assert(sizeof(struct endpoint_info) == 56, "endpoint_info layout (abi::EndpointInfo)");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

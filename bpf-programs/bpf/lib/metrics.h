@@ -1,65 +1,57 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* crs_metrics: per-endpoint, per-CPU packet and byte counters by verdict and direction. */
+/*
+ * crs_metrics: per-CPU packet and byte counters of each endpoint, forwarded and dropped by
+ * reason, each way. One entry per endpoint, created by the daemon (the programs never create
+ * one, so nothing outlives its endpoint); endpoint 0 counts what unknown interfaces saw.
+ */
 #ifndef CRS_METRICS_H
 #define CRS_METRICS_H
 
 #include "common.h"
 
-#define METRIC_EGRESS  1 /* sent by the container */
-#define METRIC_INGRESS 2 /* delivered to the container */
+/* Slots for drop reasons: every enum drop_reason value must be below this. */
+#define METRICS_REASONS 32
 
-struct metrics_key {
-	__u32 endpoint_id; /* 0 when the endpoint is unknown */
-	__u8 reason;	   /* 0 = forwarded, else enum drop_reason */
-	__u8 dir;	   /* METRIC_EGRESS or METRIC_INGRESS */
-	__u16 pad;
-};
+/* Endpoints (65536, as crs_endpoints) plus endpoint 0. */
+#define METRICS_MAX_ENTRIES 65537
 
-_Static_assert(sizeof(struct metrics_key) == 8, "metrics_key layout (abi::MetricsKey)");
-
-struct metrics_value {
+struct traffic {
 	__u64 packets;
 	__u64 bytes;
 };
 
-_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout (abi::MetricsValue)");
+struct endpoint_metrics {
+	struct traffic forwarded[2];		    /* [dir - 1] */
+	struct traffic dropped[2][METRICS_REASONS]; /* [dir - 1][reason] */
+};
+
+_Static_assert(sizeof(struct endpoint_metrics) == 1056,
+	       "endpoint_metrics layout (abi::EndpointMetrics)");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct metrics_key);
-	__type(value, struct metrics_value);
-	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct endpoint_metrics);
+	__uint(max_entries, METRICS_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } crs_metrics SEC(".maps");
 
-/* Adds one packet of `bytes` bytes to the counter (endpoint_id, reason, dir) of this CPU. */
+/* Adds one packet of `bytes` bytes to this CPU's counter (reason, dir) of the endpoint. */
 static __always_inline void metrics_update(__u32 endpoint_id, __u8 reason, __u8 dir, __u64 bytes)
 {
-	struct metrics_key key = {
-		.endpoint_id = endpoint_id,
-		.reason = reason,
-		.dir = dir,
-	};
-	struct metrics_value *value;
-	struct metrics_value first = {
-		.packets = 1,
-		.bytes = bytes,
-	};
+	struct endpoint_metrics *m = bpf_map_lookup_elem(&crs_metrics, &endpoint_id);
+	struct traffic *t;
+	__u32 d = (dir - 1) & 1;
 
-	value = bpf_map_lookup_elem(&crs_metrics, &key);
-	if (value) {
-		value->packets += 1;
-		value->bytes += bytes;
+	if (!m)
 		return;
-	}
-	if (bpf_map_update_elem(&crs_metrics, &key, &first, BPF_NOEXIST) == 0)
-		return;
-	/* Another CPU created the entry in between: count on this CPU's slot of it. */
-	value = bpf_map_lookup_elem(&crs_metrics, &key);
-	if (value) {
-		value->packets += 1;
-		value->bytes += bytes;
-	}
+	if (reason == 0)
+		t = &m->forwarded[d];
+	else
+		t = &m->dropped[d][reason & (METRICS_REASONS - 1)];
+	t->packets += 1;
+	t->bytes += bytes;
 }
 
 #endif /* CRS_METRICS_H */

@@ -4,7 +4,8 @@
 //! Layout on the bpf filesystem (docs/datapath.md, "Pins"):
 //!
 //! ```text
-//! <bpf-root>/v<CRS_LAYOUT_VERSION>/maps/crs_endpoints, crs_local_ips, crs_metrics
+//! <bpf-root>/v<CRS_LAYOUT_VERSION>/maps/crs_endpoints, crs_local_ips, crs_metrics, crs_ipcache,
+//!                                       crs_policy, crs_config, crs_ct, crs_frags
 //! <bpf-root>/v<CRS_LAYOUT_VERSION>/links/<host ifname>_ingress   crs_from_container
 //! <bpf-root>/v<CRS_LAYOUT_VERSION>/links/<host ifname>_egress    crs_to_container
 //! ```
@@ -23,7 +24,6 @@
 //! mode, so [`BpfDatapath::is_attached`] is false and [`BpfDatapath::pinned_links`] lists
 //! nothing; the daemon re-attaches every endpoint on restore, which is idempotent.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::mem::size_of;
@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle,
@@ -41,10 +41,12 @@ use aya::programs::{LinkOrder, MultiProgLink, ProgramError, SchedClassifier, TcA
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use bpf_programs::abi::{
-    self, EndpointInfo, IpKey, LocalIp, MetricsKey, MetricsValue, CRS_LAYOUT_VERSION, MAP_ENDPOINTS, MAP_LOCAL_IPS,
-    MAP_METRICS, PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
+    EndpointInfo, EndpointMetrics, IpKey, LocalIp, CRS_LAYOUT_VERSION, MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS,
+    PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
 };
 use bpf_programs::ENDPOINT_OBJECT;
+
+use super::policy_maps::PolicyMaps;
 
 /// Where the bpf filesystem is mounted when the system has not mounted it.
 pub const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
@@ -68,6 +70,8 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
+/// Map update flag: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// Serialises the "is bpffs mounted? mount it" check within this process.
 static MOUNT_LOCK: Mutex<()> = Mutex::new(());
@@ -204,7 +208,9 @@ pub struct BpfDatapath {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     local_ips: HashMap<MapData, IpKey, LocalIp>,
-    metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    metrics: PerCpuHashMap<MapData, u32, EndpointMetrics>,
+    /// The maps policy lives in, until the Linux datapath takes them behind their own lock.
+    policy_maps: Option<PolicyMaps>,
 }
 
 impl fmt::Debug for BpfDatapath {
@@ -262,8 +268,18 @@ impl BpfDatapath {
             .map_err(|error| BpfError::MapLayout { map: MAP_LOCAL_IPS, error: Box::new(error) })?;
         let metrics = PerCpuHashMap::try_from(take_map(&mut ebpf, MAP_METRICS)?)
             .map_err(|error| BpfError::MapLayout { map: MAP_METRICS, error: Box::new(error) })?;
+        let policy_maps = Some(PolicyMaps::take(&mut ebpf)?);
 
-        Ok(Self { maps_dir, links_dir, mode: AttachMode::detect(), ebpf, endpoints, local_ips, metrics })
+        let mut loaded =
+            Self { maps_dir, links_dir, mode: AttachMode::detect(), ebpf, endpoints, local_ips, metrics, policy_maps };
+        // What unknown interfaces see is counted under endpoint 0.
+        loaded.ensure_metrics(0)?;
+        Ok(loaded)
+    }
+
+    /// The maps policy lives in (crs_policy, crs_ipcache, crs_config, crs_ct), once.
+    pub fn take_policy_maps(&mut self) -> Result<PolicyMaps, BpfError> {
+        self.policy_maps.take().ok_or(BpfError::Missing { kind: "map set", name: "policy maps (already taken)" })
     }
 
     /// How [`Self::attach`] attaches programs on this kernel.
@@ -583,55 +599,67 @@ impl BpfDatapath {
         Ok(entries)
     }
 
-    /// Counters of one endpoint, summed over CPUs, one row per (reason, dir) present.
-    pub fn metrics(&self, endpoint_id: u32) -> Result<Vec<(MetricsKey, MetricsValue)>, BpfError> {
-        self.collect_metrics(|key| key.endpoint_id == endpoint_id)
+    /// Creates the (zero) counters of `endpoint_id` unless they exist: the programs count only
+    /// into existing entries, so nothing they count outlives its endpoint.
+    pub fn ensure_metrics(&mut self, endpoint_id: u32) -> Result<(), BpfError> {
+        let map_error = |op, error| BpfError::Map { op, map: MAP_METRICS, key: endpoint_id.to_string(), error };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_error("count CPUs for", Box::new(MapError::from(e))))?;
+        let zeros = PerCpuValues::try_from(vec![EndpointMetrics::default(); cpus])
+            .map_err(|e| map_error("create", Box::new(MapError::from(e))))?;
+        match self.metrics.insert(endpoint_id, zeros, BPF_NOEXIST) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(error) => Err(map_error("create", Box::new(error))),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Counters of one endpoint, summed over CPUs; `None` when it has none.
+    pub fn metrics(&self, endpoint_id: u32) -> Result<Option<EndpointMetrics>, BpfError> {
+        match self.metrics.get(&endpoint_id, 0) {
+            Ok(per_cpu) => {
+                let mut sum = EndpointMetrics::default();
+                for value in per_cpu.iter() {
+                    sum.add(value);
+                }
+                Ok(Some(sum))
+            }
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(BpfError::Map {
+                op: "look up",
+                map: MAP_METRICS,
+                key: endpoint_id.to_string(),
+                error: Box::new(error),
+            }),
+        }
     }
 
     /// Counters of every endpoint (and of endpoint 0, unknown interfaces), summed over CPUs.
-    pub fn all_metrics(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, BpfError> {
-        self.collect_metrics(|_| true)
-    }
-
-    fn collect_metrics(
-        &self,
-        wanted: impl Fn(&MetricsKey) -> bool,
-    ) -> Result<Vec<(MetricsKey, MetricsValue)>, BpfError> {
-        let mut sums: BTreeMap<MetricsKey, MetricsValue> = BTreeMap::new();
+    pub fn all_metrics(&self) -> Result<Vec<(u32, EndpointMetrics)>, BpfError> {
+        let mut rows = Vec::new();
         for entry in self.metrics.iter() {
-            let (key, per_cpu) =
+            let (endpoint_id, per_cpu) =
                 entry.map_err(|error| BpfError::MapRead { map: MAP_METRICS, error: Box::new(error) })?;
-            if !wanted(&key) {
-                continue;
-            }
-            let sum = sums.entry(key).or_default();
+            let mut sum = EndpointMetrics::default();
             for value in per_cpu.iter() {
-                *sum += *value;
+                sum.add(value);
             }
+            rows.push((endpoint_id, sum));
         }
-        Ok(sums.into_iter().collect())
+        rows.sort_by_key(|(id, _)| *id);
+        Ok(rows)
     }
 
-    /// Deletes every `crs_metrics` entry of `endpoint_id` (one per reason and direction, so
-    /// no scan); absent entries are fine.
+    /// Deletes the counters of `endpoint_id`; absent is fine.
     pub fn remove_metrics(&mut self, endpoint_id: u32) -> Result<(), BpfError> {
-        for reason in abi::DropReason::ALL {
-            for dir in [abi::Direction::Egress, abi::Direction::Ingress] {
-                let key = MetricsKey::new(endpoint_id, reason, dir);
-                match self.metrics.remove(&key) {
-                    Err(error) if !is_not_found(&error) => {
-                        return Err(BpfError::Map {
-                            op: "delete",
-                            map: MAP_METRICS,
-                            key: format!("{{endpoint {}, reason {}, dir {}}}", key.endpoint_id, key.reason, key.dir),
-                            error: Box::new(error),
-                        })
-                    }
-                    _ => {}
-                }
-            }
+        match self.metrics.remove(&endpoint_id) {
+            Err(error) if !is_not_found(&error) => Err(BpfError::Map {
+                op: "delete",
+                map: MAP_METRICS,
+                key: endpoint_id.to_string(),
+                error: Box::new(error),
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn link_pin(&self, ifname: &str, hook: Hook) -> PathBuf {
@@ -643,7 +671,7 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sch
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(BpfError::Missing { kind: "program", name })
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing { kind: "map", name })
 }
 
@@ -713,7 +741,7 @@ fn tc_error_is(error: &TcError, errno: i32) -> bool {
     }
 }
 
-fn is_not_found(error: &MapError) -> bool {
+pub(crate) fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -833,16 +861,6 @@ fn on_bpffs(path: &Path) -> Result<bool, BpfError> {
     Ok(stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
-/// The names the CLI prints for a metrics row: (reason, direction).
-pub fn metrics_labels(key: &MetricsKey) -> (String, String) {
-    let reason = abi::DropReason::from_u8(key.reason)
-        .map(|r| r.name().to_string())
-        .unwrap_or_else(|| format!("REASON_{}", key.reason));
-    let dir =
-        abi::Direction::from_u8(key.dir).map(|d| d.name().to_string()).unwrap_or_else(|| format!("dir{}", key.dir));
-    (reason, dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,13 +884,5 @@ mod tests {
         assert!(err.to_string().starts_with("unpin /sys/fs/bpf/cilium-rs/v2/links/lxc1_ingress: "));
         let err = ifindex(ATTACH, "lxcnosuchdev0").expect_err("no such interface");
         assert_eq!(err.to_string(), "attach programs to lxcnosuchdev0: no such device");
-    }
-
-    #[test]
-    fn metrics_labels_use_the_documented_names() {
-        let key = MetricsKey::new(3, abi::DropReason::SpoofedSource, abi::Direction::Egress);
-        assert_eq!(metrics_labels(&key), ("SPOOFED_SOURCE".into(), "egress".into()));
-        let odd = MetricsKey { endpoint_id: 3, reason: 77, dir: 9, pad: 0 };
-        assert_eq!(metrics_labels(&odd), ("REASON_77".into(), "dir9".into()));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, RestoreReport, VethSpec};
+use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, RestoreReport, VethSpec};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FakeKernel {
@@ -22,6 +22,10 @@ pub struct FakeKernel {
     pub failing: BTreeSet<String>,
     pub host_prefixes: Vec<IpNet>,
     pub next_index: u32,
+    /// The policy as last applied.
+    pub policy: PolicyDesired,
+    /// Bumped whenever the applied policy changed.
+    pub policy_revision: u32,
 }
 
 #[derive(Debug, Default)]
@@ -139,12 +143,29 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
+    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError> {
+        let mut kernel = self.enter("apply_policy", &desired.entries.len().to_string())?;
+        if kernel.policy != *desired {
+            kernel.policy = desired.clone();
+            kernel.policy_revision += 1;
+        }
+        Ok(())
+    }
+
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
         Ok(self.enter("counters", "")?.counters.clone())
     }
 
-    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError> {
+    async fn restore(
+        &self,
+        joined: &[EndpointDesired],
+        policy: &PolicyDesired,
+    ) -> Result<RestoreReport, DatapathError> {
         let mut kernel = self.enter("restore", &joined.len().to_string())?;
+        if kernel.policy != *policy {
+            kernel.policy = policy.clone();
+            kernel.policy_revision += 1;
+        }
         let mut report = RestoreReport::default();
         for ep in joined {
             let Some(link) = kernel.links.get(&ep.host_ifname).copied() else {

@@ -1,25 +1,51 @@
 //! The Linux datapath: rtnetlink for links, routes and neighbours; aya for programs and maps.
-//! It remembers what it applied for each endpoint, so that a change writes only the difference
-//! and removing an endpoint touches only its own entries (no map scans but one at restore).
+//! It remembers what it applied for each endpoint and for policy, so that a change writes only
+//! the difference and removing an endpoint touches only its own entries (no map scans but the
+//! ones at restore). Endpoint maps and policy maps sit behind separate locks: a policy change
+//! writing many entries never holds up a Join.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use bpf_programs::abi::{self, DropReason};
+use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
 use super::link::Netlink;
-use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, RestoreReport, Traffic, VethSpec};
+use super::policy_maps::PolicyMaps;
+use super::{
+    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, RestoreReport, Traffic, VethSpec,
+};
+use crate::identity::Identity;
 
 /// MTU used when the host has no default route to copy it from.
 const FALLBACK_MTU: u32 = 1500;
 
+/// The policy maps and what was applied to them.
+struct PolicyState {
+    maps: PolicyMaps,
+    /// Policy entries and non-endpoint ipcache entries as applied.
+    applied: PolicyDesired,
+    /// The endpoint holding each endpoint-address ipcache entry.
+    endpoint_ips: HashMap<IpNet, u32>,
+    revision: u32,
+}
+
+impl PolicyState {
+    /// Tells established flows to be checked again.
+    fn bump_revision(&mut self) -> Result<(), DatapathError> {
+        self.revision = self.revision.wrapping_add(1);
+        self.maps.set_revision(self.revision)?;
+        Ok(())
+    }
+}
+
 pub struct LinuxDatapath {
     netlink: Netlink,
     bpf: Mutex<BpfDatapath>,
+    policy: Mutex<PolicyState>,
     /// What was applied for each endpoint, by endpoint number.
     applied: Mutex<HashMap<u32, EndpointDesired>>,
 }
@@ -44,33 +70,76 @@ impl LinuxDatapath {
             return Err(DatapathError::Other("--attach-mode tcx needs Linux 6.6 or later".to_owned()));
         }
         bpf.set_attach_mode(mode);
-        Ok(LinuxDatapath { netlink, bpf: Mutex::new(bpf), applied: Mutex::new(HashMap::new()) })
+        let maps = bpf.take_policy_maps()?;
+        let revision = maps.revision()?;
+        let policy = PolicyState { maps, applied: PolicyDesired::default(), endpoint_ips: HashMap::new(), revision };
+        Ok(LinuxDatapath {
+            netlink,
+            bpf: Mutex::new(bpf),
+            policy: Mutex::new(policy),
+            applied: Mutex::new(HashMap::new()),
+        })
     }
 
     fn bpf(&self) -> MutexGuard<'_, BpfDatapath> {
         guard(&self.bpf)
     }
 
-    /// Writes the map entries of `desired`, removing those of `old` it no longer has.
-    fn apply_maps(&self, old: Option<&EndpointDesired>, desired: &EndpointDesired) -> Result<(), DatapathError> {
-        let mut bpf = self.bpf();
-        if old.is_none_or(|o| endpoint_info(o) != endpoint_info(desired) || o.host_ifindex != desired.host_ifindex) {
-            bpf.set_endpoint(desired.host_ifindex, &endpoint_info(desired))?;
-        }
-        if let Some(old) = old.filter(|o| o.host_ifindex != desired.host_ifindex) {
-            bpf.remove_endpoint(old.host_ifindex)?;
-        }
-        let local = abi::LocalIp::new(desired.host_ifindex, desired.number).in_sandbox(desired.sandbox);
-        for ip in desired.delivered_addresses() {
-            if bpf.local_ip(ip)? != Some(local) {
-                bpf.set_local_ip(ip, &local)?;
-            }
-        }
+    fn policy(&self) -> MutexGuard<'_, PolicyState> {
+        guard(&self.policy)
+    }
+
+    /// Writes the map entries of `desired`, removing those of `old` it no longer has. A changed
+    /// identity moves the policy revision, so established flows are checked with the new one.
+    fn apply_maps(
+        &self,
+        old: Option<&EndpointDesired>,
+        desired: &EndpointDesired,
+        bump: bool,
+    ) -> Result<(), DatapathError> {
         let kept: BTreeSet<IpAddr> = desired.delivered_addresses().into_iter().collect();
-        for ip in old.map(EndpointDesired::delivered_addresses).unwrap_or_default() {
-            if !kept.contains(&ip) {
-                remove_own_local_ip(&mut bpf, ip, desired.number)?;
+        let gone: Vec<IpAddr> = old
+            .map(EndpointDesired::delivered_addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| !kept.contains(ip))
+            .collect();
+        {
+            let mut bpf = self.bpf();
+            bpf.ensure_metrics(desired.number)?;
+            if old.is_none_or(|o| endpoint_info(o) != endpoint_info(desired) || o.host_ifindex != desired.host_ifindex)
+            {
+                bpf.set_endpoint(desired.host_ifindex, &endpoint_info(desired))?;
             }
+            if let Some(old) = old.filter(|o| o.host_ifindex != desired.host_ifindex) {
+                if bpf.endpoint(old.host_ifindex)?.is_some_and(|info| info.endpoint_id == desired.number) {
+                    bpf.remove_endpoint(old.host_ifindex)?;
+                }
+            }
+            let local = abi::LocalIp::new(desired.host_ifindex, desired.number).in_sandbox(desired.sandbox);
+            for ip in &kept {
+                if bpf.local_ip(*ip)? != Some(local) {
+                    bpf.set_local_ip(*ip, &local)?;
+                }
+            }
+            for ip in &gone {
+                remove_own_local_ip(&mut bpf, *ip, desired.number)?;
+            }
+        }
+        let mut policy = self.policy();
+        for ip in &kept {
+            let net = IpNet::from(*ip);
+            let changed = old.is_none_or(|o| o.identity != desired.identity || !o.delivered_addresses().contains(ip));
+            if changed || policy.endpoint_ips.get(&net) != Some(&desired.number) {
+                policy.maps.set_ipcache(net, desired.identity)?;
+                policy.endpoint_ips.insert(net, desired.number);
+            }
+        }
+        for ip in &gone {
+            remove_own_ipcache(&mut policy, IpNet::from(*ip), desired.number)?;
+        }
+        if bump && old.is_some_and(|o| o.identity != desired.identity) {
+            policy.bump_revision()?;
         }
         Ok(())
     }
@@ -105,6 +174,25 @@ impl LinuxDatapath {
         }
         Ok(())
     }
+
+    async fn apply_endpoint_with(&self, desired: &EndpointDesired, bump: bool) -> Result<(), DatapathError> {
+        let old = guard(&self.applied).get(&desired.number).cloned();
+        if old.as_ref() == Some(desired) {
+            return Ok(());
+        }
+        // Forget the old record first: if a step fails, the next apply writes everything again.
+        guard(&self.applied).remove(&desired.number);
+        // Stop delivering before the map entries go, deliver only once the map entries exist.
+        if desired.deliver {
+            self.apply_maps(old.as_ref(), desired, bump)?;
+            self.apply_routes(old.as_ref(), desired).await?;
+        } else {
+            self.apply_routes(old.as_ref(), desired).await?;
+            self.apply_maps(old.as_ref(), desired, bump)?;
+        }
+        guard(&self.applied).insert(desired.number, desired.clone());
+        Ok(())
+    }
 }
 
 /// Removes the `crs_local_ips` entry of `ip` if it still belongs to endpoint `number` (another
@@ -116,9 +204,23 @@ fn remove_own_local_ip(bpf: &mut BpfDatapath, ip: IpAddr, number: u32) -> Result
     Ok(())
 }
 
+/// Removes the ipcache entry of an endpoint address if it still belongs to endpoint `number`.
+fn remove_own_ipcache(policy: &mut PolicyState, net: IpNet, number: u32) -> Result<(), DatapathError> {
+    if policy.endpoint_ips.get(&net) == Some(&number) {
+        policy.endpoint_ips.remove(&net);
+        match policy.applied.ipcache.get(&net).copied() {
+            // A policy prefix of the same address takes over.
+            Some(identity) => policy.maps.set_ipcache(net, identity)?,
+            None => policy.maps.remove_ipcache(net)?,
+        }
+    }
+    Ok(())
+}
+
 fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
-    let mut info =
-        abi::EndpointInfo::new(endpoint.number, endpoint.mac, endpoint.host_mac).in_sandbox(endpoint.sandbox);
+    let mut info = abi::EndpointInfo::new(endpoint.number, endpoint.mac, endpoint.host_mac)
+        .in_sandbox(endpoint.sandbox)
+        .with_identity(endpoint.identity.0);
     if let Some(v6) = endpoint.ipv6 {
         info = info.with_ipv6(v6);
     }
@@ -126,6 +228,45 @@ fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
         info = info.with_ipv4(v4, gw);
     }
     info
+}
+
+/// Makes the policy maps hold `desired` (entries, and ipcache entries not held by endpoints),
+/// diffing against `policy.applied`; returns whether anything changed. Allows and denies are
+/// written before stale entries go, so a replaced rule never leaves a gap.
+fn apply_policy_maps(policy: &mut PolicyState, desired: &PolicyDesired) -> Result<bool, DatapathError> {
+    let mut changed = false;
+    for (key, entry) in &desired.entries {
+        if policy.applied.entries.get(key) != Some(entry) {
+            policy.maps.set_policy(key, entry)?;
+            policy.applied.entries.insert(*key, *entry);
+            changed = true;
+        }
+    }
+    let stale: Vec<_> = policy.applied.entries.keys().filter(|k| !desired.entries.contains_key(*k)).copied().collect();
+    for key in stale {
+        policy.maps.remove_policy(&key)?;
+        policy.applied.entries.remove(&key);
+        changed = true;
+    }
+    for (net, identity) in &desired.ipcache {
+        if policy.applied.ipcache.get(net) != Some(identity) {
+            if !policy.endpoint_ips.contains_key(net) {
+                policy.maps.set_ipcache(*net, *identity)?;
+            }
+            policy.applied.ipcache.insert(*net, *identity);
+            changed = true;
+        }
+    }
+    let stale: Vec<IpNet> =
+        policy.applied.ipcache.keys().filter(|n| !desired.ipcache.contains_key(*n)).copied().collect();
+    for net in stale {
+        if !policy.endpoint_ips.contains_key(&net) {
+            policy.maps.remove_ipcache(net)?;
+        }
+        policy.applied.ipcache.remove(&net);
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// Nameservers from /etc/resolv.conf: pools must not shadow them.
@@ -136,6 +277,25 @@ fn nameservers() -> Vec<IpNet> {
         .filter_map(|rest| rest.trim().split('%').next().and_then(|a| a.parse::<IpAddr>().ok()))
         .map(IpNet::from)
         .collect()
+}
+
+/// The per-endpoint view of the summed counters.
+fn counters_of(metrics: &abi::EndpointMetrics) -> Counters {
+    let traffic = |t: abi::Traffic| Traffic { packets: t.packets, bytes: t.bytes };
+    let mut counters = Counters {
+        egress: traffic(metrics.get(DropReason::Forwarded, Direction::Egress)),
+        ingress: traffic(metrics.get(DropReason::Forwarded, Direction::Ingress)),
+        drops: BTreeMap::new(),
+    };
+    for reason in DropReason::ALL.into_iter().filter(|r| r.is_drop()) {
+        for dir in [Direction::Egress, Direction::Ingress] {
+            let t = metrics.get(reason, dir);
+            if t.packets > 0 {
+                counters.drops.insert(format!("{}/{}", reason.name(), dir.name()), traffic(t));
+            }
+        }
+    }
+    counters
 }
 
 #[async_trait::async_trait]
@@ -170,22 +330,7 @@ impl Datapath for LinuxDatapath {
     }
 
     async fn apply_endpoint(&self, desired: &EndpointDesired) -> Result<(), DatapathError> {
-        let old = guard(&self.applied).get(&desired.number).cloned();
-        if old.as_ref() == Some(desired) {
-            return Ok(());
-        }
-        // Forget the old record first: if a step fails, the next apply writes everything again.
-        guard(&self.applied).remove(&desired.number);
-        // Stop delivering before the map entries go, deliver only once the map entries exist.
-        if desired.deliver {
-            self.apply_maps(old.as_ref(), desired)?;
-            self.apply_routes(old.as_ref(), desired).await?;
-        } else {
-            self.apply_routes(old.as_ref(), desired).await?;
-            self.apply_maps(old.as_ref(), desired)?;
-        }
-        guard(&self.applied).insert(desired.number, desired.clone());
-        Ok(())
+        self.apply_endpoint_with(desired, true).await
     }
 
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
@@ -198,45 +343,68 @@ impl Datapath for LinuxDatapath {
                 );
             }
         }
-        let mut bpf = self.bpf();
-        if let Some(old) = &old {
-            for ip in old.delivered_addresses() {
-                errors.extend(remove_own_local_ip(&mut bpf, ip, number).err());
+        {
+            let mut bpf = self.bpf();
+            if let Some(old) = &old {
+                for ip in old.delivered_addresses() {
+                    errors.extend(remove_own_local_ip(&mut bpf, ip, number).err());
+                }
+                match bpf.endpoint(old.host_ifindex) {
+                    Ok(Some(info)) if info.endpoint_id == number => {
+                        errors.extend(bpf.remove_endpoint(old.host_ifindex).err().map(DatapathError::from));
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(e.into()),
+                }
             }
-            if bpf.endpoint(old.host_ifindex)?.is_some_and(|info| info.endpoint_id == number) {
-                errors.extend(bpf.remove_endpoint(old.host_ifindex).err().map(DatapathError::from));
+            errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
+        }
+        if let Some(old) = &old {
+            let mut policy = self.policy();
+            for ip in old.delivered_addresses() {
+                errors.extend(remove_own_ipcache(&mut policy, IpNet::from(ip), number).err());
             }
         }
-        errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
         DatapathError::collect(errors)
     }
 
-    async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
-        let rows = self.bpf().all_metrics()?;
-        let mut counters: BTreeMap<u32, Counters> = BTreeMap::new();
-        for (key, value) in rows {
-            let entry = counters.entry(key.endpoint_id).or_default();
-            let traffic = Traffic { packets: value.packets, bytes: value.bytes };
-            let dir = if key.dir == abi::METRIC_INGRESS { "ingress" } else { "egress" };
-            match DropReason::from_u8(key.reason) {
-                Some(DropReason::Forwarded) => {
-                    let slot = if key.dir == abi::METRIC_INGRESS { &mut entry.ingress } else { &mut entry.egress };
-                    slot.packets += traffic.packets;
-                    slot.bytes += traffic.bytes;
-                }
-                reason => {
-                    let name = reason.map(|r| r.name().to_owned()).unwrap_or_else(|| format!("REASON_{}", key.reason));
-                    let slot = entry.drops.entry(format!("{name}/{dir}")).or_default();
-                    slot.packets += traffic.packets;
-                    slot.bytes += traffic.bytes;
-                }
-            }
+    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError> {
+        let mut policy = self.policy();
+        if apply_policy_maps(&mut policy, desired)? {
+            policy.bump_revision()?;
         }
-        Ok(counters)
+        Ok(())
     }
 
-    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError> {
+    async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
+        Ok(self.bpf().all_metrics()?.into_iter().map(|(id, m)| (id, counters_of(&m))).collect())
+    }
+
+    async fn restore(
+        &self,
+        joined: &[EndpointDesired],
+        policy_desired: &PolicyDesired,
+    ) -> Result<RestoreReport, DatapathError> {
         let mut report = RestoreReport::default();
+        // What the pinned maps hold: applied as far as policy is concerned, so that only
+        // differences are written and the revision moves only when a verdict may change.
+        {
+            let mut policy = self.policy();
+            let mut raw_stale = Vec::new();
+            for (key, entry) in policy.maps.policy_entries()? {
+                match key {
+                    Ok(key) => {
+                        policy.applied.entries.insert(key, entry);
+                    }
+                    Err(raw) => raw_stale.push(raw),
+                }
+            }
+            for raw in raw_stale {
+                policy.maps.remove_raw_policy(&raw)?;
+                report.stale_removed += 1;
+            }
+            policy.applied.ipcache = policy.maps.ipcache_entries()?.into_iter().collect();
+        }
         let mut live = Vec::new();
         for endpoint in joined {
             match self.netlink.link_by_name(&endpoint.host_ifname).await? {
@@ -249,9 +417,22 @@ impl Datapath for LinuxDatapath {
                     // Swaps this daemon's programs in (no gap), e.g. after an upgrade.
                     self.bpf().reattach(&endpoint.host_ifname)?;
                     report.reattached.push(endpoint.host_ifname.clone());
-                    self.apply_endpoint(&endpoint).await?;
+                    self.apply_endpoint_with(&endpoint, false).await?;
                     live.push(endpoint);
                 }
+            }
+        }
+        {
+            let mut policy = self.policy();
+            // Endpoint addresses were in `applied.ipcache` only as what the map held.
+            let endpoint_nets: Vec<IpNet> = policy.endpoint_ips.keys().copied().collect();
+            for net in endpoint_nets {
+                if !policy_desired.ipcache.contains_key(&net) {
+                    policy.applied.ipcache.remove(&net);
+                }
+            }
+            if apply_policy_maps(&mut policy, policy_desired)? {
+                policy.bump_revision()?;
             }
         }
         // Remove what belongs to no live endpoint: links that vanished, leftovers of crashes.
@@ -278,12 +459,19 @@ impl Datapath for LinuxDatapath {
                 report.stale_removed += 1;
             }
         }
-        let stale_counters: BTreeSet<u32> =
-            bpf.all_metrics()?.iter().map(|(k, _)| k.endpoint_id).filter(|n| *n != 0 && !numbers.contains(n)).collect();
-        for number in stale_counters {
-            bpf.remove_metrics(number)?;
-            report.stale_removed += 1;
+        for (number, _) in bpf.all_metrics()? {
+            if number != 0 && !numbers.contains(&number) {
+                bpf.remove_metrics(number)?;
+                report.stale_removed += 1;
+            }
         }
         Ok(report)
+    }
+}
+
+/// The identity the datapath gives an address right now (for tests and views).
+impl LinuxDatapath {
+    pub fn identity_of(&self, ip: IpAddr) -> Result<Identity, DatapathError> {
+        Ok(self.policy().maps.identity_of(ip)?)
     }
 }

@@ -10,6 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use crate::identity::Identity;
+use crate::policy::{PolicyEntry, PolicyKey};
+
 /// The complete kernel state one endpoint should have, as pure code computes it from the
 /// endpoint's record; the datapath applies the difference to what it applied before.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub struct EndpointDesired {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub gateway_ipv4: Option<Ipv4Addr>,
+    /// The endpoint's security identity (its addresses have it in the ipcache).
+    pub identity: Identity,
     /// Traffic is delivered to the endpoint: host routes, neighbour entries and address
     /// entries exist. False once it left: only its own entry stays, so what its container still
     /// sends while dockerd moves the interface back is attributed to it.
@@ -44,6 +49,15 @@ impl EndpointDesired {
             Vec::new()
         }
     }
+}
+
+/// What policy needs in the kernel besides the endpoints: the policy entries and the ipcache
+/// entries of everything that is not an endpoint address (the host's addresses, CIDR
+/// identities).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyDesired {
+    pub entries: BTreeMap<PolicyKey, PolicyEntry>,
+    pub ipcache: BTreeMap<IpNet, Identity>,
 }
 
 /// The veth pair of an endpoint.
@@ -126,6 +140,7 @@ impl DatapathError {
 pub mod bpf;
 pub mod link;
 pub mod linux;
+pub mod policy_maps;
 
 /// The kernel operations the driver needs; the driver holds it as `Arc<dyn Datapath>`.
 #[async_trait::async_trait]
@@ -157,12 +172,20 @@ pub trait Datapath: Send + Sync + 'static {
     /// going on past errors and reporting them all; an unknown endpoint is fine.
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError>;
 
+    /// Makes the policy entries and the non-endpoint ipcache entries exactly `desired`,
+    /// writing only the difference (new allows and denies first, then removals), and then
+    /// bumps the policy revision if anything changed, so that established flows are checked
+    /// again at their next packet.
+    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError>;
+
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;
 
-    /// After a restart (once): attaches this daemon's programs to the joined endpoints, applies
-    /// their desired state, and removes what belongs to none of them (the only full scan of
-    /// the maps). `host_ifindex` and `host_mac` of `joined` may be stale: the links are looked
-    /// up by name.
-    async fn restore(&self, joined: &[EndpointDesired]) -> Result<RestoreReport, DatapathError>;
+    /// At start (once): attaches this daemon's programs to the joined endpoints, applies their
+    /// desired state and the policy, and removes what belongs to none of them (the only full
+    /// scans of the maps). `host_ifindex` and `host_mac` of `joined` may be stale: the links
+    /// are looked up by name. What the pinned maps already hold is kept as it is, so a restart
+    /// changes no verdict.
+    async fn restore(&self, joined: &[EndpointDesired], policy: &PolicyDesired)
+        -> Result<RestoreReport, DatapathError>;
 }

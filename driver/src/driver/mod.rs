@@ -18,12 +18,14 @@ use std::sync::{Mutex, MutexGuard};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use crate::datapath::{Datapath, DatapathError, EndpointDesired, VethSpec};
+use crate::datapath::{Datapath, DatapathError, EndpointDesired, PolicyDesired, VethSpec};
 use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
+use crate::identity::{reserved_labels, Identity};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{self, AllocationKind, IpamConfig, IpamError, PoolId, PoolRequest};
 use crate::network::{Network, NetworkOptions};
+use crate::policy::{EnforcementMode, IdentityInfo, Resolver};
 use crate::reconcile::{self, DockerSnapshot, ReconcileReport};
 use crate::state::{now, State, StateError, Txn};
 use crate::store::Store;
@@ -156,6 +158,16 @@ impl Driver {
         Ok(driver)
     }
 
+    /// What policy needs in the kernel: with no rules loaded, every endpoint (all start as init)
+    /// may send and receive anything.
+    fn policy_desired(&self) -> PolicyDesired {
+        let mut resolver = Resolver::new(EnforcementMode::Default);
+        if let Some(labels) = reserved_labels(Identity::INIT) {
+            resolver.add_identity(Identity::INIT, IdentityInfo { labels, cidr: None });
+        }
+        PolicyDesired { entries: resolver.entries().clone(), ipcache: BTreeMap::new() }
+    }
+
     /// The state, for a short synchronous section (never held across an await).
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -167,7 +179,7 @@ impl Driver {
             let joined = state.endpoints.values().filter_map(|e| e.desired(true)).collect();
             (joined, state.networks.len(), state.endpoints.len())
         };
-        let report = self.datapath.restore(&joined).await?;
+        let report = self.datapath.restore(&joined, &self.policy_desired()).await?;
         info!(
             networks,
             endpoints,
@@ -437,6 +449,7 @@ impl Driver {
             gateway_ipv4,
             created_at: now,
             joined: None,
+            identity: Identity::INIT,
         };
         txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
         txn.commit(self.store.as_ref())?;

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* crs_config: settings the daemon changes while the programs run (one entry). */
+#ifndef CRS_CONFIG_H
+#define CRS_CONFIG_H
+
+#include "common.h"
+
+struct datapath_config {
+	/*
+	 * Bumped by the daemon after every change of what policy allows (entries, identities):
+	 * connection-tracking entries checked at an older revision are checked again.
+	 */
+	__u32 policy_revision;
+	__u32 flags; /* reserved, zero */
+};
+
+_Static_assert(sizeof(struct datapath_config) == 8, "datapath_config layout (abi::DatapathConfig)");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct datapath_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} crs_config SEC(".maps");
+
+static __always_inline __u32 config_policy_revision(void)
+{
+	__u32 zero = 0;
+	struct datapath_config *config = bpf_map_lookup_elem(&crs_config, &zero);
+
+	return config ? config->policy_revision : 0;
+}
+
+#endif /* CRS_CONFIG_H */
