@@ -531,3 +531,38 @@ fn unknown_interfaces_drop_everything() {
         dp.detach(&c.lxc).expect("detach");
     });
 }
+
+#[test]
+fn a_restart_after_a_layout_bump_leaves_one_attachment_and_no_old_pins() {
+    in_netns(|| async {
+        let root = BpfRoot::new("layouts");
+        veth("lxclay0", "tmplay0");
+        // A daemon of an older layout: its links and maps pinned under v<N-1>/.
+        let mut old = BpfDatapath::load(root.path()).expect("load");
+        old.set_attach_mode(AttachMode::Tcx);
+        old.attach("lxclay0").expect("attach");
+        let (old_from, _) = our_ids(&old);
+        drop(old);
+        let current = root.path().join(format!("v{}", bpf_programs::abi::CRS_LAYOUT_VERSION));
+        let older = root.path().join(format!("v{}", bpf_programs::abi::CRS_LAYOUT_VERSION - 1));
+        std::fs::rename(&current, &older).expect("make it the older layout's tree");
+        assert!(pin_exists(&older.join("links/lxclay0_ingress")));
+
+        // The upgraded daemon attaches its programs, then removes the old tree.
+        let mut new = BpfDatapath::load(root.path()).expect("load the new layout");
+        new.set_attach_mode(AttachMode::Tcx);
+        new.reattach("lxclay0").expect("attach the new programs");
+        let (new_from, new_to) = our_ids(&new);
+        assert_eq!(tcx_program_ids("lxclay0", TcAttachType::Ingress), [old_from, new_from], "both, old first");
+        let others = cilium_rs::datapath::layouts::other_layouts(root.path()).expect("list layouts");
+        assert_eq!(others, std::slice::from_ref(&older));
+        let removed = cilium_rs::datapath::layouts::remove_layout(&others[0]).expect("remove the old tree");
+        assert_eq!(removed, 2 + MAP_NAMES.len(), "both links and every map unpinned");
+        assert!(!older.exists(), "the old tree is gone");
+        assert_eq!(tcx_program_ids("lxclay0", TcAttachType::Ingress), [new_from], "exactly one attachment");
+        assert_eq!(tcx_program_ids("lxclay0", TcAttachType::Egress), [new_to]);
+        assert!(cilium_rs::datapath::layouts::other_layouts(root.path()).expect("list").is_empty());
+        new.detach("lxclay0").expect("detach");
+        run(&["ip", "link", "del", "lxclay0"]);
+    });
+}

@@ -292,6 +292,11 @@ impl BpfDatapath {
         self.mode = mode;
     }
 
+    /// The bpf root: the parent of this layout's version directory.
+    pub fn bpf_root(&self) -> &Path {
+        self.maps_dir.parent().and_then(Path::parent).unwrap_or(&self.maps_dir)
+    }
+
     /// Directory holding the pinned maps (`<bpf_root>/v<N>/maps`).
     pub fn maps_dir(&self) -> &Path {
         &self.maps_dir
@@ -701,7 +706,7 @@ fn open_pinned_link(pin: &Path) -> Result<Option<SchedClassifierLink>, BpfError>
 /// is fine. The pin is unlinked while we hold the link open, so the last reference goes with
 /// our close, which releases the link synchronously; dropping the last reference through the
 /// pin's inode would release it from a kernel work queue, a moment later.
-fn unpin_link(pin: &Path) -> Result<(), BpfError> {
+pub(crate) fn unpin_link(pin: &Path) -> Result<(), BpfError> {
     let held = PinnedLink::from_pin(pin).ok();
     remove_pin(pin)?;
     drop(held);

@@ -13,6 +13,7 @@ use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
+use super::layouts;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
 use super::{
@@ -464,6 +465,12 @@ impl Datapath for LinuxDatapath {
                 bpf.remove_metrics(number)?;
                 report.stale_removed += 1;
             }
+        }
+        // This layout's programs are attached everywhere now: earlier layouts can go.
+        for tree in layouts::other_layouts(bpf.bpf_root())? {
+            let pins = layouts::remove_layout(&tree)?;
+            tracing::info!(tree = %tree.display(), pins, "removed the pins of another layout version");
+            report.stale_removed += pins;
         }
         Ok(report)
     }

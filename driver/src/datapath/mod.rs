@@ -138,6 +138,7 @@ impl DatapathError {
 }
 
 pub mod bpf;
+pub mod layouts;
 pub mod link;
 pub mod linux;
 pub mod policy_maps;
