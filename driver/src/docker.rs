@@ -1,6 +1,7 @@
 //! Docker Engine API client for background work only — never called while dockerd waits on a
-//! plugin request (it may hold the container lock): reads dockerd's view of our networks and
-//! feeds it to the driver's reconciliation.
+//! plugin request (it may hold the container lock): dockerd's view of our networks for the
+//! driver's reconciliation, and the lock-free calls and event stream that tell which container
+//! an endpoint belongs to (`GET /networks/{id}`, `GET /containers/json`, `GET /events`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -69,6 +70,8 @@ struct NetworkDetail {
 
 #[derive(Debug, Deserialize)]
 struct ContainerEntry {
+    #[serde(rename = "Name", default)]
+    name: String,
     #[serde(rename = "EndpointID", default)]
     endpoint_id: String,
     #[serde(rename = "IPv4Address", default)]
@@ -164,9 +167,169 @@ mod tests {
     }
 
     #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value(r#"{"id":["ab"]}"#), "%7B%22id%22%3A%5B%22ab%22%5D%7D");
+        assert_eq!(query_value("a-b_c.d~"), "a-b_c.d~");
+    }
+
+    #[test]
     fn addresses_parse_with_or_without_prefix() {
         assert_eq!(address_of("10.1.0.5/32"), Some("10.1.0.5".parse().expect("ip")));
         assert_eq!(address_of("fdc1::5"), Some("fdc1::5".parse().expect("ip")));
         assert_eq!(address_of(""), None);
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// One endpoint of a network, as `GET /networks/{id}` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkMember {
+    /// The container, once the endpoint is joined and stored (dockerd keys the others
+    /// `ep-<endpoint id>`).
+    pub container: Option<String>,
+    pub endpoint: String,
+    /// The endpoint's name: its container's name.
+    pub name: String,
+}
+
+/// A network as `GET /networks/{id}` shows it (no container lock is taken).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkView {
+    pub name: String,
+    pub members: Vec<NetworkMember>,
+}
+
+/// `GET /networks/{id}`; `None` when dockerd does not know the network.
+pub async fn inspect_network(docker: &Path, id: &NetworkId) -> Result<Option<NetworkView>, HttpError> {
+    let detail: NetworkDetail = match get_json(docker, &format!("{API}/networks/{id}")).await {
+        Ok(detail) => detail,
+        Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let members = detail
+        .containers
+        .into_iter()
+        .flatten()
+        .map(|(key, entry)| NetworkMember {
+            container: (!key.starts_with("ep-")).then_some(key),
+            endpoint: entry.endpoint_id,
+            name: entry.name,
+        })
+        .collect();
+    Ok(Some(NetworkView { name: detail.name, members }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ContainerSummary {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Names", default)]
+    names: Vec<String>,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// A container's name and labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /containers/json?all=1&filters={"id":[id]}` (an in-memory snapshot in dockerd: no
+/// container lock); `None` when dockerd does not know the container.
+pub async fn container(docker: &Path, id: &str) -> Result<Option<ContainerInfo>, HttpError> {
+    let filters = serde_json::json!({ "id": [id] }).to_string();
+    let uri = format!("{API}/containers/json?all=1&filters={}", query_value(&filters));
+    let list: Vec<ContainerSummary> = get_json(docker, &uri).await?;
+    Ok(list.into_iter().find(|c| c.id == id).map(|c| ContainerInfo {
+        id: c.id,
+        name: c.names.first().map(|n| n.trim_start_matches('/').to_owned()).unwrap_or_default(),
+        labels: c.labels.unwrap_or_default(),
+    }))
+}
+
+/// One Docker event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DockerEvent {
+    #[serde(rename = "Type", default)]
+    pub kind: String,
+    #[serde(rename = "Action", default)]
+    pub action: String,
+    #[serde(rename = "Actor", default)]
+    pub actor: EventActor,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EventActor {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Attributes", default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Docker's event stream (`GET /events`), one event at a time.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventStream")
+    }
+}
+
+/// Largest event accepted (Docker's are a few hundred bytes plus labels).
+const MAX_EVENT: usize = 1 << 20;
+
+/// Subscribes to network connect/disconnect and container rename/destroy events.
+pub async fn events(docker: &Path) -> Result<EventStream, HttpError> {
+    let filters = serde_json::json!({
+        "type": ["network", "container"],
+        "event": ["connect", "disconnect", "rename", "destroy"],
+    })
+    .to_string();
+    let body =
+        crate::http_unix::get_streaming(docker, &format!("{API}/events?filters={}", query_value(&filters))).await?;
+    Ok(EventStream { body, buffer: Vec::new() })
+}
+
+impl EventStream {
+    /// The next event; `None` when dockerd closed the stream (it restarted, say).
+    pub async fn next(&mut self) -> Option<DockerEvent> {
+        use http_body_util::BodyExt;
+        loop {
+            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                match serde_json::from_slice::<DockerEvent>(&line) {
+                    Ok(event) => return Some(event),
+                    Err(e) if line.iter().all(u8::is_ascii_whitespace) => drop(e),
+                    Err(e) => warn!(error = %e, "undecodable docker event skipped"),
+                }
+            }
+            if self.buffer.len() > MAX_EVENT {
+                warn!(bytes = self.buffer.len(), "docker event too large: skipped");
+                self.buffer.clear();
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.extend_from_slice(&data);
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::identity::Identity;
 use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{PoolId, GATEWAY_IPV6};
+use crate::labels::Labels;
 
 /// Host-side veth name prefix; the rest is the first 11 hex digits of the endpoint id.
 pub const HOST_IFNAME_PREFIX: &str = "lxc";
@@ -38,6 +39,21 @@ pub struct Endpoint {
     /// The endpoint's security identity: init until its labels are known.
     #[serde(default = "init_identity")]
     pub identity: Identity,
+    /// The container, once Docker told which one it is.
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
+    /// The labels `identity` was allocated for (empty while init).
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// The container an endpoint belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// Docker's 64-hex container id.
+    pub id: String,
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
 }
 
 fn init_identity() -> Identity {
@@ -172,6 +188,8 @@ mod tests {
             created_at: 0,
             joined: None,
             identity: Identity::INIT,
+            container: None,
+            labels: Labels::new(),
         }
     }
 

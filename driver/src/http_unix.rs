@@ -56,6 +56,31 @@ pub async fn request(socket: &Path, method: Method, uri: &str, body: Option<Vec<
     Ok(bytes)
 }
 
+/// Sends a GET and returns the body of a 2xx answer as it arrives (for Docker's event stream).
+pub async fn get_streaming(socket: &Path, uri: &str) -> Result<hyper::body::Incoming, HttpError> {
+    let stream =
+        UnixStream::connect(socket).await.map_err(|source| HttpError::Connect { path: socket.to_owned(), source })?;
+    let transport =
+        |source| HttpError::Transport { method: Method::GET, uri: uri.to_owned(), path: socket.to_owned(), source };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(transport)?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .map_err(|source| HttpError::Build { uri: uri.to_owned(), source })?;
+    let response = sender.send_request(request).await.map_err(transport)?;
+    let status = response.status();
+    if !status.is_success() {
+        let bytes = response.into_body().collect().await.map_err(transport)?.to_bytes();
+        let body = String::from_utf8_lossy(&bytes).chars().take(500).collect();
+        return Err(HttpError::Status { method: Method::GET, uri: uri.to_owned(), status, body });
+    }
+    Ok(response.into_body())
+}
+
 pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, HttpError> {
     let bytes = request(socket, Method::GET, uri, None).await?;
     serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode {
@@ -63,4 +88,15 @@ pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T
         uri: uri.to_owned(),
         source,
     })
+}
+
+/// Sends `body` with `method` and decodes the JSON reply.
+pub async fn send_json<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    uri: &str,
+    body: Vec<u8>,
+) -> Result<T, HttpError> {
+    let bytes = request(socket, method.clone(), uri, Some(body)).await?;
+    serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode { method, uri: uri.to_owned(), source })
 }

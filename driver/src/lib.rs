@@ -1,5 +1,6 @@
 //! cilium-rs: a Docker network + IPAM plugin with a routed IPv6 eBPF datapath.
 
+pub mod cli;
 pub mod datapath;
 pub mod docker;
 pub mod driver;
@@ -7,6 +8,7 @@ pub mod endpoint;
 pub mod http_unix;
 pub mod identity;
 pub mod identity_alloc;
+pub mod identity_watch;
 pub mod ids;
 pub mod input;
 pub mod ipam;

@@ -3,20 +3,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use cilium_rs::cli::{self, Output};
 use cilium_rs::datapath::bpf::AttachMode;
 use cilium_rs::datapath::linux::LinuxDatapath;
 use cilium_rs::driver::{Driver, DriverConfig};
-use cilium_rs::http_unix::get_json;
 use cilium_rs::ipam::IpamConfig;
-use cilium_rs::server::{self, api, Socket};
+use cilium_rs::labels::LabelFilter;
+use cilium_rs::policy::EnforcementMode;
+use cilium_rs::server::api::TraceRequest;
+use cilium_rs::server::{self, Socket};
 use cilium_rs::store::RedbStore;
-use cilium_rs::views::{EndpointView, NetworkView, StatusView};
-use cilium_rs::{docker, table};
+use cilium_rs::{docker, identity_watch};
 
 #[derive(Debug, Parser)]
 #[command(name = "cilium-rs", version, about = "Docker network + IPAM plugin with a routed IPv6 eBPF datapath")]
@@ -32,7 +35,7 @@ struct Cli {
 enum Command {
     /// Run the plugin daemon in the foreground.
     Daemon(DaemonArgs),
-    /// Container endpoints: addresses, interfaces, counters.
+    /// Container endpoints: container, identity, addresses, interfaces, counters.
     Endpoint {
         #[command(subcommand)]
         command: ListCommand,
@@ -41,6 +44,16 @@ enum Command {
     Network {
         #[command(subcommand)]
         command: ListCommand,
+    },
+    /// Security identities: their labels and the endpoints carrying them.
+    Identity {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Label-based policy (Cilium's rule JSON or YAML).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Whether the daemon runs, and what it holds.
     Status {
@@ -59,18 +72,66 @@ enum ListCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    /// A table for people.
-    Table,
-    /// JSON for scripts.
-    Json,
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Add the rules of a file (`-` for standard input); rules with the labels of live rules
+    /// replace them. Returns once the datapath enforces the new revision.
+    Import {
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The live rules and the revision.
+    Get {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete every rule, or the rules carrying all the given labels.
+    Delete {
+        #[arg(long, conflicts_with = "labels")]
+        all: bool,
+        /// Labels such as `name=web-policy` (as in the rules' `labels`).
+        #[arg(required_unless_present = "all")]
+        labels: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Check a policy file without applying anything (no daemon needed).
+    Validate { file: PathBuf },
+    /// Wait until the datapath enforces a revision.
+    Wait {
+        revision: u64,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// The verdict for a flow between two label sets, and the rule that decides it.
+    Trace {
+        /// Labels of the source, e.g. `id=app2` (or `reserved:host`, `reserved:world`).
+        #[arg(long)]
+        src: String,
+        /// Labels of the destination.
+        #[arg(long)]
+        dst: String,
+        /// Destination port and protocol, e.g. `80/tcp`, `53/udp`, `8/icmp` (echo request).
+        #[arg(long)]
+        dport: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum AttachModeArg {
     Tc,
     Tcx,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EnforcementArg {
+    Default,
+    Always,
+    Never,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +173,20 @@ struct DaemonArgs {
     /// Records younger than this many seconds are never reconciled away.
     #[arg(long, env = "CILIUM_RS_RECONCILE_GRACE", default_value_t = cilium_rs::driver::RECONCILE_GRACE_SECS)]
     reconcile_grace: u64,
+    /// Policy enforcement: `default` (an endpoint is default-deny in a direction once a rule
+    /// selects it there), `always` (every endpoint default-deny), `never` (nothing enforced).
+    #[arg(long, env = "CILIUM_RS_ENABLE_POLICY", value_enum, default_value_t = EnforcementArg::Default)]
+    enable_policy: EnforcementArg,
+    /// Only container labels whose key starts with one of these count for identity
+    /// (comma-separated or repeated; default: all but compose's bookkeeping labels).
+    #[arg(long, env = "CILIUM_RS_LABEL_INCLUDE", value_delimiter = ',')]
+    label_include: Vec<String>,
+    /// Container labels whose key starts with one of these do not count for identity.
+    #[arg(long, env = "CILIUM_RS_LABEL_EXCLUDE", value_delimiter = ',')]
+    label_exclude: Vec<String>,
+    /// Seconds between reads of the host's addresses (identity host).
+    #[arg(long, env = "CILIUM_RS_HOST_ADDRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    host_address_interval: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug".
     #[arg(long, env = "CILIUM_RS_LOG", default_value = "info")]
     log: String,
@@ -129,42 +204,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
+    let api = cli.api_socket.as_path();
     match cli.command {
-        Command::Daemon(args) => {
-            let api_socket = cli.api_socket;
-            runtime.block_on(run_daemon(args, api_socket))
-        }
-        Command::Endpoint { command: ListCommand::List { output } } => runtime.block_on(async {
-            let list: Vec<EndpointView> = get_json(&cli.api_socket, api::ENDPOINTS).await.map_err(no_daemon)?;
-            print(output, list.as_slice(), table::endpoints)
-        }),
-        Command::Network { command: ListCommand::List { output } } => runtime.block_on(async {
-            let list: Vec<NetworkView> = get_json(&cli.api_socket, api::NETWORKS).await.map_err(no_daemon)?;
-            print(output, list.as_slice(), table::networks)
-        }),
-        Command::Status { output } => runtime.block_on(async {
-            let status: StatusView = get_json(&cli.api_socket, api::STATUS).await.map_err(no_daemon)?;
-            print(output, &status, table::status)
-        }),
+        Command::Daemon(args) => runtime.block_on(run_daemon(args, cli.api_socket.clone())),
+        Command::Endpoint { command: ListCommand::List { output } } => runtime.block_on(cli::endpoints(api, output)),
+        Command::Network { command: ListCommand::List { output } } => runtime.block_on(cli::networks(api, output)),
+        Command::Identity { command: ListCommand::List { output } } => runtime.block_on(cli::identities(api, output)),
+        Command::Status { output } => runtime.block_on(cli::status(api, output)),
+        Command::Policy { command } => match command {
+            PolicyCommand::Import { file, output } => runtime.block_on(cli::policy_import(api, &file, output)),
+            PolicyCommand::Get { output } => runtime.block_on(cli::policy_get(api, output)),
+            PolicyCommand::Delete { all, labels, output } => {
+                runtime.block_on(cli::policy_delete(api, all, labels, output))
+            }
+            PolicyCommand::Validate { file } => cli::policy_validate(&file),
+            PolicyCommand::Wait { revision, timeout } => runtime.block_on(cli::policy_wait(api, revision, timeout)),
+            PolicyCommand::Trace { src, dst, dport, output } => {
+                runtime.block_on(cli::policy_trace(api, TraceRequest { src, dst, dport }, output))
+            }
+        },
     }
-}
-
-fn no_daemon(e: cilium_rs::http_unix::HttpError) -> anyhow::Error {
-    match e {
-        cilium_rs::http_unix::HttpError::Connect { path, source } => anyhow::anyhow!(
-            "cannot reach the cilium-rs daemon at {}: {source} (is `cilium-rs daemon` running?)",
-            path.display()
-        ),
-        other => other.into(),
-    }
-}
-
-fn print<T: serde::Serialize + ?Sized>(output: Output, value: &T, render: fn(&T) -> String) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Table => print!("{}", render(value)),
-    }
-    Ok(())
 }
 
 async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()> {
@@ -184,6 +243,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         },
         mtu: args.mtu,
         reconcile_grace_secs: args.reconcile_grace,
+        enforcement: match args.enable_policy {
+            EnforcementArg::Default => EnforcementMode::Default,
+            EnforcementArg::Always => EnforcementMode::Always,
+            EnforcementArg::Never => EnforcementMode::Never,
+        },
+        labels: LabelFilter::new(&args.label_include, &args.label_exclude),
     };
     config.ipam.validate()?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
@@ -200,17 +265,43 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     };
     let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
     let driver = Arc::new(Driver::start(config, Arc::new(datapath), Arc::new(store)).await?);
+    // The host's addresses are policy's `host` before the first request is served.
+    if let Err(e) = driver.refresh_host_addresses().await {
+        tracing::warn!(error = %e, "read the host's addresses");
+    }
     let plugin_name = docker::plugin_name(&plugin.file.path);
-    let reconciler = tokio::spawn(docker::reconcile_forever(
-        driver.clone(),
-        args.docker_socket.clone(),
-        plugin_name,
-        std::time::Duration::from_secs(args.reconcile_interval),
-    ));
+    let tasks = [
+        tokio::spawn(docker::reconcile_forever(
+            driver.clone(),
+            args.docker_socket.clone(),
+            plugin_name,
+            Duration::from_secs(args.reconcile_interval),
+        )),
+        tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker_socket.clone())),
+        tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
+    ];
     server::serve(driver, plugin, api, shutdown_signal()).await?;
-    reconciler.abort();
+    for task in tasks {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the host's own addresses (identity host) in policy as they change.
+async fn refresh_host_addresses(driver: Arc<Driver>, period: Duration) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(period).await;
+        match driver.refresh_host_addresses().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "read the host's addresses");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

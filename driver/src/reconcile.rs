@@ -178,6 +178,8 @@ mod tests {
                 created_at: 0,
                 joined: None,
                 identity: crate::identity::Identity::INIT,
+                container: None,
+                labels: crate::labels::Labels::new(),
             },
         );
         (state, pool)

@@ -1,6 +1,7 @@
 //! Plain-text tables for the CLI.
 
-use crate::views::{EndpointView, NetworkView, StatusView};
+use crate::server::api::PolicyRules;
+use crate::views::{EndpointView, IdentityView, NetworkView, StatusView};
 
 /// Renders rows under a header, columns padded to their widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -42,7 +43,9 @@ pub fn endpoints(list: &[EndpointView]) -> String {
         .map(|e| {
             vec![
                 short(&e.id),
+                dash(&e.container_name),
                 short(&e.network),
+                e.identity_name.clone(),
                 dash(&e.ipv6),
                 dash(&e.ipv4),
                 e.host_ifname.clone(),
@@ -57,7 +60,18 @@ pub fn endpoints(list: &[EndpointView]) -> String {
         .collect();
     render(
         &[
-            "ENDPOINT", "NETWORK", "IPV6", "IPV4", "IFNAME", "STATE", "TX-PKTS", "TX-BYTES", "RX-PKTS", "RX-BYTES",
+            "ENDPOINT",
+            "CONTAINER",
+            "NETWORK",
+            "IDENTITY",
+            "IPV6",
+            "IPV4",
+            "IFNAME",
+            "STATE",
+            "TX-PKTS",
+            "TX-BYTES",
+            "RX-PKTS",
+            "RX-BYTES",
             "DROPS",
         ],
         &rows,
@@ -83,6 +97,52 @@ pub fn networks(list: &[NetworkView]) -> String {
         })
         .collect();
     render(&["NETWORK", "SUBNETS (* = taken by cilium-rs)", "ENDPOINTS", "MTU", "INTERNAL"], &rows)
+}
+
+pub fn identities(list: &[IdentityView]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            let endpoints = if i.endpoints.is_empty() { "-".to_owned() } else { i.endpoints.join(",") };
+            vec![i.id.to_string(), i.kind.clone(), i.labels.join(","), endpoints]
+        })
+        .collect();
+    render(&["IDENTITY", "KIND", "LABELS", "ENDPOINTS"], &rows)
+}
+
+pub fn policy(p: &PolicyRules) -> String {
+    let rows: Vec<Vec<String>> = p
+        .rules
+        .iter()
+        .map(|r| {
+            let labels = r.rule["labels"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|x| match (x["key"].as_str(), x["value"].as_str()) {
+                            (Some(k), Some(v)) if !v.is_empty() => format!("{k}={v}"),
+                            (Some(k), _) => k.to_owned(),
+                            _ => x.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "-".to_owned());
+            let selector = r.rule["endpointSelector"].to_string();
+            let sections: Vec<&str> = ["ingress", "ingressDeny", "egress", "egressDeny"]
+                .into_iter()
+                .filter(|k| r.rule[*k].as_array().is_some_and(|a| !a.is_empty()))
+                .collect();
+            vec![r.id.to_string(), labels, selector, sections.join(",")]
+        })
+        .collect();
+    format!(
+        "revision {}, {} rules\n{}",
+        p.revision,
+        p.rules.len(),
+        render(&["ID", "LABELS", "SELECTOR", "SECTIONS"], &rows)
+    )
 }
 
 pub fn status(s: &StatusView) -> String {

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::datapath::Counters;
 use crate::endpoint::{format_mac, Endpoint};
+use crate::identity::Identity;
+use crate::policy::IdentityInfo;
 use crate::state::State;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +22,27 @@ pub struct EndpointView {
     pub host_ifname: String,
     pub host_ifindex: Option<u32>,
     pub joined: bool,
+    /// The security identity (5 = init while the labels are not known).
+    pub identity: u32,
+    /// `init`, `host`, … or the number.
+    pub identity_name: String,
+    /// The labels the identity stands for.
+    pub labels: Vec<String>,
+    /// The container's id and name, once known.
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
     pub counters: Counters,
+}
+
+/// One identity and who carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub id: u32,
+    /// `reserved`, `endpoint` or `cidr`.
+    pub kind: String,
+    pub labels: Vec<String>,
+    /// Names (or short ids) of the endpoints' containers carrying it.
+    pub endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +85,33 @@ pub fn endpoint(ep: &Endpoint) -> EndpointView {
         host_ifname: ep.host_ifname(),
         host_ifindex: ep.joined.as_ref().map(|j| j.host_ifindex),
         joined: ep.joined.is_some(),
+        identity: ep.identity.0,
+        identity_name: ep.identity.name(),
+        labels: ep.labels.iter().map(ToString::to_string).collect(),
+        container_id: ep.container.as_ref().map(|c| c.id.clone()),
+        container_name: ep.container.as_ref().map(|c| c.name.clone()),
         counters: Counters::default(),
     }
+}
+
+/// Every identity policy knows, with the names of the endpoints carrying it.
+pub fn identities(known: &BTreeMap<Identity, IdentityInfo>, endpoints: &[(Identity, String)]) -> Vec<IdentityView> {
+    known
+        .iter()
+        .map(|(identity, info)| IdentityView {
+            id: identity.0,
+            kind: if identity.is_cidr() {
+                "cidr"
+            } else if identity.is_reserved() {
+                "reserved"
+            } else {
+                "endpoint"
+            }
+            .to_owned(),
+            labels: info.labels.iter().map(ToString::to_string).collect(),
+            endpoints: endpoints.iter().filter(|(id, _)| id == identity).map(|(_, name)| name.clone()).collect(),
+        })
+        .collect()
 }
 
 /// What EndpointOperInfo shows in `docker network inspect -v`.

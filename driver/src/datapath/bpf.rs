@@ -307,6 +307,37 @@ impl BpfDatapath {
         &self.links_dir
     }
 
+    /// Runs one of the programs on `frame` with `BPF_PROG_TEST_RUN`, as if it arrived on the
+    /// interface `ifindex` (which must exist in the calling thread's namespace): the program's
+    /// return code and the frame as it left the program. Maps are the live ones.
+    pub fn test_run(&self, program: &'static str, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), BpfError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(BpfError::Missing { kind: "program", name: program })?;
+        // `struct __sk_buff` (192 bytes): only `ifindex` (offset 40) is set.
+        let mut skb = [0u8; 192];
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&skb),
+                ..TestRunOptions::default()
+            })
+            .map_err(|error| BpfError::Program {
+                op: "test run",
+                program,
+                object: String::new(),
+                error: Box::new(error),
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// Kernel ids of the loaded programs, by program name.
     pub fn program_ids(&self) -> Result<Vec<(&'static str, u32)>, BpfError> {
         HOOKS

@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, RestoreReport, VethSpec};
+use super::{
+    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, PolicyView, RestoreReport, VethSpec,
+};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FakeKernel {
@@ -21,6 +23,7 @@ pub struct FakeKernel {
     /// Operations that fail until cleared, e.g. "attach".
     pub failing: BTreeSet<String>,
     pub host_prefixes: Vec<IpNet>,
+    pub host_addresses: Vec<std::net::IpAddr>,
     pub next_index: u32,
     /// The policy as last applied.
     pub policy: PolicyDesired,
@@ -91,6 +94,10 @@ impl Datapath for FakeDatapath {
         Ok(self.enter("host_prefixes", "")?.host_prefixes.clone())
     }
 
+    async fn host_addresses(&self) -> Result<Vec<std::net::IpAddr>, DatapathError> {
+        Ok(self.enter("host_addresses", "")?.host_addresses.clone())
+    }
+
     async fn default_mtu(&self) -> Result<u32, DatapathError> {
         drop(self.enter("default_mtu", "")?);
         Ok(1500)
@@ -143,10 +150,13 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
-    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError> {
-        let mut kernel = self.enter("apply_policy", &desired.entries.len().to_string())?;
-        if kernel.policy != *desired {
-            kernel.policy = desired.clone();
+    async fn apply_policy(&self, desired: PolicyView<'_>) -> Result<(), DatapathError> {
+        drop(self.enter("apply_policy", &desired.entries.len().to_string())?);
+        self.gate("apply_policy").await;
+        let mut kernel = self.kernel();
+        let desired = PolicyDesired { entries: desired.entries.clone(), ipcache: desired.ipcache.clone() };
+        if kernel.policy != desired {
+            kernel.policy = desired;
             kernel.policy_revision += 1;
         }
         Ok(())
@@ -159,11 +169,12 @@ impl Datapath for FakeDatapath {
     async fn restore(
         &self,
         joined: &[EndpointDesired],
-        policy: &PolicyDesired,
+        policy: PolicyView<'_>,
     ) -> Result<RestoreReport, DatapathError> {
         let mut kernel = self.enter("restore", &joined.len().to_string())?;
-        if kernel.policy != *policy {
-            kernel.policy = policy.clone();
+        let policy = PolicyDesired { entries: policy.entries.clone(), ipcache: policy.ipcache.clone() };
+        if kernel.policy != policy {
+            kernel.policy = policy;
             kernel.policy_revision += 1;
         }
         let mut report = RestoreReport::default();

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::stream::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
@@ -301,6 +302,24 @@ impl Netlink {
             }
         }
         Ok(())
+    }
+
+    /// Every address configured on the host's interfaces, both families (the host's own
+    /// addresses: identity host in policy).
+    pub async fn host_addresses(&self) -> Result<Vec<IpAddr>, LinkError> {
+        let messages: Vec<AddressMessage> =
+            self.handle.address().get().execute().try_collect().await.map_err(fail("dump", "addresses"))?;
+        let mut addresses: Vec<IpAddr> = messages
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|attr| match attr {
+                AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
     }
 
     /// Every route of the main table, both families, except default routes (`0.0.0.0/0`,

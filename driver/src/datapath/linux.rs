@@ -17,7 +17,8 @@ use super::layouts;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
 use super::{
-    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, RestoreReport, Traffic, VethSpec,
+    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, PolicyView, RestoreReport, Traffic,
+    VethSpec,
 };
 use crate::identity::Identity;
 
@@ -234,9 +235,9 @@ fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
 /// Makes the policy maps hold `desired` (entries, and ipcache entries not held by endpoints),
 /// diffing against `policy.applied`; returns whether anything changed. Allows and denies are
 /// written before stale entries go, so a replaced rule never leaves a gap.
-fn apply_policy_maps(policy: &mut PolicyState, desired: &PolicyDesired) -> Result<bool, DatapathError> {
+fn apply_policy_maps(policy: &mut PolicyState, desired: PolicyView<'_>) -> Result<bool, DatapathError> {
     let mut changed = false;
-    for (key, entry) in &desired.entries {
+    for (key, entry) in desired.entries {
         if policy.applied.entries.get(key) != Some(entry) {
             policy.maps.set_policy(key, entry)?;
             policy.applied.entries.insert(*key, *entry);
@@ -249,7 +250,7 @@ fn apply_policy_maps(policy: &mut PolicyState, desired: &PolicyDesired) -> Resul
         policy.applied.entries.remove(&key);
         changed = true;
     }
-    for (net, identity) in &desired.ipcache {
+    for (net, identity) in desired.ipcache {
         if policy.applied.ipcache.get(net) != Some(identity) {
             if !policy.endpoint_ips.contains_key(net) {
                 policy.maps.set_ipcache(*net, *identity)?;
@@ -306,6 +307,10 @@ impl Datapath for LinuxDatapath {
             self.netlink.routed_prefixes().await?.into_iter().filter_map(|p| IpNet::new(p.addr, p.len).ok()).collect();
         prefixes.extend(nameservers());
         Ok(prefixes)
+    }
+
+    async fn host_addresses(&self) -> Result<Vec<IpAddr>, DatapathError> {
+        Ok(self.netlink.host_addresses().await?)
     }
 
     async fn default_mtu(&self) -> Result<u32, DatapathError> {
@@ -369,7 +374,7 @@ impl Datapath for LinuxDatapath {
         DatapathError::collect(errors)
     }
 
-    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError> {
+    async fn apply_policy(&self, desired: PolicyView<'_>) -> Result<(), DatapathError> {
         let mut policy = self.policy();
         if apply_policy_maps(&mut policy, desired)? {
             policy.bump_revision()?;
@@ -384,7 +389,7 @@ impl Datapath for LinuxDatapath {
     async fn restore(
         &self,
         joined: &[EndpointDesired],
-        policy_desired: &PolicyDesired,
+        policy_desired: PolicyView<'_>,
     ) -> Result<RestoreReport, DatapathError> {
         let mut report = RestoreReport::default();
         // What the pinned maps hold: applied as far as policy is concerned, so that only

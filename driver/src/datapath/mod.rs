@@ -60,6 +60,20 @@ pub struct PolicyDesired {
     pub ipcache: BTreeMap<IpNet, Identity>,
 }
 
+/// A [`PolicyDesired`] borrowed from whoever keeps it (the policy map can hold many entries:
+/// it is not copied to be applied).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyView<'a> {
+    pub entries: &'a BTreeMap<PolicyKey, PolicyEntry>,
+    pub ipcache: &'a BTreeMap<IpNet, Identity>,
+}
+
+impl PolicyDesired {
+    pub fn view(&self) -> PolicyView<'_> {
+        PolicyView { entries: &self.entries, ipcache: &self.ipcache }
+    }
+}
+
 /// The veth pair of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethSpec {
@@ -149,6 +163,9 @@ pub trait Datapath: Send + Sync + 'static {
     /// Prefixes routed on the host, which automatically chosen pools must avoid.
     async fn host_prefixes(&self) -> Result<Vec<IpNet>, DatapathError>;
 
+    /// The host's own addresses (identity host), both families.
+    async fn host_addresses(&self) -> Result<Vec<std::net::IpAddr>, DatapathError>;
+
     /// MTU of the host's default-route interface (the default endpoint MTU).
     async fn default_mtu(&self) -> Result<u32, DatapathError>;
 
@@ -177,7 +194,7 @@ pub trait Datapath: Send + Sync + 'static {
     /// writing only the difference (new allows and denies first, then removals), and then
     /// bumps the policy revision if anything changed, so that established flows are checked
     /// again at their next packet.
-    async fn apply_policy(&self, desired: &PolicyDesired) -> Result<(), DatapathError>;
+    async fn apply_policy(&self, desired: PolicyView<'_>) -> Result<(), DatapathError>;
 
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;
@@ -187,6 +204,6 @@ pub trait Datapath: Send + Sync + 'static {
     /// scans of the maps). `host_ifindex` and `host_mac` of `joined` may be stale: the links
     /// are looked up by name. What the pinned maps already hold is kept as it is, so a restart
     /// changes no verdict.
-    async fn restore(&self, joined: &[EndpointDesired], policy: &PolicyDesired)
+    async fn restore(&self, joined: &[EndpointDesired], policy: PolicyView<'_>)
         -> Result<RestoreReport, DatapathError>;
 }

@@ -8,8 +8,9 @@
 //! endpoint (or a policy change) never stalls the plugin calls of others.
 
 mod locks;
+pub mod policy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,18 +19,23 @@ use std::sync::{Mutex, MutexGuard};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use crate::datapath::{Datapath, DatapathError, EndpointDesired, PolicyDesired, VethSpec};
-use crate::endpoint::{host_ifname, Endpoint, JoinPlan, Joined};
-use crate::identity::{reserved_labels, Identity};
+use crate::datapath::{Datapath, DatapathError, EndpointDesired, VethSpec};
+use crate::endpoint::{host_ifname, ContainerRef, Endpoint, JoinPlan, Joined};
+use crate::identity::Identity;
+use crate::identity_alloc::{AllocError, IdentityAllocator};
 use crate::ids::{BadId, EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{self, AllocationKind, IpamConfig, IpamError, PoolId, PoolRequest};
+use crate::kv::{EmbeddedKv, KvError};
+use crate::labels::{LabelFilter, Labels};
 use crate::network::{Network, NetworkOptions};
-use crate::policy::{EnforcementMode, IdentityInfo, Resolver};
+use crate::policy::EnforcementMode;
 use crate::reconcile::{self, DockerSnapshot, ReconcileReport};
 use crate::state::{now, State, StateError, Txn};
 use crate::store::Store;
-use crate::views::{self, EndpointView, NetworkView, StatusView};
+use crate::views::{self, EndpointView, IdentityView, NetworkView, StatusView};
+
+pub use policy::{DeleteWhich, Deleted, Imported, PolicyEngine, PolicyEngineError};
 
 /// Settings that do not change while the daemon runs.
 #[derive(Debug, Clone)]
@@ -39,11 +45,21 @@ pub struct DriverConfig {
     pub mtu: Option<u32>,
     /// Records younger than this (seconds) are never reconciled away.
     pub reconcile_grace_secs: u64,
+    /// `--enable-policy`.
+    pub enforcement: EnforcementMode,
+    /// Which container labels count for identity.
+    pub labels: LabelFilter,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        DriverConfig { ipam: IpamConfig::default(), mtu: None, reconcile_grace_secs: RECONCILE_GRACE_SECS }
+        DriverConfig {
+            ipam: IpamConfig::default(),
+            mtu: None,
+            reconcile_grace_secs: RECONCILE_GRACE_SECS,
+            enforcement: EnforcementMode::Default,
+            labels: LabelFilter::default(),
+        }
     }
 }
 
@@ -70,6 +86,12 @@ pub enum DriverError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Policy(#[from] PolicyEngineError),
+    #[error("identity store: {0}")]
+    Kv(#[from] KvError),
+    #[error(transparent)]
+    Identity(#[from] AllocError),
 }
 
 /// What RequestPool hands back.
@@ -129,6 +151,10 @@ pub struct Driver {
     endpoint_locks: locks::KeyedLocks<EndpointId>,
     /// Wakes the background reconciliation early (a new dockerd started talking to us).
     reconcile_soon: tokio::sync::Notify,
+    policy: PolicyEngine,
+    identities: IdentityAllocator,
+    /// Wakes the identity resolution: an endpoint joined and waits for its labels.
+    joined: tokio::sync::Notify,
 }
 
 fn cidr(addr: IpAddr) -> IpNet {
@@ -136,8 +162,8 @@ fn cidr(addr: IpAddr) -> IpNet {
 }
 
 impl Driver {
-    /// Loads the persisted state and makes the kernel match it (pinned programs and maps keep
-    /// running meanwhile).
+    /// Loads the persisted state (networks, endpoints, identities, rules) and makes the kernel
+    /// match it (pinned programs and maps keep running meanwhile).
     pub async fn start(
         config: DriverConfig,
         datapath: Arc<dyn Datapath>,
@@ -146,6 +172,8 @@ impl Driver {
         config.ipam.validate()?;
         let records = store.load().map_err(StateError::from)?;
         let state = State::decode(&records)?;
+        let policy = PolicyEngine::load(&records, config.enforcement, datapath.clone(), store.clone())?;
+        let identities = IdentityAllocator::new(Arc::new(EmbeddedKv::open(store.clone())?));
         let driver = Driver {
             config,
             datapath,
@@ -153,19 +181,50 @@ impl Driver {
             state: Mutex::new(state),
             endpoint_locks: locks::KeyedLocks::default(),
             reconcile_soon: tokio::sync::Notify::new(),
+            policy,
+            identities,
+            joined: tokio::sync::Notify::new(),
         };
+        driver.restore_identities().await?;
         driver.restore().await?;
         Ok(driver)
     }
 
-    /// What policy needs in the kernel: with no rules loaded, every endpoint (all start as init)
-    /// may send and receive anything.
-    fn policy_desired(&self) -> PolicyDesired {
-        let mut resolver = Resolver::new(EnforcementMode::Default);
-        if let Some(labels) = reserved_labels(Identity::INIT) {
-            resolver.add_identity(Identity::INIT, IdentityInfo { labels, cidr: None });
+    /// Takes a reference on every endpoint's identity again; an endpoint whose number now
+    /// stands for other labels goes back to init (its identity is resolved again).
+    async fn restore_identities(&self) -> Result<(), DriverError> {
+        let in_use: Vec<(EndpointId, Identity, Labels)> = self
+            .state()
+            .endpoints
+            .values()
+            .filter(|e| e.identity.is_endpoint())
+            .map(|e| (e.id.clone(), e.identity, e.labels.clone()))
+            .collect();
+        let report =
+            self.identities.restore(in_use.iter().map(|(_, id, labels)| (*id, labels.clone())).collect()).await?;
+        let conflicts: BTreeSet<Identity> = report.conflicts.iter().map(|c| c.identity).collect();
+        let mut known = Vec::new();
+        {
+            let mut state = self.state();
+            let mut txn = Txn::new(&mut state);
+            for (id, identity, labels) in &in_use {
+                if conflicts.contains(identity) {
+                    warn!(endpoint = id.short(), %identity, "identity taken by other labels: resolving it again");
+                    if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
+                        ep.identity = Identity::INIT;
+                        ep.labels = Labels::new();
+                        ep.container = None;
+                    }
+                } else {
+                    known.push((*identity, labels.clone()));
+                }
+            }
+            if !txn.is_empty() {
+                txn.commit(self.store.as_ref())?;
+            }
         }
-        PolicyDesired { entries: resolver.entries().clone(), ipcache: BTreeMap::new() }
+        self.policy.restore_identities(known).await;
+        Ok(())
     }
 
     /// The state, for a short synchronous section (never held across an await).
@@ -179,7 +238,10 @@ impl Driver {
             let joined = state.endpoints.values().filter_map(|e| e.desired(true)).collect();
             (joined, state.networks.len(), state.endpoints.len())
         };
-        let report = self.datapath.restore(&joined, &self.policy_desired()).await?;
+        let report = {
+            let policy = self.policy.lock().await;
+            self.datapath.restore(&joined, policy.view()).await?
+        };
         info!(
             networks,
             endpoints,
@@ -450,6 +512,8 @@ impl Driver {
             created_at: now,
             joined: None,
             identity: Identity::INIT,
+            container: None,
+            labels: Labels::new(),
         };
         txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
         txn.commit(self.store.as_ref())?;
@@ -502,6 +566,8 @@ impl Driver {
             return Err(e.into());
         }
         info!(network = network.short(), endpoint = id.short(), ifname = %endpoint.host_ifname(), "endpoint joined");
+        // Its identity is resolved in the background, from Docker's view of the container.
+        self.joined.notify_one();
         Ok(endpoint.join_plan())
     }
 
@@ -629,7 +695,148 @@ impl Driver {
             }
             txn.commit(self.store.as_ref())?;
         }
+        if let Err(e) = self.release_identity(endpoint.identity).await {
+            warn!(endpoint = id.short(), error = %e, "release identity");
+        }
         DatapathError::collect(errors).map_err(DriverError::from)
+    }
+
+    /// Drops one reference on an allocated identity; the last one takes it out of policy.
+    async fn release_identity(&self, identity: Identity) -> Result<(), DriverError> {
+        if identity.is_endpoint() && self.identities.release(identity).await? {
+            self.policy.remove_identity(identity).await?;
+            debug!(%identity, "identity freed");
+        }
+        Ok(())
+    }
+
+    // ---- identities ----
+
+    /// Gives an endpoint the identity of its container's labels (filtered by the configured
+    /// prefixes, plus `docker:network=<network>`): allocated (or shared), made known to
+    /// policy, then written to the endpoint's datapath state. Returns the identity; unknown
+    /// endpoints are an error, a repeated call with the same labels changes nothing.
+    pub async fn assign_identity(
+        &self,
+        network: &NetworkId,
+        id: &EndpointId,
+        container: ContainerRef,
+        container_labels: &BTreeMap<String, String>,
+        network_name: &str,
+    ) -> Result<Identity, DriverError> {
+        let labels = self
+            .config
+            .labels
+            .endpoint_labels(container_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), network_name);
+        let _held = self.endpoint_locks.lock(id).await;
+        let endpoint = lookup(&self.state(), network, id)?.clone();
+        if endpoint.identity.is_endpoint() && endpoint.labels == labels {
+            if endpoint.container.as_ref() != Some(&container) {
+                self.update_endpoint(id, |ep| ep.container = Some(container.clone()))?;
+            }
+            return Ok(endpoint.identity);
+        }
+        let identity = self.identities.allocate(&labels).await?;
+        let assigned = async {
+            // Its policy entries exist before any packet carries the identity.
+            self.policy.add_identity(identity, &labels).await?;
+            let updated =
+                Endpoint { identity, labels: labels.clone(), container: Some(container.clone()), ..endpoint.clone() };
+            if let Some(desired) = updated.desired(true) {
+                self.datapath.apply_endpoint(&desired).await?;
+            }
+            let committed = self.update_endpoint(id, |ep| {
+                ep.identity = identity;
+                ep.labels = labels.clone();
+                ep.container = Some(container.clone());
+            });
+            if let Err(e) = committed {
+                if let Some(before) = endpoint.desired(true) {
+                    let _ = self.datapath.apply_endpoint(&before).await;
+                }
+                return Err(e);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = assigned {
+            self.release_identity(identity).await?;
+            return Err(e);
+        }
+        self.release_identity(endpoint.identity).await?;
+        info!(endpoint = id.short(), container = %container.name, %identity, labels = %labels, "endpoint identity resolved");
+        Ok(identity)
+    }
+
+    /// Changes one endpoint record and commits it.
+    fn update_endpoint(&self, id: &EndpointId, change: impl FnOnce(&mut Endpoint)) -> Result<(), DriverError> {
+        let mut state = self.state();
+        let mut txn = Txn::new(&mut state);
+        let Some(ep) = txn.touch_endpoint(id).get_mut(id) else {
+            return Err(DriverError::UnknownEndpoint(id.short().to_owned()));
+        };
+        change(ep);
+        txn.commit(self.store.as_ref())?;
+        Ok(())
+    }
+
+    /// Docker renamed a container: its endpoints show the new name.
+    pub fn container_renamed(&self, container_id: &str, name: &str) {
+        let ids: Vec<EndpointId> = self
+            .state()
+            .endpoints
+            .values()
+            .filter(|e| e.container.as_ref().is_some_and(|c| c.id == container_id && c.name != name))
+            .map(|e| e.id.clone())
+            .collect();
+        for id in ids {
+            if let Err(e) = self.update_endpoint(&id, |ep| {
+                if let Some(c) = ep.container.as_mut() {
+                    c.name = name.to_owned();
+                }
+            }) {
+                warn!(endpoint = id.short(), error = %e, "record the container's new name");
+            }
+        }
+    }
+
+    /// Joined endpoints whose container is not known yet (still init), with their network.
+    pub fn unresolved_endpoints(&self) -> Vec<(NetworkId, EndpointId)> {
+        self.state()
+            .endpoints
+            .values()
+            .filter(|e| e.joined.is_some() && e.container.is_none())
+            .map(|e| (e.network.clone(), e.id.clone()))
+            .collect()
+    }
+
+    /// Resolves when an endpoint joined (its identity is wanted).
+    pub async fn endpoint_joined(&self) {
+        self.joined.notified().await;
+    }
+
+    /// Reads the host's addresses and gives them identity host in policy.
+    pub async fn refresh_host_addresses(&self) -> Result<(), DriverError> {
+        let addresses = self.datapath.host_addresses().await?.into_iter().collect();
+        self.policy.set_host_addresses(addresses).await?;
+        Ok(())
+    }
+
+    /// The policy engine (rules, revision, trace).
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// Every identity policy knows, with the endpoints that carry it.
+    pub async fn identity_views(&self) -> Vec<IdentityView> {
+        let known = self.policy.identities().await;
+        let endpoints: Vec<(Identity, String)> = self
+            .state()
+            .endpoints
+            .values()
+            .map(|e| (e.identity, e.container.as_ref().map_or_else(|| e.id.short().to_owned(), |c| c.name.clone())))
+            .collect();
+        views::identities(&known, &endpoints)
     }
 
     pub async fn endpoint_info(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ports::block_holds;
@@ -19,7 +19,7 @@ use crate::input::quoted;
 use crate::labels::{Labels, SOURCE_CIDR, SOURCE_RESERVED};
 
 /// What the datapath decides for a new flow at one endpoint, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "rule", rename_all = "kebab-case")]
 pub enum Decision {
     /// Allowed by an allow entry of this rule; rule 0 = the endpoint is not enforced.
@@ -126,7 +126,7 @@ pub fn flow_name(proto: u8, port: u16) -> String {
 }
 
 /// One end of a traced flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub identity: Identity,
     pub labels: Labels,
@@ -135,7 +135,7 @@ pub struct Peer {
 }
 
 /// The decision at one end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub direction: Direction,
     pub decision: Decision,
@@ -146,7 +146,7 @@ pub struct Check {
 }
 
 /// The outcome of `policy trace`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trace {
     pub src: Peer,
     pub dst: Peer,

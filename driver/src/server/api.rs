@@ -1,19 +1,35 @@
-//! The API socket the CLI talks to: endpoints, networks and status as JSON.
+//! The API socket the CLI talks to: endpoints, networks, identities and status as JSON, and
+//! the policy operations (import, get, delete, validate, wait, trace).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::driver::Driver;
+use super::body::{read_body, MAX_API_BODY_BYTES};
+use crate::driver::{DeleteWhich, Deleted, Driver, Imported, PolicyEngineError};
+use crate::labels::{Labels, SOURCE_ANY, SOURCE_UNSPEC};
+use crate::policy::trace::parse_dport;
+use crate::policy::{parse_rules, RuleId, Trace};
+use crate::views::{EndpointView, IdentityView, NetworkView, StatusView};
 
 pub const ENDPOINTS: &str = "/v1/endpoints";
 pub const NETWORKS: &str = "/v1/networks";
 pub const STATUS: &str = "/v1/status";
+pub const IDENTITIES: &str = "/v1/identities";
+/// GET: the live rules; PUT (body: a policy file): import.
+pub const POLICY: &str = "/v1/policy";
+pub const POLICY_DELETE: &str = "/v1/policy/delete";
+pub const POLICY_VALIDATE: &str = "/v1/policy/validate";
+pub const POLICY_WAIT: &str = "/v1/policy/wait";
+pub const POLICY_TRACE: &str = "/v1/policy/trace";
 
 /// Error body of the API socket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -21,35 +37,202 @@ pub struct ApiError {
     pub error: String,
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(ApiError { error: message })).into_response()
+/// The live policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRules {
+    pub revision: u64,
+    pub rules: Vec<PolicyRule>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub id: RuleId,
+    /// The rule in Cilium's JSON.
+    pub rule: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    #[serde(default)]
+    pub all: bool,
+    /// Rules carrying every one of these labels (`key=value`, `source:key=value`).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validated {
+    pub rules: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitRequest {
+    pub revision: u64,
+    #[serde(default = "default_wait_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitResponse {
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// Labels of the source, e.g. `id=app2` or `reserved:host`.
+    pub src: String,
+    pub dst: String,
+    /// `PORT/PROTO`, e.g. `80/tcp`.
+    pub dport: String,
+}
+
+/// A failed API call: the status and message the CLI shows.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiError { error: self.message })).into_response()
+    }
+}
+
+fn failure(status: StatusCode, message: String) -> Failure {
+    Failure { status, message }
+}
+
+/// The status the CLI gets for a failure.
+fn policy_status(e: &PolicyEngineError) -> StatusCode {
+    match e {
+        PolicyEngineError::Invalid(_) | PolicyEngineError::TooManyEntries { .. } => StatusCode::BAD_REQUEST,
+        PolicyEngineError::NoMatch(_) => StatusCode::NOT_FOUND,
+        PolicyEngineError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PolicyEngineError::Corrupt { .. } | PolicyEngineError::Store(_) | PolicyEngineError::Datapath(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<PolicyEngineError> for Failure {
+    fn from(e: PolicyEngineError) -> Self {
+        let status = policy_status(&e);
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "policy request failed");
+        }
+        failure(status, e.to_string())
+    }
+}
+
+type Reply<T> = Result<Json<T>, Failure>;
 
 pub fn router(driver: Arc<Driver>) -> Router {
     Router::new()
         .route(ENDPOINTS, get(endpoints))
         .route(NETWORKS, get(networks))
         .route(STATUS, get(status))
+        .route(IDENTITIES, get(identities))
+        .route(POLICY, get(policy_get).put(policy_import))
+        .route(POLICY_DELETE, post(policy_delete))
+        .route(POLICY_VALIDATE, post(policy_validate))
+        .route(POLICY_WAIT, post(policy_wait))
+        .route(POLICY_TRACE, post(policy_trace))
         .fallback(|uri: Uri| async move {
-            error(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
+            failure(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })
         .with_state(driver)
 }
 
-async fn endpoints(State(driver): State<Arc<Driver>>) -> Response {
-    match driver.endpoints().await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "list endpoints");
-            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
-    }
+async fn endpoints(State(driver): State<Arc<Driver>>) -> Reply<Vec<EndpointView>> {
+    driver.endpoints().await.map(Json).map_err(|e| {
+        tracing::warn!(error = %e, "list endpoints");
+        failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })
 }
 
-async fn networks(State(driver): State<Arc<Driver>>) -> Response {
-    Json(driver.networks().await).into_response()
+async fn networks(State(driver): State<Arc<Driver>>) -> Json<Vec<NetworkView>> {
+    Json(driver.networks().await)
 }
 
-async fn status(State(driver): State<Arc<Driver>>) -> Response {
-    Json(driver.status().await).into_response()
+async fn status(State(driver): State<Arc<Driver>>) -> Json<StatusView> {
+    Json(driver.status().await)
+}
+
+async fn identities(State(driver): State<Arc<Driver>>) -> Json<Vec<IdentityView>> {
+    Json(driver.identity_views().await)
+}
+
+async fn body_bytes(body: Body) -> Result<axum::body::Bytes, Failure> {
+    read_body(body, MAX_API_BODY_BYTES).await.map_err(|e| failure(e.status, e.message))
+}
+
+async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, Failure> {
+    let bytes = body_bytes(body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| failure(StatusCode::BAD_REQUEST, format!("malformed request body: {e}")))
+}
+
+async fn policy_get(State(driver): State<Arc<Driver>>) -> Json<PolicyRules> {
+    let (revision, rules) = driver.policy().rules().await;
+    let rules = rules.into_iter().map(|(id, rule)| PolicyRule { id, rule: rule.to_json() }).collect();
+    Json(PolicyRules { revision, rules })
+}
+
+async fn policy_import(State(driver): State<Arc<Driver>>, body: Body) -> Reply<Imported> {
+    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from)?;
+    Ok(Json(driver.policy().import(rules).await?))
+}
+
+async fn policy_validate(body: Body) -> Reply<Validated> {
+    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from)?;
+    Ok(Json(Validated { rules: rules.len() }))
+}
+
+fn labels(text: &str, default_source: &str, what: &str) -> Result<Labels, Failure> {
+    Labels::parse_list(text, default_source).map_err(|e| failure(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+async fn policy_delete(State(driver): State<Arc<Driver>>, body: Body) -> Reply<Deleted> {
+    let request: DeleteRequest = json_body(body).await?;
+    let which = match (request.all, request.labels.is_empty()) {
+        (true, true) => DeleteWhich::All,
+        (false, false) => DeleteWhich::Labels(labels(&request.labels.join(","), SOURCE_UNSPEC, "labels")?),
+        (true, false) => return Err(failure(StatusCode::BAD_REQUEST, "give either --all or labels, not both".into())),
+        (false, true) => return Err(failure(StatusCode::BAD_REQUEST, "give --all or the labels of the rules".into())),
+    };
+    Ok(Json(driver.policy().delete(which).await?))
+}
+
+async fn policy_wait(State(driver): State<Arc<Driver>>, body: Body) -> Reply<WaitResponse> {
+    let request: WaitRequest = json_body(body).await?;
+    let timeout = Duration::from_millis(request.timeout_ms.min(3_600_000));
+    let revision = driver.policy().wait(request.revision, timeout).await?;
+    Ok(Json(WaitResponse { revision }))
+}
+
+async fn policy_trace(State(driver): State<Arc<Driver>>, body: Body) -> Reply<Trace> {
+    let request: TraceRequest = json_body(body).await?;
+    let src = container_labels(labels(&request.src, SOURCE_ANY, "--src")?);
+    let dst = container_labels(labels(&request.dst, SOURCE_ANY, "--dst")?);
+    let (proto, port) =
+        parse_dport(&request.dport).map_err(|e| failure(StatusCode::BAD_REQUEST, format!("--dport: {e}")))?;
+    Ok(Json(driver.policy().trace(&src, &dst, proto, port).await))
+}
+
+/// Trace labels without a source are container labels (as endpoints carry them).
+fn container_labels(labels: Labels) -> Labels {
+    labels
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            if l.is_any_source() {
+                l.source = crate::labels::SOURCE_CONTAINER.to_owned();
+            }
+            l
+        })
+        .collect()
 }

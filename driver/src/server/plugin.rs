@@ -27,7 +27,7 @@ use crate::input::quoted;
 use crate::ipam::{self, parse_addr, parse_cidr, IpamError, PoolId, PoolRequest};
 use crate::network::parse_options;
 
-use super::body::read_body;
+use super::body::{read_body, MAX_BODY_BYTES};
 
 type Shared = Arc<Driver>;
 
@@ -67,7 +67,11 @@ fn status_of(e: &DriverError) -> StatusCode {
             _ => StatusCode::BAD_REQUEST,
         },
         DriverError::Conflict(_) => StatusCode::CONFLICT,
-        DriverError::Datapath(_) | DriverError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DriverError::Datapath(_)
+        | DriverError::State(_)
+        | DriverError::Policy(_)
+        | DriverError::Kv(_)
+        | DriverError::Identity(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -139,7 +143,9 @@ where
     async move {
         let started = Instant::now();
         let result = async {
-            let bytes = read_body(body).await.map_err(|e| PluginError { status: e.status, message: e.message })?;
+            let bytes = read_body(body, MAX_BODY_BYTES)
+                .await
+                .map_err(|e| PluginError { status: e.status, message: e.message })?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Err(PluginError::bad_request("empty request body"));
             }

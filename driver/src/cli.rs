@@ -1,0 +1,120 @@
+//! The CLI's side of the API socket: each command's request and how its answer is printed
+//! (a table for people, `-o json` for scripts). `policy validate` runs locally.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use hyper::Method;
+
+use crate::driver::{Deleted, Imported};
+use crate::http_unix::{get_json, send_json, HttpError};
+use crate::policy::{parse_rules, Trace};
+use crate::server::api::{
+    self, DeleteRequest, PolicyRules, TraceRequest, WaitRequest, WaitResponse, POLICY, POLICY_DELETE, POLICY_TRACE,
+    POLICY_WAIT,
+};
+use crate::table;
+use crate::views::{EndpointView, IdentityView, NetworkView, StatusView};
+
+/// How a command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// A failed call, as one line for people: the daemon's own message when it gave one.
+pub fn explain(e: HttpError) -> anyhow::Error {
+    match e {
+        HttpError::Connect { path, source } => anyhow::anyhow!(
+            "cannot reach the cilium-rs daemon at {}: {source} (is `cilium-rs daemon` running?)",
+            path.display()
+        ),
+        HttpError::Status { body, status, .. } => match serde_json::from_str::<api::ApiError>(&body) {
+            Ok(api::ApiError { error }) => anyhow::anyhow!("{error}"),
+            Err(_) => anyhow::anyhow!("daemon answered {status}: {body}"),
+        },
+        other => other.into(),
+    }
+}
+
+fn print<T: serde::Serialize + ?Sized>(output: Output, value: &T, render: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => print!("{}", render(value)),
+    }
+    Ok(())
+}
+
+pub async fn endpoints(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let list: Vec<EndpointView> = get_json(socket, api::ENDPOINTS).await.map_err(explain)?;
+    print(output, list.as_slice(), table::endpoints)
+}
+
+pub async fn networks(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let list: Vec<NetworkView> = get_json(socket, api::NETWORKS).await.map_err(explain)?;
+    print(output, list.as_slice(), table::networks)
+}
+
+pub async fn status(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let status: StatusView = get_json(socket, api::STATUS).await.map_err(explain)?;
+    print(output, &status, table::status)
+}
+
+pub async fn identities(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let list: Vec<IdentityView> = get_json(socket, api::IDENTITIES).await.map_err(explain)?;
+    print(output, list.as_slice(), table::identities)
+}
+
+/// A policy file's bytes; `-` reads standard input.
+fn read_file(file: &Path) -> anyhow::Result<Vec<u8>> {
+    if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).context("read the policy from standard input")?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("read {}", file.display()))
+}
+
+pub async fn policy_import(socket: &Path, file: &Path, output: Output) -> anyhow::Result<()> {
+    let bytes = read_file(file)?;
+    let imported: Imported = send_json(socket, Method::PUT, POLICY, bytes).await.map_err(explain)?;
+    print(output, &imported, |i| {
+        let replaced = if i.replaced.is_empty() { String::new() } else { format!(", {} replaced", i.replaced.len()) };
+        format!("revision {}: {} rules imported{replaced}, enforced\n", i.revision, i.added.len())
+    })
+}
+
+pub async fn policy_get(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let rules: PolicyRules = get_json(socket, POLICY).await.map_err(explain)?;
+    print(output, &rules, table::policy)
+}
+
+pub async fn policy_delete(socket: &Path, all: bool, labels: Vec<String>, output: Output) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&DeleteRequest { all, labels })?;
+    let deleted: Deleted = send_json(socket, Method::POST, POLICY_DELETE, body).await.map_err(explain)?;
+    print(output, &deleted, |d| format!("revision {}: {} rules deleted\n", d.revision, d.deleted.len()))
+}
+
+/// Checks a policy file without a daemon: what import would refuse, this refuses.
+pub fn policy_validate(file: &Path) -> anyhow::Result<()> {
+    let rules = parse_rules(&read_file(file)?)?;
+    println!("{}: {} rules, valid", file.display(), rules.len());
+    Ok(())
+}
+
+pub async fn policy_wait(socket: &Path, revision: u64, timeout_secs: u64) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&WaitRequest { revision, timeout_ms: timeout_secs.saturating_mul(1000) })?;
+    let reply: WaitResponse = send_json(socket, Method::POST, POLICY_WAIT, body).await.map_err(explain)?;
+    println!("revision {} enforced", reply.revision);
+    Ok(())
+}
+
+pub async fn policy_trace(socket: &Path, request: TraceRequest, output: Output) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&request)?;
+    let trace: Trace = send_json(socket, Method::POST, POLICY_TRACE, body).await.map_err(explain)?;
+    print(output, &trace, ToString::to_string)
+}
