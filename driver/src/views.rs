@@ -31,6 +31,9 @@ pub struct EndpointView {
     /// The container's id and name, once known.
     pub container_id: Option<String>,
     pub container_name: Option<String>,
+    /// How long after Join the identity reached the datapath (this daemon's run only).
+    #[serde(default)]
+    pub identity_after_join_us: Option<u64>,
     pub counters: Counters,
 }
 
@@ -90,6 +93,7 @@ pub fn endpoint(ep: &Endpoint) -> EndpointView {
         labels: ep.labels.iter().map(ToString::to_string).collect(),
         container_id: ep.container.as_ref().map(|c| c.id.clone()),
         container_name: ep.container.as_ref().map(|c| c.name.clone()),
+        identity_after_join_us: None,
         counters: Counters::default(),
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests and the bench: dockerd, the cilium-rs daemon under
 //! test, containers, and clean-up that also tolerates what an earlier run left behind.
 
+pub mod env;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -263,11 +265,35 @@ pub fn remove_docker_leftovers(prefix: &str) {
 
 /// Starts a long-running test container and returns its id.
 pub fn run_container(name: &str, args: &[&str]) -> Result<String> {
+    run_container_with(name, args, &["sleep", "3600"])
+}
+
+/// Starts a test container running `cmd` and returns its id.
+pub fn run_container_with(name: &str, args: &[&str], cmd: &[&str]) -> Result<String> {
     let label = format!("{TEST_LABEL}=1");
     let mut argv = vec!["run", "-d", "--name", name, "--label", label.as_str()];
     argv.extend_from_slice(args);
-    argv.extend_from_slice(&[IMAGE, "sleep", "3600"]);
+    argv.push(IMAGE);
+    argv.extend_from_slice(cmd);
     Ok(docker(&argv)?.trim().to_owned())
+}
+
+/// A shell loop answering HTTP on each port in `ports` with a body naming `name` (busybox
+/// `nc` serves one connection at a time).
+pub fn http_servers(name: &str, ports: &[u16]) -> String {
+    let loops: Vec<String> = ports
+        .iter()
+        .map(|p| format!(r#"while true; do printf 'HTTP/1.0 200 OK\r\n\r\n{name}:{p}\n' | nc -l -p {p}; done &"#))
+        .collect();
+    format!("{} wait", loops.join(" "))
+}
+
+/// Whether `from` gets an HTTP answer from `addr`:`port` within `timeout_secs` (busybox `nc`
+/// gives up connecting after that long); the answer's body when it does.
+pub fn http_get(from: &str, addr: &str, port: u16, timeout_secs: u32) -> Result<Option<String>> {
+    let script = format!("echo GET | nc -w {timeout_secs} {addr} {port}");
+    let (ok, out) = exec(from, &["sh", "-c", &script])?;
+    Ok((ok && out.contains("200 OK")).then_some(out))
 }
 
 /// Runs a command in a container; returns whether it succeeded and its output.

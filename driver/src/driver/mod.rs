@@ -155,6 +155,15 @@ pub struct Driver {
     identities: IdentityAllocator,
     /// Wakes the identity resolution: an endpoint joined and waits for its labels.
     joined: tokio::sync::Notify,
+    /// When each endpoint still waiting for its identity joined, and how long the identity
+    /// took to reach the datapath after Join for those that got one (in memory only).
+    identity_timing: Mutex<IdentityTiming>,
+}
+
+#[derive(Debug, Default)]
+struct IdentityTiming {
+    joined_at: std::collections::HashMap<EndpointId, std::time::Instant>,
+    resolved_after: std::collections::HashMap<EndpointId, std::time::Duration>,
 }
 
 fn cidr(addr: IpAddr) -> IpNet {
@@ -184,6 +193,7 @@ impl Driver {
             policy,
             identities,
             joined: tokio::sync::Notify::new(),
+            identity_timing: Mutex::new(IdentityTiming::default()),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
@@ -225,6 +235,10 @@ impl Driver {
         }
         self.policy.restore_identities(known).await;
         Ok(())
+    }
+
+    fn timing(&self) -> MutexGuard<'_, IdentityTiming> {
+        self.identity_timing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The state, for a short synchronous section (never held across an await).
@@ -567,6 +581,7 @@ impl Driver {
         }
         info!(network = network.short(), endpoint = id.short(), ifname = %endpoint.host_ifname(), "endpoint joined");
         // Its identity is resolved in the background, from Docker's view of the container.
+        self.timing().joined_at.insert(id.clone(), std::time::Instant::now());
         self.joined.notify_one();
         Ok(endpoint.join_plan())
     }
@@ -695,6 +710,11 @@ impl Driver {
             }
             txn.commit(self.store.as_ref())?;
         }
+        {
+            let mut timing = self.timing();
+            timing.joined_at.remove(id);
+            timing.resolved_after.remove(id);
+        }
         if let Err(e) = self.release_identity(endpoint.identity).await {
             warn!(endpoint = id.short(), error = %e, "release identity");
         }
@@ -763,8 +783,23 @@ impl Driver {
             self.release_identity(identity).await?;
             return Err(e);
         }
+        let after = {
+            let mut timing = self.timing();
+            let after = timing.joined_at.remove(id).map(|at| at.elapsed());
+            if let Some(after) = after {
+                timing.resolved_after.insert(id.clone(), after);
+            }
+            after
+        };
         self.release_identity(endpoint.identity).await?;
-        info!(endpoint = id.short(), container = %container.name, %identity, labels = %labels, "endpoint identity resolved");
+        info!(
+            endpoint = id.short(),
+            container = %container.name,
+            %identity,
+            labels = %labels,
+            after_join_us = after.map(|d| d.as_micros() as u64),
+            "endpoint identity resolved"
+        );
         Ok(identity)
     }
 
@@ -902,7 +937,14 @@ impl Driver {
     // ---- views ----
 
     pub async fn endpoints(&self) -> Result<Vec<EndpointView>, DriverError> {
-        let views: Vec<EndpointView> = self.state().endpoints.values().map(views::endpoint).collect();
+        let mut views: Vec<EndpointView> = self.state().endpoints.values().map(views::endpoint).collect();
+        {
+            let timing = self.timing();
+            for v in &mut views {
+                let after = EndpointId::parse(&v.id).ok().and_then(|id| timing.resolved_after.get(&id).copied());
+                v.identity_after_join_us = after.map(|d| d.as_micros() as u64);
+            }
+        }
         let mut counters = self.datapath.counters().await?;
         Ok(views
             .into_iter()

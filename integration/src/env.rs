@@ -1,0 +1,127 @@
+//! The harness of the end-to-end tests: a daemon registered under its own plugin name, the
+//! test's networks created with it, and a clean-up that checks nothing of them is left in the
+//! daemon, the kernel or the pins.
+
+use std::collections::BTreeSet;
+use std::sync::MutexGuard;
+
+use anyhow::{Context, Result};
+use bpf_programs::abi::CRS_LAYOUT_VERSION;
+use serde_json::Value;
+
+use crate::{
+    docker, docker_fails, host_lxc_links, our_routes, remove_docker_leftovers, require_root_and_dockerd, run, serial,
+    Daemon,
+};
+
+pub struct Env {
+    pub daemon: Daemon,
+    /// The plugin (driver and IPAM) name the daemon serves.
+    pub plugin: &'static str,
+    /// Veths and routes that existed before the test (another daemon's): not ours to judge.
+    baseline_links: BTreeSet<String>,
+    baseline_routes: BTreeSet<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Env {
+    /// Starts a daemon as plugin `plugin` (with extra environment) after removing what an
+    /// earlier run left under `prefix`.
+    pub fn setup(plugin: &'static str, prefix: &str, env: &[(&str, &str)]) -> Env {
+        require_root_and_dockerd();
+        let serial = serial();
+        let daemon = Daemon::start_with(plugin, env).expect("start daemon");
+        remove_docker_leftovers(prefix);
+        Env {
+            daemon,
+            plugin,
+            baseline_links: host_lxc_links().expect("links").into_iter().collect(),
+            baseline_routes: our_routes().expect("routes").into_iter().collect(),
+            _serial: serial,
+        }
+    }
+
+    /// `docker network create -d <plugin> --ipam-driver <plugin> <args> <name>`.
+    pub fn network(&self, name: &str, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["network", "create", "-d", self.plugin, "--ipam-driver", self.plugin];
+        argv.extend_from_slice(args);
+        argv.push(name);
+        Ok(docker(&argv)?.trim().to_owned())
+    }
+
+    /// The error of a `docker network create` with our driver that must fail.
+    pub fn network_fails(&self, name: &str, args: &[&str]) -> String {
+        let mut argv = vec!["network", "create", "-d", self.plugin, "--ipam-driver", self.plugin];
+        argv.extend_from_slice(args);
+        argv.push(name);
+        docker_fails(&argv).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Removes containers and networks, then checks the daemon, the kernel and the pins hold
+    /// nothing of them any more.
+    pub fn finish(self, containers: &[&str], networks: &[&str]) {
+        for c in containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in networks {
+            docker(&["network", "rm", n]).expect("network rm");
+        }
+        let daemon = &self.daemon;
+        let check = || -> Result<()> {
+            let endpoints = daemon.endpoints()?;
+            anyhow::ensure!(endpoints.is_empty(), "endpoints left: {endpoints:?}");
+            let networks = daemon.networks()?;
+            anyhow::ensure!(networks.is_empty(), "networks left: {networks:?}");
+            let status: Value = serde_json::from_str(&daemon.cli(&["status", "-o", "json"])?)?;
+            anyhow::ensure!(status["pools"] == 0, "pools left: {status}");
+            let pins = pinned_links(daemon);
+            anyhow::ensure!(pins.is_empty(), "pinned links left: {pins:?}");
+            for map in ["crs_endpoints", "crs_local_ips"] {
+                let n = map_entries(daemon, map)?.len();
+                anyhow::ensure!(n == 0, "{map} still has {n} entries");
+            }
+            // Only the counters of unknown interfaces (endpoint 0) stay.
+            let metrics = map_entries(daemon, "crs_metrics")?;
+            anyhow::ensure!(metrics.len() == 1, "crs_metrics holds {} entries: {metrics:?}", metrics.len());
+            // No address keeps an endpoint's identity (init, or allocated ones).
+            let endpoint_ips: Vec<Value> =
+                map_entries(daemon, "crs_ipcache")?.into_iter().filter(is_endpoint_identity).collect();
+            anyhow::ensure!(endpoint_ips.is_empty(), "ipcache entries of endpoints left: {endpoint_ips:?}");
+            let routes: Vec<String> = our_routes()?.into_iter().filter(|r| !self.baseline_routes.contains(r)).collect();
+            anyhow::ensure!(routes.is_empty(), "routes left: {routes:?}");
+            let links: Vec<String> =
+                host_lxc_links()?.into_iter().filter(|l| !self.baseline_links.contains(l)).collect();
+            anyhow::ensure!(links.is_empty(), "veths left: {links:?}");
+            Ok(())
+        };
+        if let Err(e) = check() {
+            panic!("leak after clean-up: {e:#}\ndaemon log:\n{}", daemon.log_text());
+        }
+    }
+}
+
+pub fn pinned_links(daemon: &Daemon) -> Vec<String> {
+    std::fs::read_dir(daemon.bpf_root.join(format!("v{CRS_LAYOUT_VERSION}/links")))
+        .map(|dir| dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+pub fn map_entries(daemon: &Daemon, map: &str) -> Result<Vec<Value>> {
+    let path = daemon.bpf_root.join(format!("v{CRS_LAYOUT_VERSION}/maps")).join(map);
+    let text = run(&["bpftool", "-j", "map", "dump", "pinned", &path.to_string_lossy()])?;
+    serde_json::from_str(&text).context("bpftool json")
+}
+
+/// Whether a bpftool row of crs_ipcache maps to init (5) or an allocated identity (>= 256).
+pub fn is_endpoint_identity(row: &Value) -> bool {
+    let bytes: Vec<u8> = row["value"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|b| b.as_str().and_then(|h| u8::from_str_radix(h.trim_start_matches("0x"), 16).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let identity = bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+    identity == 5 || (256..1 << 24).contains(&identity)
+}
