@@ -146,7 +146,10 @@ pub fn policy(p: &PolicyRules) -> String {
 }
 
 pub fn status(s: &StatusView) -> String {
-    format!("cilium-rs {}: running, {} networks, {} endpoints, {} pools\n", s.version, s.networks, s.endpoints, s.pools)
+    format!(
+        "cilium-rs {}: running, {} networks, {} endpoints, {} pools; policy revision {}: {} rules, {} entries, {} identities\n",
+        s.version, s.networks, s.endpoints, s.pools, s.policy_revision, s.policy_rules, s.policy_entries, s.identities
+    )
 }
 
 #[cfg(test)]

@@ -74,6 +74,17 @@ pub struct StatusView {
     pub networks: usize,
     pub endpoints: usize,
     pub pools: usize,
+    /// The policy revision the datapath enforces.
+    #[serde(default)]
+    pub policy_revision: u64,
+    #[serde(default)]
+    pub policy_rules: usize,
+    /// Entries of the policy map.
+    #[serde(default)]
+    pub policy_entries: usize,
+    /// Identities policy knows (reserved, endpoint and CIDR ones).
+    #[serde(default)]
+    pub identities: usize,
 }
 
 /// An endpoint without its counters (the datapath adds them).
@@ -157,11 +168,16 @@ pub fn networks(state: &State) -> Vec<NetworkView> {
         .collect()
 }
 
+/// The state's part of the status; the driver adds the policy's.
 pub fn status(state: &State) -> StatusView {
     StatusView {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         networks: state.networks.len(),
         endpoints: state.endpoints.len(),
         pools: state.ipam.pools.len(),
+        policy_revision: 0,
+        policy_rules: 0,
+        policy_entries: 0,
+        identities: 0,
     }
 }

@@ -960,7 +960,13 @@ impl Driver {
     }
 
     pub async fn status(&self) -> StatusView {
-        views::status(&self.state())
+        let mut status = views::status(&self.state());
+        let (revision, rules, entries, identities) = self.policy.summary().await;
+        status.policy_revision = revision;
+        status.policy_rules = rules;
+        status.policy_entries = entries;
+        status.identities = identities;
+        status
     }
 }
 

@@ -216,9 +216,10 @@ impl PolicyEngine {
         self.inner.lock().await.resolver.mode()
     }
 
-    /// Number of policy map entries.
-    pub async fn entry_count(&self) -> usize {
-        self.inner.lock().await.resolver.entries().len()
+    /// Revision, rules, policy map entries and identities, for the status.
+    pub async fn summary(&self) -> (u64, usize, usize, usize) {
+        let inner = self.inner.lock().await;
+        (inner.revision, inner.resolver.rule_count(), inner.resolver.entries().len(), inner.resolver.identities().len())
     }
 
     /// The live rules and the revision.
