@@ -6,7 +6,6 @@
 //! reserved identity and `cidr:10.0.0.0/8` a CIDR identity. In selectors a key without a known
 //! source prefix (`app`) matches that key from any source.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -90,10 +89,23 @@ impl fmt::Display for Label {
     }
 }
 
-/// A set of labels, in canonical (sorted) order: the thing an identity stands for.
+/// A set of labels, in canonical (sorted) order: the thing an identity stands for. Kept as a
+/// sorted vector: label sets are small, and one tree node per set would cost far more.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Labels(pub BTreeSet<Label>);
+#[serde(from = "Vec<Label>", into = "Vec<Label>")]
+pub struct Labels(Vec<Label>);
+
+impl From<Vec<Label>> for Labels {
+    fn from(labels: Vec<Label>) -> Self {
+        labels.into_iter().collect()
+    }
+}
+
+impl From<Labels> for Vec<Label> {
+    fn from(labels: Labels) -> Self {
+        labels.0
+    }
+}
 
 impl Labels {
     pub fn new() -> Self {
@@ -101,7 +113,13 @@ impl Labels {
     }
 
     pub fn insert(&mut self, label: Label) {
-        self.0.insert(label);
+        if let Err(at) = self.0.binary_search(&label) {
+            self.0.insert(at, label);
+        }
+    }
+
+    pub fn contains(&self, label: &Label) -> bool {
+        self.0.binary_search(label).is_ok()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Label> {
@@ -148,9 +166,20 @@ impl Labels {
     }
 }
 
+impl Extend<Label> for Labels {
+    fn extend<I: IntoIterator<Item = Label>>(&mut self, iter: I) {
+        self.0.extend(iter);
+        self.0.sort();
+        self.0.dedup();
+    }
+}
+
 impl FromIterator<Label> for Labels {
     fn from_iter<I: IntoIterator<Item = Label>>(iter: I) -> Self {
-        Labels(iter.into_iter().collect())
+        let mut labels: Vec<Label> = iter.into_iter().collect();
+        labels.sort();
+        labels.dedup();
+        Labels(labels)
     }
 }
 

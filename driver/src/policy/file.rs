@@ -74,7 +74,7 @@ pub fn parse_rules_str(text: &str) -> Result<Vec<Rule>, PolicyError> {
         .map(|(i, found)| {
             let mut rule = Rule::parse(found.value, &found.path)
                 .map_err(|FieldError { path, reason }| PolicyError::Rule { rule: i, total, path, reason })?;
-            rule.labels.0.extend(found.labels);
+            rule.labels.extend(found.labels);
             Ok(rule)
         })
         .collect()
@@ -306,11 +306,11 @@ items:
         let rules = parse_rules_str(yaml).unwrap();
         assert_eq!(rules.len(), 3);
         let name = |n: &str| Label::new("k8s", POLICY_NAME_LABEL, n);
-        assert!(rules[0].labels.0.contains(&name("foo")) && rules[1].labels.0.contains(&name("foo")));
-        assert!(rules[0].labels.0.contains(&Label::new("k8s", POLICY_DERIVED_FROM_LABEL, "CiliumNetworkPolicy")));
+        assert!(rules[0].labels.contains(&name("foo")) && rules[1].labels.contains(&name("foo")));
+        assert!(rules[0].labels.contains(&Label::new("k8s", POLICY_DERIVED_FROM_LABEL, "CiliumNetworkPolicy")));
         let own: Labels = [Label::new("unspec", "own", "label"), name("bar")].into_iter().collect();
         assert!(rules[2].has_labels(&own));
-        assert!(rules[2].labels.0.contains(&Label::new(
+        assert!(rules[2].labels.contains(&Label::new(
             "k8s",
             POLICY_DERIVED_FROM_LABEL,
             "CiliumClusterwideNetworkPolicy"

@@ -9,7 +9,6 @@
 //! `reserved:<name>`: `{}` selects every endpoint and never init, host or world. CIDR
 //! identities are never selected by endpoint selectors.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Serialize, Serializer};
@@ -58,8 +57,9 @@ pub struct Expression {
 /// An endpoint selector. `Selector::default()` (`{}`) selects every endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
-    /// Key (as written, maybe with a source prefix) → value.
-    pub match_labels: BTreeMap<String, String>,
+    /// Key (as written, maybe with a source prefix) → value, sorted by key (a vector: most
+    /// selectors have one or two, and a tree node per selector costs far more).
+    pub match_labels: Vec<(String, String)>,
     pub match_expressions: Vec<Expression>,
 }
 
@@ -101,7 +101,7 @@ impl Selector {
     /// Whether a `matchLabels` entry, an `In` or an `Exists` requires `source:key` explicitly.
     fn names_positively(&self, source: &str, key: &str) -> bool {
         let named = |text: &str| split_source(text) == Some((source, key));
-        self.match_labels.keys().any(|k| named(k))
+        self.match_labels.iter().any(|(k, _)| named(k))
             || self
                 .match_expressions
                 .iter()
@@ -119,9 +119,11 @@ impl Selector {
                 check_key(key, &labels_path)?;
                 let value_path = format!("{labels_path}[{}]", quoted(key));
                 let value = string(value, &value_path)?;
-                selector.match_labels.insert(key.clone(), value.to_owned());
+                selector.match_labels.push((key.clone(), value.to_owned()));
             }
         }
+        // JSON object keys are unique; serde_json hands them over sorted already.
+        selector.match_labels.sort();
         let exprs_path = child(path, "matchExpressions");
         for (i, item) in list(map, "matchExpressions", path)?.iter().enumerate() {
             selector.match_expressions.push(parse_expression(item, &index(&exprs_path, i))?);

@@ -183,13 +183,27 @@ async fn policy_get(State(driver): State<Arc<Driver>>) -> Json<PolicyRules> {
 }
 
 async fn policy_import(State(driver): State<Arc<Driver>>, body: Body) -> Reply<Imported> {
-    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from)?;
-    Ok(Json(driver.policy().import(rules).await?))
+    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from);
+    give_back_memory();
+    let imported = driver.policy().import(rules?).await;
+    give_back_memory();
+    Ok(Json(imported?))
 }
 
 async fn policy_validate(body: Body) -> Reply<Validated> {
-    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from)?;
-    Ok(Json(Validated { rules: rules.len() }))
+    let rules = parse_rules(&body_bytes(body).await?).map_err(PolicyEngineError::from);
+    give_back_memory();
+    Ok(Json(Validated { rules: rules?.len() }))
+}
+
+/// Parsing a big policy file takes tens of megabytes for a moment; glibc keeps freed memory
+/// in its arenas unless told otherwise, and the daemon would stay that big.
+fn give_back_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the system; it has no
+    // preconditions and does not touch live allocations.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn labels(text: &str, default_source: &str, what: &str) -> Result<Labels, Failure> {
