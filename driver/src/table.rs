@@ -37,6 +37,21 @@ fn dash(value: &Option<String>) -> String {
     value.clone().unwrap_or_else(|| "-".to_owned())
 }
 
+/// An endpoint's labels for the table: container labels without their source, the network
+/// label left out (the NETWORK column has it).
+fn labels_cell(labels: &[String]) -> String {
+    let shown: Vec<&str> = labels
+        .iter()
+        .filter(|l| !l.starts_with("docker:network="))
+        .map(|l| l.strip_prefix("container:").unwrap_or(l))
+        .collect();
+    if shown.is_empty() {
+        "-".to_owned()
+    } else {
+        shown.join(",")
+    }
+}
+
 pub fn endpoints(list: &[EndpointView]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -55,6 +70,7 @@ pub fn endpoints(list: &[EndpointView]) -> String {
                 e.counters.ingress.packets.to_string(),
                 e.counters.ingress.bytes.to_string(),
                 e.counters.dropped_packets().to_string(),
+                labels_cell(&e.labels),
             ]
         })
         .collect();

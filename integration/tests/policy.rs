@@ -235,6 +235,8 @@ fn the_host_entity_admits_the_host_and_nobody_else() {
 /// addresses, routing back to the containers through the host; removed on drop.
 struct TestHost {
     ns: String,
+    /// Forwarding sysctls as they were, put back on drop.
+    forwarding: Vec<(String, String)>,
 }
 
 const EXT_HOST4: &str = "198.51.100.2";
@@ -246,7 +248,11 @@ impl TestHost {
         let _ = run(&["ip", "netns", "del", &ns]);
         let _ = run(&["ip", "link", "del", "crsext0"]);
         run(&["ip", "netns", "add", &ns])?;
-        let host = TestHost { ns };
+        let forwarding = ["net.ipv6.conf.all.forwarding", "net.ipv4.ip_forward"]
+            .iter()
+            .map(|key| Ok((key.to_string(), run(&["sysctl", "-n", key])?.trim().to_owned())))
+            .collect::<Result<Vec<_>>>()?;
+        let host = TestHost { ns, forwarding };
         let sh = |cmd: &str| run(&["sh", "-c", cmd]);
         sh(&format!("ip link add crsext0 type veth peer name eth0 netns {}", host.ns))?;
         sh("ip addr add 198.51.100.1/24 dev crsext0 && ip addr add 2001:db8:51::1/64 dev crsext0 nodad")?;
@@ -288,6 +294,9 @@ impl Drop for TestHost {
         });
         let _ = run(&["ip", "link", "del", "crsext0"]);
         let _ = run(&["ip", "netns", "del", &self.ns]);
+        for (key, value) in &self.forwarding {
+            let _ = run(&["sysctl", "-qw", &format!("{key}={value}")]);
+        }
     }
 }
 
