@@ -106,6 +106,13 @@ static __always_inline bool icmp_is_error(__u8 family, __u8 type)
 	       type == ICMP_PARAMETER_PROB_V4;
 }
 
+/* The IPv6 extension headers the parser follows; any other next header ends the chain. */
+static __always_inline bool ipv6_is_ext_header(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS_ || next == IPPROTO_ROUTING_ || next == IPPROTO_DSTOPTS_ ||
+	       next == IPPROTO_AH_ || next == IPPROTO_FRAGMENT_;
+}
+
 /* Neighbour discovery and multicast listener messages: the link's own business. */
 static __always_inline bool icmp6_is_link_control(__u8 type)
 {
@@ -204,23 +211,18 @@ static __always_inline int parse_ipv6(struct __sk_buff *ctx, struct flow *flow)
 	flow->family = IP_FAMILY_V6;
 	next = ip6.nexthdr;
 
+	/* Up to IPV6_MAX_EXT_HEADERS headers are followed; the header after them ends the chain. */
 #pragma unroll
 	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		if (!ipv6_is_ext_header(next))
+			break;
 		switch (next) {
-		case IPPROTO_HOPOPTS_:
-		case IPPROTO_ROUTING_:
-		case IPPROTO_DSTOPTS_:
-			if (bpf_skb_load_bytes(ctx, off, ext, 2) < 0)
-				return DROP_MALFORMED;
-			next = ext[0];
-			off += ((__u32)ext[1] + 1) * 8;
-			continue;
 		case IPPROTO_AH_:
 			if (bpf_skb_load_bytes(ctx, off, ext, 2) < 0)
 				return DROP_MALFORMED;
 			next = ext[0];
 			off += ((__u32)ext[1] + 2) * 4;
-			continue;
+			break;
 		case IPPROTO_FRAGMENT_:
 			if (bpf_skb_load_bytes(ctx, off, ext, 8) < 0)
 				return DROP_MALFORMED;
@@ -232,14 +234,20 @@ static __always_inline int parse_ipv6(struct __sk_buff *ctx, struct flow *flow)
 			else if (frag_off & 1)
 				flow->frag = FLOW_FRAG_FIRST;
 			off += 8;
-			continue;
-		default:
-			flow->proto = next;
-			flow->l4_off = off;
-			return parse_ports(ctx, flow);
+			break;
+		default: /* hop-by-hop, routing, destination options */
+			if (bpf_skb_load_bytes(ctx, off, ext, 2) < 0)
+				return DROP_MALFORMED;
+			next = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+			break;
 		}
 	}
-	return DROP_EXT_HEADERS;
+	if (ipv6_is_ext_header(next))
+		return DROP_EXT_HEADERS;
+	flow->proto = next;
+	flow->l4_off = off;
+	return parse_ports(ctx, flow);
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *ctx, struct flow *flow)
