@@ -89,6 +89,7 @@ pub fn endpoints(list: &[EndpointView]) -> String {
             "RX-PKTS",
             "RX-BYTES",
             "DROPS",
+            "LABELS",
         ],
         &rows,
     )

@@ -1,6 +1,8 @@
 //! Test support for privileged tests: throwaway network namespaces that clean up after themselves.
 #![allow(dead_code)]
 
+pub mod packets;
+
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
