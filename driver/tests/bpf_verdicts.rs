@@ -681,14 +681,14 @@ fn policy_icmp_type_entry_allows_that_type_only() {
                 &[eg(a.n, Forwarded)],
                 "destination unreachable (the allowed type)",
             );
-            // Other types go to another address of the same identity: non-echo ICMP between
-            // two addresses is one flow (no ports), decided by its first packet's type.
-            env.send(&a, &a.tx(remote2(fam), &fam.time_exceeded(&quoted))).expect(
+            // Other types to the same address right after an allowed one: each non-echo type
+            // is a flow of its own, so the allowed one does not let the others through.
+            env.send(&a, &a.tx(remote(fam), &fam.time_exceeded(&quoted))).expect(
                 DROP,
                 &[eg(a.n, PolicyDenied)],
                 "time exceeded (not allowed)",
             );
-            env.send(&a, &a.tx(remote2(fam), &fam.other_icmp())).expect(
+            env.send(&a, &a.tx(remote(fam), &fam.other_icmp())).expect(
                 DROP,
                 &[eg(a.n, PolicyDenied)],
                 "an informational type (not allowed)",
@@ -1760,6 +1760,38 @@ fn fragments_get_the_verdict_of_their_first_fragment() {
             let [first, later] = fragments(fam, x, me, 0x1004, 65003, 5354, [0xfd, 0xeb, 0x14, 0xe9]);
             env.recv(&a, &a.rx_ip(t, &first)).expect(DROP, &[ing(a.n, PolicyDenied)], "inbound first, denied");
             env.recv(&a, &a.rx_ip(t, &later)).expect(DROP, &[ing(a.n, PolicyDenied)], "inbound later, denied");
+        }
+    });
+}
+
+#[test]
+fn ipv6_later_fragments_are_not_parsed_past_their_fragment_header() {
+    with_env("fragext", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, CID, PD::Egress, M::Port(PROTO_UDP, 53));
+        let (me, x) = match (a.ip(Fam::V6), remote(Fam::V6)) {
+            (IpAddr::V6(me), IpAddr::V6(x)) => (me, x),
+            _ => unreachable!("IPv6 addresses"),
+        };
+        for (id, dport, verdict, counted) in [(0x3001, 53, PASS, Forwarded), (0x3002, 54, DROP, PolicyDenied)] {
+            // Destination options after the fragment header: in the first fragment they lead
+            // to the UDP header; in a later one the same next-header value is followed by the
+            // middle of the datagram (here bytes that would read as port 53 → allowed).
+            let first = Ipv6::new(me, x)
+                .ext(Ext::Fragment { id, offset: 0, more: true })
+                .ext(Ext::DstOpts(0))
+                .packet(&L4::udp(65000, dport, &[0x55; 32]));
+            let mut middle = vec![0xfd, 0xe8, 0x00, 0x35];
+            middle.resize(24, 0x66);
+            let later =
+                Ipv6::new(me, x).ext(Ext::Fragment { id, offset: 6, more: false }).packet(&L4::raw(60, &middle));
+            let what = format!("to port {dport}");
+            env.send(&a, &a.tx_ip(ETH_P_IPV6, &first)).expect(verdict, &[eg(a.n, counted)], &format!("first, {what}"));
+            env.send(&a, &a.tx_ip(ETH_P_IPV6, &later)).expect(
+                verdict,
+                &[eg(a.n, counted)],
+                &format!("its later fragment, the first's verdict ({what})"),
+            );
         }
     });
 }

@@ -234,10 +234,12 @@ static __always_inline bool icmp_quoted_flow(struct __sk_buff *ctx, const struct
 		break;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
-		if (icmp_is_echo(inner->family, l4[0])) {
+		/* As crs_parse_flow keys ICMP flows: by echo id, or by type. */
+		if (icmp_is_echo(inner->family, l4[0]))
 			__builtin_memcpy(&inner->sport, &l4[4], 2);
-			inner->dport = inner->sport;
-		}
+		else
+			inner->sport = bpf_htons(l4[0]);
+		inner->dport = inner->sport;
 		break;
 	}
 	return true;

@@ -79,7 +79,8 @@ struct frag_ports {
 	__be16 sport;
 	__be16 dport;
 	__u8 icmp_type;
-	__u8 pad[3];
+	__u8 proto; /* the datagram's L4 protocol (IPv6 later fragments do not show it) */
+	__u8 pad[2];
 };
 
 struct {
@@ -147,8 +148,12 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct flow *flow)
 		flow->icmp_code = hdr[1];
 		if (icmp_is_echo(flow->family, hdr[0])) {
 			__builtin_memcpy(&flow->sport, &hdr[4], 2);
-			flow->dport = flow->sport;
+		} else {
+			/* One flow per type: what policy allows for one type says nothing of
+			 * another. */
+			flow->sport = bpf_htons(hdr[0]);
 		}
+		flow->dport = flow->sport;
 		return FORWARDED;
 	default:
 		return FORWARDED;
@@ -158,13 +163,18 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct flow *flow)
 	return FORWARDED;
 }
 
+/*
+ * The datagram a fragment belongs to: addresses and id, and for IPv4 the protocol (RFC 791
+ * makes the id unique per protocol; an IPv6 fragment id is unique per address pair, and a later
+ * IPv6 fragment does not show the protocol).
+ */
 static __always_inline void frag_key_of(const struct flow *flow, struct frag_key *key)
 {
 	__builtin_memcpy(key->saddr, flow->saddr, 16);
 	__builtin_memcpy(key->daddr, flow->daddr, 16);
 	key->id = flow->frag_id;
 	key->family = flow->family;
-	key->proto = flow->proto;
+	key->proto = flow->family == IP_FAMILY_V6 ? 0 : flow->proto;
 	key->pad = 0;
 }
 
@@ -183,6 +193,7 @@ static __always_inline int parse_ports(struct __sk_buff *ctx, struct flow *flow)
 		flow->sport = known->sport;
 		flow->dport = known->dport;
 		flow->icmp_type = known->icmp_type;
+		flow->proto = known->proto;
 		return FORWARDED;
 	}
 	ret = parse_l4(ctx, flow);
@@ -192,6 +203,7 @@ static __always_inline int parse_ports(struct __sk_buff *ctx, struct flow *flow)
 		ports.sport = flow->sport;
 		ports.dport = flow->dport;
 		ports.icmp_type = flow->icmp_type;
+		ports.proto = flow->proto;
 		bpf_map_update_elem(&crs_frags, &key, &ports, BPF_ANY);
 	}
 	return ret;
@@ -229,11 +241,15 @@ static __always_inline int parse_ipv6(struct __sk_buff *ctx, struct flow *flow)
 			next = ext[0];
 			frag_off = ((__u16)ext[2] << 8) | ext[3];
 			__builtin_memcpy(&flow->frag_id, &ext[4], 4);
-			if (frag_off & 0xfff8)
-				flow->frag = FLOW_FRAG_LATER;
-			else if (frag_off & 1)
-				flow->frag = FLOW_FRAG_FIRST;
 			off += 8;
+			if (frag_off & 0xfff8) {
+				/* What follows is the middle of the datagram, not a header. */
+				flow->frag = FLOW_FRAG_LATER;
+				flow->l4_off = off;
+				return parse_ports(ctx, flow);
+			}
+			if (frag_off & 1)
+				flow->frag = FLOW_FRAG_FIRST;
 			break;
 		default: /* hop-by-hop, routing, destination options */
 			if (bpf_skb_load_bytes(ctx, off, ext, 2) < 0)
