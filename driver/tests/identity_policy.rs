@@ -217,6 +217,12 @@ async fn import_get_delete_and_trace_through_the_api() {
     assert_eq!(t["allowed"], false, "{t}");
     let (_, t) = h.api("POST", api::POLICY_TRACE, trace("id=app3", "80/tcp")).await;
     assert_eq!(t["allowed"], false, "{t}");
+    assert_eq!(t["src"]["known"], false, "no identity carries id=app3: {t}");
+    // Labels that one live identity carries stand for it.
+    let short = json!({"src": "id=app2", "dst": "id=app1", "dport": "80/tcp"}).to_string();
+    let (_, t) = h.api("POST", api::POLICY_TRACE, short).await;
+    assert_eq!((t["allowed"].clone(), t["src"]["identity"].as_u64()), (json!(true), Some(u64::from(app2.0))), "{t}");
+    assert_eq!(t["dst"]["identity"].as_u64(), Some(u64::from(app1.0)), "{t}");
 
     // Importing a rule with the same labels replaces it.
     let again = h.import(APP1_FROM_APP2).await;

@@ -421,10 +421,23 @@ impl PolicyEngine {
         }
     }
 
-    /// The verdict for a flow between two label sets, and the rules that decide it.
+    /// The verdict for a flow between two label sets, and the rules that decide it. A label
+    /// set that exactly one known identity carries (with more labels, say its network) stands
+    /// for that identity.
     pub async fn trace(&self, src: &Labels, dst: &Labels, proto: u8, port: u16) -> Trace {
         let inner = self.inner.lock().await;
-        trace(&inner.resolver, src, dst, proto, port)
+        let known = |given: &Labels| -> Labels {
+            let mut carrying = inner
+                .resolver
+                .identities()
+                .values()
+                .filter(|info| info.cidr.is_none() && given.iter().all(|l| info.labels.contains(l)));
+            match (carrying.next(), carrying.next()) {
+                (Some(one), None) => one.labels.clone(),
+                _ => given.clone(),
+            }
+        };
+        trace(&inner.resolver, &known(src), &known(dst), proto, port)
     }
 
     /// Identity → labels of every identity policy knows (reserved, endpoint and CIDR ones).
