@@ -14,13 +14,20 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use crate::driver::Driver;
-use crate::http_unix::{get_json, HttpError};
+use crate::http_unix::{get_json_within, HttpError};
 use crate::ids::{EndpointId, NetworkId};
 use crate::reconcile::{DockerNetwork, DockerSnapshot};
 use crate::state::now;
 
 /// API version spoken: the newest Docker 20.10 knows; later engines still accept it.
 const API: &str = "/v1.41";
+/// Longest wait for one answer of the Docker API.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn get_json<T: serde::de::DeserializeOwned>(docker: &Path, uri: &str) -> Result<T, HttpError> {
+    get_json_within(docker, uri, CALL_TIMEOUT).await
+}
+
 /// How long to wait between attempts while Docker does not answer.
 const RETRY: Duration = Duration::from_secs(5);
 /// After a new dockerd activated the plugin, wait this long (it replays its own clean-up

@@ -21,6 +21,8 @@ pub enum HttpError {
     Decode { method: Method, uri: String, source: serde_json::Error },
     #[error("build request {uri}: {source}")]
     Build { uri: String, source: hyper::http::Error },
+    #[error("GET {uri} on {path}: no answer within {after:?}")]
+    Timeout { uri: String, path: PathBuf, after: std::time::Duration },
 }
 
 impl HttpError {
@@ -79,6 +81,20 @@ pub async fn get_streaming(socket: &Path, uri: &str) -> Result<hyper::body::Inco
         return Err(HttpError::Status { method: Method::GET, uri: uri.to_owned(), status, body });
     }
     Ok(response.into_body())
+}
+
+/// `get_json` that gives up after `after` (a dockerd that stopped answering must not hold up
+/// background work forever).
+pub async fn get_json_within<T: DeserializeOwned>(
+    socket: &Path,
+    uri: &str,
+    after: std::time::Duration,
+) -> Result<T, HttpError> {
+    tokio::time::timeout(after, get_json(socket, uri)).await.map_err(|_| HttpError::Timeout {
+        uri: uri.to_owned(),
+        path: socket.to_owned(),
+        after,
+    })?
 }
 
 pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, HttpError> {

@@ -269,3 +269,29 @@ fn connect_outside_a_runtime_is_an_error() {
     let err = Netlink::connect().expect_err("no runtime");
     assert!(err.to_string().contains("no tokio runtime"), "{err}");
 }
+
+#[test]
+fn concurrent_dumps_take_turns_instead_of_failing() {
+    in_netns(|| async {
+        uplink("crsup0", 1400);
+        run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "crsup0"]);
+        let netlink = std::sync::Arc::new(connect());
+        // One netlink socket runs one dump at a time; dozens of calls at once must all work
+        // (concurrent Joins and the host address refresh share the socket).
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let netlink = netlink.clone();
+            tasks.push(tokio::spawn(async move {
+                match i % 3 {
+                    0 => netlink.routed_prefixes().await.map(|p| p.len()),
+                    1 => netlink.host_addresses().await.map(|a| a.len()),
+                    _ => netlink.default_route_mtu().await.map(|m| m.map_or(0, |m| m as usize)),
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task").expect("a dump that overlapped another");
+        }
+        assert!(netlink.host_addresses().await.expect("addresses").contains(&ip("10.99.0.1")));
+    });
+}

@@ -130,6 +130,9 @@ pub struct Prefix {
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY):
+    /// dumps of concurrent calls take turns.
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -142,7 +145,7 @@ impl Netlink {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| LinkError::NoRuntime)?;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| LinkError::Connect { source })?;
         runtime.spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, dumps: std::sync::Arc::new(tokio::sync::Mutex::new(())) })
     }
 
     /// Creates the veth pair `host` <-> `peer` in this namespace: both with `mtu`, the peer with
@@ -228,6 +231,7 @@ impl Netlink {
     /// All links whose name starts with `prefix`, with their index, sorted by name (for
     /// leftover scans).
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>, LinkError> {
+        let _turn = self.dumps.lock().await;
         let messages: Vec<LinkMessage> =
             self.handle.link().get().execute().try_collect().await.map_err(fail("dump", "links"))?;
         let mut links: Vec<(String, u32)> = messages
@@ -307,6 +311,7 @@ impl Netlink {
     /// Every address configured on the host's interfaces, both families (the host's own
     /// addresses: identity host in policy).
     pub async fn host_addresses(&self) -> Result<Vec<IpAddr>, LinkError> {
+        let _turn = self.dumps.lock().await;
         let messages: Vec<AddressMessage> =
             self.handle.address().get().execute().try_collect().await.map_err(fail("dump", "addresses"))?;
         let mut addresses: Vec<IpAddr> = messages
@@ -373,6 +378,7 @@ impl Netlink {
         let mut request = RouteMessage::default();
         request.header.address_family = family;
         let what = if family == AddressFamily::Inet { "ipv4 routes" } else { "ipv6 routes" };
+        let _turn = self.dumps.lock().await;
         let routes: Vec<RouteMessage> =
             self.handle.route().get(request).execute().try_collect().await.map_err(fail("dump", what))?;
         Ok(routes.into_iter().filter(|route| table(route) == u32::from(RouteHeader::RT_TABLE_MAIN)).collect())
