@@ -153,6 +153,9 @@ pub struct Driver {
     reconcile_soon: tokio::sync::Notify,
     policy: PolicyEngine,
     identities: IdentityAllocator,
+    /// Allocation and its policy entries, and release and their removal, each happen as one
+    /// step: a number freed and handed out again in between must not lose its entries.
+    identity_turns: tokio::sync::Mutex<()>,
     /// Wakes the identity resolution: an endpoint joined and waits for its labels.
     joined: tokio::sync::Notify,
     /// When each endpoint still waiting for its identity joined, and how long the identity
@@ -192,6 +195,7 @@ impl Driver {
             reconcile_soon: tokio::sync::Notify::new(),
             policy,
             identities,
+            identity_turns: tokio::sync::Mutex::new(()),
             joined: tokio::sync::Notify::new(),
             identity_timing: Mutex::new(IdentityTiming::default()),
         };
@@ -715,16 +719,21 @@ impl Driver {
             timing.joined_at.remove(id);
             timing.resolved_after.remove(id);
         }
-        if let Err(e) = self.release_identity(endpoint.identity).await {
+        if let Err(e) = self.release_identity(endpoint.identity, &endpoint.labels).await {
             warn!(endpoint = id.short(), error = %e, "release identity");
         }
         DatapathError::collect(errors).map_err(DriverError::from)
     }
 
-    /// Drops one reference on an allocated identity; the last one takes it out of policy.
-    async fn release_identity(&self, identity: Identity) -> Result<(), DriverError> {
-        if identity.is_endpoint() && self.identities.release(identity).await? {
-            self.policy.remove_identity(identity).await?;
+    /// Drops one reference on an allocated identity (of `labels`); the last one takes it out
+    /// of policy.
+    async fn release_identity(&self, identity: Identity, labels: &Labels) -> Result<(), DriverError> {
+        if !identity.is_endpoint() {
+            return Ok(());
+        }
+        let _turn = self.identity_turns.lock().await;
+        if self.identities.release(identity).await? {
+            self.policy.remove_identity(identity, labels).await?;
             debug!(%identity, "identity freed");
         }
         Ok(())
@@ -756,10 +765,13 @@ impl Driver {
             }
             return Ok(endpoint.identity);
         }
+        let turn = self.identity_turns.lock().await;
         let identity = self.identities.allocate(&labels).await?;
+        // Its policy entries exist before any packet carries the identity.
+        let known = self.policy.add_identity(identity, &labels).await;
+        drop(turn);
         let assigned = async {
-            // Its policy entries exist before any packet carries the identity.
-            self.policy.add_identity(identity, &labels).await?;
+            known?;
             let updated =
                 Endpoint { identity, labels: labels.clone(), container: Some(container.clone()), ..endpoint.clone() };
             if let Some(desired) = updated.desired(true) {
@@ -780,7 +792,7 @@ impl Driver {
         }
         .await;
         if let Err(e) = assigned {
-            self.release_identity(identity).await?;
+            self.release_identity(identity, &labels).await?;
             return Err(e);
         }
         let after = {
@@ -791,7 +803,7 @@ impl Driver {
             }
             after
         };
-        self.release_identity(endpoint.identity).await?;
+        self.release_identity(endpoint.identity, &endpoint.labels).await?;
         info!(
             endpoint = id.short(),
             container = %container.name,

@@ -390,9 +390,13 @@ impl PolicyEngine {
         Ok(())
     }
 
-    /// Forgets an identity nothing uses any more.
-    pub async fn remove_identity(&self, identity: Identity) -> Result<(), PolicyEngineError> {
+    /// Forgets a freed identity if it still stands for `labels` (its number may already have
+    /// been handed to another label set, whose entries stay).
+    pub async fn remove_identity(&self, identity: Identity, labels: &Labels) -> Result<(), PolicyEngineError> {
         let mut inner = self.inner.lock().await;
+        if inner.resolver.identities().get(&identity).is_none_or(|info| &info.labels != labels) {
+            return Ok(());
+        }
         if inner.resolver.remove_identity(identity).is_some() {
             self.datapath.apply_policy(inner.view()).await?;
         }
