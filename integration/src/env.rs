@@ -21,6 +21,8 @@ pub struct Env {
     /// Veths and routes that existed before the test (another daemon's): not ours to judge.
     baseline_links: BTreeSet<String>,
     baseline_routes: BTreeSet<String>,
+    /// Names of this test's containers and networks start with it.
+    prefix: String,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -37,6 +39,7 @@ impl Env {
             plugin,
             baseline_links: host_lxc_links().expect("links").into_iter().collect(),
             baseline_routes: our_routes().expect("routes").into_iter().collect(),
+            prefix: prefix.to_owned(),
             _serial: serial,
         }
     }
@@ -96,6 +99,16 @@ impl Env {
         };
         if let Err(e) = check() {
             panic!("leak after clean-up: {e:#}\ndaemon log:\n{}", daemon.log_text());
+        }
+    }
+}
+
+impl Drop for Env {
+    /// A test that failed half-way removes its containers and networks while its daemon still
+    /// runs, so their veths, routes and pins go with them instead of outliving the test.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            remove_docker_leftovers(&self.prefix);
         }
     }
 }
