@@ -1,4 +1,4 @@
-//! Build script: compiles the C datapath (`bpf/endpoint.c`) with clang into `$OUT_DIR/endpoint.o`.
+//! Build script: compiles the C datapath (`bpf/datapath.c`) with clang into `$OUT_DIR/datapath.o`.
 
 use std::env;
 use std::ffi::OsString;
@@ -37,8 +37,8 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let source = bpf_dir.join("endpoint.c");
-    let object = out_dir.join("endpoint.o");
+    let source = bpf_dir.join("datapath.c");
+    let object = out_dir.join("datapath.o");
     let mut cmd = Command::new(&clang);
     cmd.args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Wextra", "-Werror"])
         .arg("-I")

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * The endpoint programs, attached to the host side of every endpoint veth (docs/datapath.md):
  * crs_from_container on tc ingress (what the container sends), crs_to_container on tc egress
@@ -22,6 +22,7 @@
 #include "ipv4.h"
 #include "ipv6.h"
 #include "metrics.h"
+#include "nat.h"
 #include "policy.h"
 
 /* Counts a packet the container sent as forwarded and hands it to the host stack. */
@@ -29,6 +30,76 @@ static __always_inline int pass_to_stack(const struct __sk_buff *ctx, __u32 endp
 {
 	metrics_update(endpoint_id, FORWARDED, METRIC_EGRESS, ctx->len);
 	return CTX_ACT_OK;
+}
+
+/*
+ * Sends a packet to the outside world through an egress interface, past the host stack (and
+ * its netfilter FORWARD chain): the route the kernel would take, the next hop's MAC resolved
+ * by the neighbour table, and the egress interface's crs_to_world masquerading it. A route
+ * that does not leave through an egress interface, or an expiring TTL, is the host stack's.
+ */
+static __always_inline int forward_to_world(struct __sk_buff *ctx, const struct endpoint_info *ep,
+					    const struct flow *flow)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	void *data = ctx_data(ctx);
+	void *data_end = ctx_data_end(ctx);
+	long ret;
+
+	fib.ifindex = ctx->ifindex;
+	fib.l4_protocol = flow->proto;
+	if (flow->family == IP_FAMILY_V6) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		if (ip6->hop_limit <= 1)
+			return pass_to_stack(ctx, ep->endpoint_id);
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
+	} else {
+		struct iphdr *ip4 = data + ETH_HLEN;
+
+		if ((void *)(ip4 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		if (ip4->ttl <= 1)
+			return pass_to_stack(ctx, ep->endpoint_id);
+		fib.family = AF_INET;
+		fib.tos = ip4->tos;
+		fib.ipv4_src = ip4->saddr;
+		fib.ipv4_dst = ip4->daddr;
+	}
+	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS || !lookup_egress(fib.ifindex))
+		return pass_to_stack(ctx, ep->endpoint_id);
+
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	if (flow->family == IP_FAMILY_V6) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		ip6->hop_limit--;
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+	} else {
+		struct iphdr *ip4 = data + ETH_HLEN;
+
+		if ((void *)(ip4 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		ipv4_set_ttl(ip4, ip4->ttl - 1);
+		/* An IPv4 route may have an IPv6 next hop (RFC 5549). */
+		nh.nh_family = fib.family;
+		if (fib.family == AF_INET6)
+			__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+		else
+			nh.ipv4_nh = fib.ipv4_dst;
+	}
+	metrics_update(ep->endpoint_id, FORWARDED, METRIC_EGRESS, ctx->len);
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 }
 
 /*
@@ -175,11 +246,15 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 			dst_ep = lookup_endpoint(dst->ifindex);
 	}
 	dst_identity = dst_ep ? dst_ep->identity : stack_identity6(&ip6->daddr);
+	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
+		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
 	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
 			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	if (identity_is_outside(dst_identity))
+		return forward_to_world(ctx, ep, &flow);
 	if (!dst || !dst_ep)
 		return pass_to_stack(ctx, ep->endpoint_id);
 
@@ -246,11 +321,15 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 			dst_ep = lookup_endpoint(dst->ifindex);
 	}
 	dst_identity = dst_ep ? dst_ep->identity : stack_identity4(daddr, ep);
+	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
+		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
 	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
 			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	if (identity_is_outside(dst_identity))
+		return forward_to_world(ctx, ep, &flow);
 	if (!dst || !dst_ep)
 		return pass_to_stack(ctx, ep->endpoint_id);
 
@@ -333,5 +412,3 @@ int crs_to_container(struct __sk_buff *ctx)
 	metrics_update(endpoint_id, FORWARDED, METRIC_INGRESS, ctx->len);
 	return CTX_ACT_OK;
 }
-
-char __license[] SEC("license") = "Apache-2.0";

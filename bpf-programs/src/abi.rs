@@ -10,12 +10,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Version of the pinned map layout; part of the pin path (`<bpf-root>/v<N>/`), so a daemon
 /// never reuses maps pinned with another layout.
-pub const CRS_LAYOUT_VERSION: u32 = 3;
+pub const CRS_LAYOUT_VERSION: u32 = 4;
 
 /// `EndpointInfo::flags`: the endpoint has an IPv4 address.
 pub const ENDPOINT_F_IPV4: u32 = 1;
 /// `EndpointInfo::flags`: the endpoint has an IPv6 address.
 pub const ENDPOINT_F_IPV6: u32 = 2;
+/// `EndpointInfo::flags`: its network is `--internal`: nothing to or from outside the host.
+pub const ENDPOINT_F_INTERNAL: u32 = 4;
+/// `EndpointInfo::flags`: its network is routed: it reaches outside with its own address.
+pub const ENDPOINT_F_NO_MASQUERADE: u32 = 8;
 
 /// `IpKey::family` of an IPv4 address.
 pub const IP_FAMILY_V4: u8 = 4;
@@ -43,9 +47,26 @@ pub const MAP_CONFIG: &str = "crs_config";
 pub const MAP_CT: &str = "crs_ct";
 /// Ports of fragmented datagrams, LRU (the daemon never writes it).
 pub const MAP_FRAGS: &str = "crs_frags";
-/// Every pinned map of the endpoint object.
-pub const MAP_NAMES: [&str; 8] =
-    [MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS, MAP_IPCACHE, MAP_POLICY, MAP_CONFIG, MAP_CT, MAP_FRAGS];
+/// Egress interfaces: ifindex (`u32`) → [`EgressIface`].
+pub const MAP_EGRESS: &str = "crs_egress";
+/// Translated flows as endpoints send them, LRU: [`NatKey`] → [`NatEntry`].
+pub const MAP_NAT_OUT: &str = "crs_nat_out";
+/// Translated flows as they arrive from outside, LRU: [`NatKey`] → [`NatEntry`].
+pub const MAP_NAT_IN: &str = "crs_nat_in";
+/// Every pinned map of the datapath object.
+pub const MAP_NAMES: [&str; 11] = [
+    MAP_ENDPOINTS,
+    MAP_LOCAL_IPS,
+    MAP_METRICS,
+    MAP_IPCACHE,
+    MAP_POLICY,
+    MAP_CONFIG,
+    MAP_CT,
+    MAP_FRAGS,
+    MAP_EGRESS,
+    MAP_NAT_OUT,
+    MAP_NAT_IN,
+];
 
 /// `max_entries` of the maps, as declared in the C definitions.
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 65_536;
@@ -59,6 +80,12 @@ pub const IPCACHE_MAX_ENTRIES: u32 = 262_144;
 pub const POLICY_MAX_ENTRIES: u32 = 524_288;
 /// `max_entries` of `crs_ct`.
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// `max_entries` of `crs_egress`.
+pub const EGRESS_MAX_ENTRIES: u32 = 64;
+/// `max_entries` of `crs_nat_out` and of `crs_nat_in`.
+pub const NAT_MAX_ENTRIES: u32 = 262_144;
+/// Ports a new flow tries before it is dropped as `NAT_NO_PORT`.
+pub const NAT_PORT_TRIES: u32 = 32;
 /// Drop-reason slots per direction in [`EndpointMetrics`].
 pub const METRICS_REASONS: usize = 32;
 
@@ -84,10 +111,21 @@ pub const CT_F_INGRESS_OK: u32 = 0x04;
 pub const CT_F_SEEN_REPLY: u32 = 0x08;
 pub const CT_F_CLOSING: u32 = 0x40;
 
+/// `EgressIface::flags`: `ipv4` is set.
+pub const EGRESS_F_IPV4: u32 = 1;
+/// `EgressIface::flags`: `ipv6` is set.
+pub const EGRESS_F_IPV6: u32 = 2;
+/// `NatEntry::flags`: masquerading of a flow an endpoint opened.
+pub const NAT_F_SNAT: u8 = 1;
+
 /// Program attached to tc ingress of the host-side veth (packets the container sends).
 pub const PROG_FROM_CONTAINER: &str = "crs_from_container";
 /// Program attached to tc egress of the host-side veth (packets to the container).
 pub const PROG_TO_CONTAINER: &str = "crs_to_container";
+/// Program attached to tc ingress of an egress interface (packets from outside).
+pub const PROG_FROM_WORLD: &str = "crs_from_world";
+/// Program attached to tc egress of an egress interface (packets leaving the host).
+pub const PROG_TO_WORLD: &str = "crs_to_world";
 
 /// Value of `crs_endpoints` (C `struct endpoint_info`, 48 bytes).
 #[repr(C)]
@@ -374,6 +412,81 @@ pub struct DatapathConfig {
     pub policy_revision: u32,
     /// Always zero.
     pub flags: u32,
+    /// First source port (and ICMP echo id) masquerading hands out; 0 until configured.
+    pub nat_port_min: u16,
+    /// Last one, inclusive.
+    pub nat_port_max: u16,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Value of `crs_egress` (C `struct egress_iface`, 24 bytes): the addresses endpoints leave an
+/// egress interface with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EgressIface {
+    /// [`EGRESS_F_IPV4`] | [`EGRESS_F_IPV6`]: which addresses are set.
+    pub flags: u32,
+    /// Network order (C `__be32`).
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+}
+
+impl EgressIface {
+    pub fn new(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> Self {
+        Self {
+            flags: ipv4.map_or(0, |_| EGRESS_F_IPV4) | ipv6.map_or(0, |_| EGRESS_F_IPV6),
+            ipv4: ipv4.map_or([0; 4], |a| a.octets()),
+            ipv6: ipv6.map_or([0; 16], |a| a.octets()),
+        }
+    }
+
+    pub fn ipv4_addr(&self) -> Option<Ipv4Addr> {
+        (self.flags & EGRESS_F_IPV4 != 0).then(|| Ipv4Addr::from(self.ipv4))
+    }
+
+    pub fn ipv6_addr(&self) -> Option<Ipv6Addr> {
+        (self.flags & EGRESS_F_IPV6 != 0).then(|| Ipv6Addr::from(self.ipv6))
+    }
+}
+
+/// Key of `crs_nat_out` and `crs_nat_in` (C `struct nat_key`, 40 bytes): one direction of a
+/// translated flow. Addresses as in [`IpKey`]; ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NatKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub family: u8,
+    pub proto: u8,
+    pub pad: u16,
+}
+
+impl NatKey {
+    /// Source address, port, destination address, port (`None` for an unknown family).
+    pub fn endpoints(&self) -> Option<((IpAddr, u16), (IpAddr, u16))> {
+        let ip = |addr: &[u8; 16]| IpKey { family: self.family, pad: [0; 3], addr: *addr }.ip();
+        Some(((ip(&self.saddr)?, u16::from_be_bytes(self.sport)), (ip(&self.daddr)?, u16::from_be_bytes(self.dport))))
+    }
+}
+
+/// Value of `crs_nat_out` and `crs_nat_in` (C `struct nat_entry`, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatEntry {
+    /// Out: the source the flow leaves with; in: the endpoint's address (as in [`IpKey`]).
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: [u8; 2],
+    /// `NAT_F_*`.
+    pub flags: u8,
+    pub pad: u8,
+    /// The egress interface of the mapping.
+    pub ifindex: u32,
+    /// `bpf_ktime_get_coarse_ns()` at creation.
+    pub created: u64,
 }
 
 /// Key of `crs_ct` (C `struct ct_key`, 40 bytes): a flow's addresses and ports in canonical
@@ -467,11 +580,22 @@ pub enum DropReason {
     FragmentUnknown = 8,
     /// More IPv6 extension headers than the datapath parses.
     ExtHeaders = 9,
+    /// To or from outside the host, on an `--internal` network.
+    InternalNetwork = 10,
+    /// Every port of the NAT range is taken for this remote address, port and protocol.
+    NatNoPort = 11,
+    /// The egress interface has no address of the packet's family to masquerade to.
+    NatNoAddress = 12,
+    /// A protocol masquerading cannot translate (not TCP, UDP or ICMP echo).
+    NatUnsupported = 13,
+    /// From outside to a masqueraded endpoint's own address: only replies and published
+    /// ports reach it.
+    NotPublished = 14,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 15] = [
         Self::Forwarded,
         Self::Malformed,
         Self::SpoofedSource,
@@ -482,6 +606,11 @@ impl DropReason {
         Self::PolicyDenyRule,
         Self::FragmentUnknown,
         Self::ExtHeaders,
+        Self::InternalNetwork,
+        Self::NatNoPort,
+        Self::NatNoAddress,
+        Self::NatUnsupported,
+        Self::NotPublished,
     ];
 
     /// The reason with this numeric value.
@@ -497,6 +626,11 @@ impl DropReason {
             7 => Some(Self::PolicyDenyRule),
             8 => Some(Self::FragmentUnknown),
             9 => Some(Self::ExtHeaders),
+            10 => Some(Self::InternalNetwork),
+            11 => Some(Self::NatNoPort),
+            12 => Some(Self::NatNoAddress),
+            13 => Some(Self::NatUnsupported),
+            14 => Some(Self::NotPublished),
             _ => None,
         }
     }
@@ -514,6 +648,11 @@ impl DropReason {
             Self::PolicyDenyRule => "POLICY_DENY_RULE",
             Self::FragmentUnknown => "FRAGMENT_UNKNOWN",
             Self::ExtHeaders => "EXT_HEADERS",
+            Self::InternalNetwork => "INTERNAL_NETWORK",
+            Self::NatNoPort => "NAT_NO_PORT",
+            Self::NatNoAddress => "NAT_NO_ADDRESS",
+            Self::NatUnsupported => "NAT_UNSUPPORTED",
+            Self::NotPublished => "NOT_PUBLISHED",
         }
     }
 
@@ -546,8 +685,14 @@ unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for PolicyData {}
 // SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for PolicyValue {}
-// SAFETY: as above: `repr(C)`, two `u32`s, layout asserted below.
+// SAFETY: as above: `repr(C)`, integer fields only, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for DatapathConfig {}
+// SAFETY: as above: `repr(C)`, a `u32` and byte arrays, layout asserted below.
+unsafe impl aya::Pod for EgressIface {}
+// SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for NatKey {}
+// SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for NatEntry {}
 // SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above: `repr(C)`, `u64`s then two `u32`s, layout asserted below.
@@ -590,7 +735,24 @@ const _: () = assert!(offset_of!(PolicyData, port) == 10);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(offset_of!(PolicyValue, rule) == 4);
 
-const _: () = assert!(size_of::<DatapathConfig>() == 8);
+const _: () = assert!(size_of::<DatapathConfig>() == 16);
+const _: () = assert!(offset_of!(DatapathConfig, nat_port_min) == 8);
+const _: () = assert!(offset_of!(DatapathConfig, nat_port_max) == 10);
+
+const _: () = assert!(size_of::<EgressIface>() == 24);
+const _: () = assert!(offset_of!(EgressIface, ipv4) == 4);
+const _: () = assert!(offset_of!(EgressIface, ipv6) == 8);
+
+const _: () = assert!(size_of::<NatKey>() == 40);
+const _: () = assert!(offset_of!(NatKey, sport) == 32);
+const _: () = assert!(offset_of!(NatKey, dport) == 34);
+const _: () = assert!(offset_of!(NatKey, family) == 36);
+const _: () = assert!(offset_of!(NatKey, proto) == 37);
+const _: () = assert!(size_of::<NatEntry>() == 32);
+const _: () = assert!(offset_of!(NatEntry, port) == 16);
+const _: () = assert!(offset_of!(NatEntry, flags) == 18);
+const _: () = assert!(offset_of!(NatEntry, ifindex) == 20);
+const _: () = assert!(offset_of!(NatEntry, created) == 24);
 
 const _: () = assert!(size_of::<CtKey>() == 40);
 const _: () = assert!(offset_of!(CtKey, port_lo) == 32);
@@ -609,7 +771,7 @@ mod tests {
             assert_eq!(DropReason::from_u8(i as u8), Some(*reason));
             assert_eq!(reason.to_string(), reason.name());
         }
-        assert_eq!(DropReason::from_u8(10), None);
+        assert_eq!(DropReason::from_u8(15), None);
         assert_eq!(DropReason::SpoofedSource.name(), "SPOOFED_SOURCE");
         assert!(!DropReason::Forwarded.is_drop());
         assert!(DropReason::UnknownEndpoint.is_drop());

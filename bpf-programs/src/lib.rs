@@ -2,5 +2,5 @@
 
 pub mod abi;
 
-/// The compiled endpoint programs (`bpf/endpoint.c`), embedded at build time.
-pub static ENDPOINT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint.o"));
+/// The compiled datapath (`bpf/datapath.c`: endpoint and egress-interface programs), embedded at build time.
+pub static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));

@@ -45,6 +45,16 @@ pub struct Endpoint {
     /// The labels `identity` was allocated for (empty while init).
     #[serde(default)]
     pub labels: Labels,
+    /// From its network (fixed at creation): `--internal`, nothing to or from outside.
+    #[serde(default)]
+    pub internal: bool,
+    /// From its network: what it sends outside leaves with the egress interface's address.
+    #[serde(default = "masquerade_by_default")]
+    pub masquerade: bool,
+}
+
+fn masquerade_by_default() -> bool {
+    true
 }
 
 /// The container an endpoint belongs to.
@@ -100,6 +110,8 @@ impl Endpoint {
             ipv6: self.ipv6,
             gateway_ipv4: self.gateway_ipv4,
             identity: self.identity,
+            internal: self.internal,
+            masquerade: self.masquerade,
             deliver,
         })
     }
@@ -190,6 +202,8 @@ mod tests {
             identity: Identity::INIT,
             container: None,
             labels: Labels::new(),
+            internal: false,
+            masquerade: true,
         }
     }
 

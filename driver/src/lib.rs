@@ -4,6 +4,7 @@ pub mod cli;
 pub mod datapath;
 pub mod docker;
 pub mod driver;
+pub mod egress;
 pub mod endpoint;
 pub mod http_unix;
 pub mod identity;

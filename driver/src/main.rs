@@ -13,6 +13,7 @@ use cilium_rs::cli::{self, Output};
 use cilium_rs::datapath::bpf::AttachMode;
 use cilium_rs::datapath::linux::LinuxDatapath;
 use cilium_rs::driver::{Driver, DriverConfig};
+use cilium_rs::egress::{self, EgressChoice, PortRange};
 use cilium_rs::ipam::IpamConfig;
 use cilium_rs::labels::LabelFilter;
 use cilium_rs::policy::EnforcementMode;
@@ -187,6 +188,15 @@ struct DaemonArgs {
     /// Seconds between reads of the host's addresses (identity host).
     #[arg(long, env = "CILIUM_RS_HOST_ADDRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     host_address_interval: u64,
+    /// Interfaces that lead outside: `auto` (those holding a default route, followed as they
+    /// change), `none`, or names separated by commas. Endpoints reach outside through them,
+    /// masqueraded to their addresses.
+    #[arg(long, env = "CILIUM_RS_EGRESS_INTERFACE", default_value = "auto", value_parser = str::parse::<EgressChoice>)]
+    egress_interface: EgressChoice,
+    /// Source ports masquerading hands out (FIRST-LAST); must lie outside the host's
+    /// ephemeral ports (net.ipv4.ip_local_port_range).
+    #[arg(long, env = "CILIUM_RS_NAT_PORT_RANGE", default_value = "61000-65535", value_parser = str::parse::<PortRange>)]
+    nat_port_range: PortRange,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug".
     #[arg(long, env = "CILIUM_RS_LOG", default_value = "info")]
     log: String,
@@ -249,8 +259,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
             EnforcementArg::Never => EnforcementMode::Never,
         },
         labels: LabelFilter::new(&args.label_include, &args.label_exclude),
+        egress: args.egress_interface.clone(),
+        nat_ports: args.nat_port_range,
     };
     config.ipam.validate()?;
+    egress::check_nat_ports(args.nat_port_range, egress::host_ephemeral_ports().map_err(anyhow::Error::msg)?)
+        .map_err(anyhow::Error::msg)?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
     // calls queue in the backlog until the state is restored.
     let plugin = match Socket::from_systemd(&args.plugin_socket)? {
@@ -263,6 +277,11 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         AttachModeArg::Tc => AttachMode::Netlink,
         AttachModeArg::Tcx => AttachMode::Tcx,
     };
+    if args.egress_interface != EgressChoice::None {
+        for switch in egress::enable_forwarding().map_err(anyhow::Error::msg)? {
+            tracing::info!(%switch, "turned on forwarding: endpoints reach outside through the host");
+        }
+    }
     let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
     let driver = Arc::new(Driver::start(config, Arc::new(datapath), Arc::new(store)).await?);
     // The host's addresses are policy's `host` before the first request is served.
@@ -279,6 +298,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         )),
         tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker_socket.clone())),
         tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
+        tokio::spawn(sweep_nat(driver.clone())),
     ];
     server::serve(driver, plugin, api, shutdown_signal()).await?;
     for task in tasks {
@@ -288,18 +308,43 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Keeps the host's own addresses (identity host) in policy as they change.
+/// Keeps the host's own addresses (identity host) in policy, and the egress interfaces with
+/// their addresses in the datapath, as they change.
 async fn refresh_host_addresses(driver: Arc<Driver>, period: Duration) {
-    let mut failing = false;
+    let mut failing = [false, false];
     loop {
         tokio::time::sleep(period).await;
-        match driver.refresh_host_addresses().await {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "read the host's addresses");
-                failing = true;
+        let results = [
+            ("read the host's addresses", driver.refresh_host_addresses().await),
+            ("egress interfaces", driver.refresh_egress().await),
+        ];
+        for ((what, result), failing) in results.into_iter().zip(&mut failing) {
+            match result {
+                Ok(()) => *failing = false,
+                Err(e) if !*failing => {
+                    tracing::warn!(error = %e, "{what}");
+                    *failing = true;
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
+        }
+    }
+}
+
+/// How often translations of endpoints that went are looked for without being asked.
+const NAT_SWEEP_PERIOD: Duration = Duration::from_secs(60);
+
+/// Removes the translations of endpoints that went (soon after one goes, and periodically).
+async fn sweep_nat(driver: Arc<Driver>) {
+    loop {
+        tokio::select! {
+            _ = driver.endpoint_removed() => {}
+            _ = tokio::time::sleep(NAT_SWEEP_PERIOD) => {}
+        }
+        match driver.sweep_nat().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "NAT entries of removed endpoints swept"),
+            Err(e) => tracing::warn!(error = %e, "sweep NAT entries"),
         }
     }
 }

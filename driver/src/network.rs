@@ -9,6 +9,8 @@ use crate::ipam::PoolId;
 
 /// `-o mtu=…` and its long form.
 pub const MTU_OPTIONS: [&str; 2] = ["mtu", "com.docker.network.driver.mtu"];
+/// `-o cilium-rs.masquerade=false`: the network's subnets are routed to the host.
+pub const MASQUERADE_OPTION: &str = "cilium-rs.masquerade";
 pub const MIN_MTU: u32 = 1280;
 pub const MAX_MTU: u32 = 65535;
 
@@ -21,9 +23,17 @@ pub struct Network {
     pub driver_ipv6_pool: Option<PoolId>,
     pub ipv6_enabled: bool,
     pub internal: bool,
+    /// From `-o cilium-rs.masquerade=`: what endpoints send outside leaves with the egress
+    /// interface's address (false: the network is routed to the host, addresses stay).
+    #[serde(default = "masquerade_by_default")]
+    pub masquerade: bool,
     /// From `-o mtu=`; `None` means the host's default-route MTU at Join time.
     pub mtu: Option<u32>,
     pub created_at: u64,
+}
+
+fn masquerade_by_default() -> bool {
+    true
 }
 
 impl Network {
@@ -38,11 +48,18 @@ impl Network {
 }
 
 /// Options of `docker network create` that matter to the driver.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkOptions {
     pub ipv6_enabled: bool,
     pub internal: bool,
+    pub masquerade: bool,
     pub mtu: Option<u32>,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions { ipv6_enabled: false, internal: false, masquerade: true, mtu: None }
+    }
 }
 
 /// Reads the CreateNetwork `Options` map: `enable_ipv6` and `internal` (JSON booleans) and the
@@ -58,7 +75,7 @@ pub fn parse_options(options: &Map<String, Value>) -> Result<NetworkOptions, Str
     let mut parsed = NetworkOptions {
         ipv6_enabled: flag(plugin_spec::OPTION_ENABLE_IPV6)?,
         internal: flag(plugin_spec::OPTION_INTERNAL)?,
-        mtu: None,
+        ..NetworkOptions::default()
     };
     let generic = match options.get(plugin_spec::OPTION_GENERIC) {
         None | Some(Value::Null) => return Ok(parsed),
@@ -73,9 +90,16 @@ pub fn parse_options(options: &Map<String, Value>) -> Result<NetworkOptions, Str
         };
         if MTU_OPTIONS.contains(&key.as_str()) {
             parsed.mtu = Some(parse_mtu(&text).map_err(|e| format!("invalid -o {key}={}: {e}", text.trim()))?);
+        } else if key == MASQUERADE_OPTION {
+            parsed.masquerade = match text.trim() {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("invalid -o {key}={}: must be true or false", quoted(other))),
+            };
         } else {
             return Err(format!(
-                "unknown driver option {}: cilium-rs knows only -o mtu=<{MIN_MTU}-{MAX_MTU}>",
+                "unknown driver option {}: cilium-rs knows only -o mtu=<{MIN_MTU}-{MAX_MTU}> and \
+                 -o {MASQUERADE_OPTION}=true|false",
                 quoted(key)
             ));
         }
@@ -104,11 +128,11 @@ mod tests {
     fn reads_dockerd_options() {
         let parsed = parse_options(&opts(json!({
             "com.docker.network.enable_ipv6": true,
-            "com.docker.network.generic": {"mtu": "1400"},
+            "com.docker.network.generic": {"mtu": "1400", "cilium-rs.masquerade": "false"},
             "com.docker.network.internal": true
         })))
         .expect("valid");
-        assert_eq!(parsed, NetworkOptions { ipv6_enabled: true, internal: true, mtu: Some(1400) });
+        assert_eq!(parsed, NetworkOptions { ipv6_enabled: true, internal: true, masquerade: false, mtu: Some(1400) });
         let parsed =
             parse_options(&opts(json!({"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}})))
                 .expect("valid");
@@ -124,5 +148,8 @@ mod tests {
         assert!(err.starts_with("unknown driver option \"mtuu\""), "{err}");
         let err = parse_options(&opts(json!({"com.docker.network.enable_ipv6": "yes"}))).expect_err("must fail");
         assert!(err.contains("must be a boolean"), "{err}");
+        let err = parse_options(&opts(json!({"com.docker.network.generic": {"cilium-rs.masquerade": "no"}})))
+            .expect_err("must fail");
+        assert_eq!(err, "invalid -o cilium-rs.masquerade=\"no\": must be true or false");
     }
 }

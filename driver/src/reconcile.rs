@@ -156,6 +156,7 @@ mod tests {
                 driver_ipv6_pool: None,
                 ipv6_enabled: false,
                 internal: false,
+                masquerade: true,
                 mtu: None,
                 created_at: 0,
             },
@@ -180,6 +181,8 @@ mod tests {
                 identity: crate::identity::Identity::INIT,
                 container: None,
                 labels: crate::labels::Labels::new(),
+                internal: false,
+                masquerade: true,
             },
         );
         (state, pool)

@@ -1,6 +1,8 @@
 //! Verdicts of the endpoint programs on crafted frames (BPF_PROG_TEST_RUN), checked against
 //! docs/datapath.md: policy lookup, local delivery, connection tracking, related ICMP errors,
-//! the parser, anti-spoofing and the router's own answers. Every check compares the return code
+//! the parser, anti-spoofing and the router's own answers; and of the egress-interface programs:
+//! masquerading, its reverse translation and ICMP errors, port allocation and takeover, and
+//! forwarding to the outside world. Every check compares the return code
 //! and the exact counters the packet moved (endpoint, reason, direction). Each test has its own
 //! network namespace and bpf root; they fail, never skip, without root.
 
@@ -11,19 +13,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, Map, MapData};
 use bpf_programs::abi::{
-    CtEntry, CtKey, Direction as Dir, DropReason, EndpointInfo, EndpointMetrics, LocalIp, CT_F_CLOSING, CT_F_EGRESS_OK,
-    CT_F_INGRESS_OK, CT_F_SEEN_REPLY, MAP_CT, PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
+    CtEntry, CtKey, Direction as Dir, DropReason, EgressIface, EndpointInfo, EndpointMetrics, LocalIp, NatEntry,
+    NatKey, CT_F_CLOSING, CT_F_EGRESS_OK, CT_F_INGRESS_OK, CT_F_SEEN_REPLY, ENDPOINT_F_INTERNAL,
+    ENDPOINT_F_NO_MASQUERADE, IP_FAMILY_V4, IP_FAMILY_V6, MAP_CT, NAT_F_SNAT, PROG_FROM_CONTAINER, PROG_FROM_WORLD,
+    PROG_TO_CONTAINER, PROG_TO_WORLD,
 };
 use cilium_rs::datapath::bpf::BpfDatapath;
 use cilium_rs::datapath::policy_maps::PolicyMaps;
+use cilium_rs::datapath::world_maps::WorldMaps;
 use cilium_rs::identity::Identity;
 use cilium_rs::policy::{
     Direction as PD, PolicyEntry, PolicyKey, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 use ipnet::IpNet;
 use support::packets::{
-    arp, eth, ip_packet, Ext, Ipv4, Ipv6, ARP_REPLY, ARP_REQUEST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, L4,
-    TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+    arp, checksum, eth, fragmented, ip_packet, reassemble, verify_checksums, Ext, Ipv4, Ipv6, ARP_REPLY, ARP_REQUEST,
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
 };
 use support::{in_netns, run, BpfRoot};
 use DropReason::*;
@@ -296,6 +301,9 @@ impl Outcome {
 struct Env {
     dp: BpfDatapath,
     maps: PolicyMaps,
+    world: WorldMaps,
+    /// The NAT port range last configured with `nat_ports`.
+    nat_range: (u16, u16),
     _root: BpfRoot,
 }
 
@@ -304,6 +312,7 @@ impl Env {
         let root = BpfRoot::new(role);
         let mut dp = BpfDatapath::load(root.path()).expect("load the endpoint object");
         let mut maps = dp.take_policy_maps().expect("policy maps");
+        let world = dp.take_world_maps().expect("world maps");
         for (net, identity) in
             [("2001:db8::/32", CID), ("198.51.100.0/24", CID), ("2001:db8:ff::/48", CID2), ("192.0.2.0/24", CID2)]
         {
@@ -312,7 +321,7 @@ impl Env {
         for fam in FAMILIES {
             maps.set_ipcache(IpNet::from(host_ip(fam)), Identity::HOST).expect("set ipcache");
         }
-        Env { dp, maps, _root: root }
+        Env { dp, maps, world, nat_range: (0, 0), _root: root }
     }
 
     /// A local endpoint alone in its container: see `endpoint_with`.
@@ -2146,6 +2155,954 @@ fn neighbour_discovery_and_mld_pass_unpoliced() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The outside world: masquerading on egress interfaces (crs_to_world, crs_from_world) and
+// crs_from_container's forwarding to them
+// ---------------------------------------------------------------------------------------------
+
+/// The masquerading addresses of the tests' egress interfaces.
+const EGRESS_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const EGRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfdc1, 0xe9, 0, 0, 0, 0, 0, 1);
+/// The next hop's MAC, as frames on an egress interface carry it.
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0xfe];
+/// The NAT port range most tests configure.
+const NAT_MIN: u16 = 20000;
+const NAT_MAX: u16 = 20999;
+
+fn egress_addr(fam: Fam) -> IpAddr {
+    match fam {
+        Fam::V6 => IpAddr::V6(EGRESS_V6),
+        Fam::V4 => IpAddr::V4(EGRESS_V4),
+    }
+}
+
+/// An egress interface: a veth (`egv<n>`, peer `egp<n>`, both up) listed in crs_egress.
+#[derive(Clone, Copy, Debug)]
+struct Egress {
+    ifindex: u32,
+    mac: [u8; 6],
+    ip4: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
+}
+
+impl Egress {
+    /// Its masquerading address of the family.
+    fn ip(&self, fam: Fam) -> IpAddr {
+        match fam {
+            Fam::V6 => IpAddr::V6(self.ip6.expect("an IPv6 egress address")),
+            Fam::V4 => IpAddr::V4(self.ip4.expect("an IPv4 egress address")),
+        }
+    }
+
+    /// A frame leaving through the interface (as crs_to_world sees it).
+    fn out(&self, src: IpAddr, dst: IpAddr, l4: &L4) -> Vec<u8> {
+        let (ethertype, packet) = ip_packet(src, dst, l4);
+        self.out_ip(ethertype, &packet)
+    }
+
+    fn out_ip(&self, ethertype: u16, packet: &[u8]) -> Vec<u8> {
+        eth(NEXT_HOP_MAC, self.mac, ethertype, packet)
+    }
+
+    /// A frame arriving on the interface (as crs_from_world sees it).
+    fn inbound(&self, src: IpAddr, dst: IpAddr, l4: &L4) -> Vec<u8> {
+        let (ethertype, packet) = ip_packet(src, dst, l4);
+        self.inbound_ip(ethertype, &packet)
+    }
+
+    fn inbound_ip(&self, ethertype: u16, packet: &[u8]) -> Vec<u8> {
+        eth(self.mac, NEXT_HOP_MAC, ethertype, packet)
+    }
+}
+
+/// Creates the veth `<prefix>v<n>` (peer `<prefix>p<n>`), both ends up; returns the ifindex
+/// of the first.
+fn up_link(prefix: &str, n: u8) -> u32 {
+    let name = format!("{prefix}v{n}");
+    let peer = format!("{prefix}p{n}");
+    run(&["ip", "link", "add", &name, "type", "veth", "peer", "name", &peer]);
+    run(&["ip", "link", "set", &peer, "up"]);
+    run(&["ip", "link", "set", &name, "up"]);
+    nix::net::if_::if_nametoindex(name.as_str()).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
+}
+
+/// Writes a sysctl of the calling thread's network namespace (`net/ipv4/...`).
+fn sysctl(path: &str, value: &str) {
+    std::fs::write(format!("/proc/sys/{path}"), value).unwrap_or_else(|e| panic!("sysctl {path}={value}: {e}"));
+}
+
+fn is_icmp(proto: u8) -> bool {
+    proto == PROTO_ICMP || proto == PROTO_ICMPV6
+}
+
+/// Where the ports (TCP, UDP) or the echo identifier (ICMP, for both) sit in an L4 header.
+fn port_offsets(proto: u8) -> (usize, usize) {
+    if is_icmp(proto) {
+        (4, 4)
+    } else {
+        (0, 2)
+    }
+}
+
+/// The source and destination ports of an L4 part (an echo's identifier, twice).
+fn l4_ports(l4: &L4) -> (u16, u16) {
+    let (s, d) = port_offsets(l4.proto);
+    (u16::from_be_bytes([l4.bytes[s], l4.bytes[s + 1]]), u16::from_be_bytes([l4.bytes[d], l4.bytes[d + 1]]))
+}
+
+/// `l4` with its source port (an echo: its identifier) set to `port`.
+fn with_sport(l4: &L4, port: u16) -> L4 {
+    let mut l4 = l4.clone();
+    let (s, _) = port_offsets(l4.proto);
+    l4.bytes[s..s + 2].copy_from_slice(&port.to_be_bytes());
+    l4
+}
+
+/// `l4` with its destination port (an echo: its identifier) set to `port`.
+fn with_dport(l4: &L4, port: u16) -> L4 {
+    let mut l4 = l4.clone();
+    let (_, d) = port_offsets(l4.proto);
+    l4.bytes[d..d + 2].copy_from_slice(&port.to_be_bytes());
+    l4
+}
+
+/// Offset of the L4 header in a frame built here (IPv4 options, an IPv6 fragment header).
+fn l4_offset(frame: &[u8]) -> usize {
+    if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IP {
+        ETH_HLEN + usize::from(frame[ETH_HLEN] & 0x0f) * 4
+    } else if frame[ETH_HLEN + 6] == 44 {
+        ETH_HLEN + 48
+    } else {
+        ETH_HLEN + 40
+    }
+}
+
+/// The source port (an echo: its identifier) of the L4 header of a frame.
+fn frame_sport(frame: &[u8], proto: u8) -> u16 {
+    let at = l4_offset(frame) + port_offsets(proto).0;
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+fn family_code(ip: IpAddr) -> u8 {
+    if ip.is_ipv6() {
+        IP_FAMILY_V6
+    } else {
+        IP_FAMILY_V4
+    }
+}
+
+/// The crs_nat_out / crs_nat_in key of the packets from (src, sport) to (dst, dport).
+fn nat_key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> NatKey {
+    NatKey {
+        saddr: addr16(src),
+        daddr: addr16(dst),
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        family: family_code(src),
+        proto,
+        pad: 0,
+    }
+}
+
+/// The checksums `verify_checksums` must find valid in an unfragmented packet of `proto`.
+fn checksums_of(fam: Fam, proto: u8) -> Vec<&'static str> {
+    let l4 = match proto {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_ICMP => "ICMP",
+        PROTO_ICMPV6 => "ICMPv6",
+        other => panic!("no checksum known for protocol {other}"),
+    };
+    match fam {
+        Fam::V6 => vec![l4],
+        Fam::V4 => vec!["IPv4 header", l4],
+    }
+}
+
+/// Recomputes every checksum of `frame` and asserts exactly `want` were there and valid.
+#[track_caller]
+fn assert_checksums(frame: &[u8], want: &[&str], what: &str) {
+    assert_eq!(verify_checksums(frame), Ok(want.to_vec()), "{what}: checksums of the output frame");
+}
+
+/// `packet` (IPv4 without options, or IPv6 without extension headers) with its source address
+/// and source port (an echo: identifier) replaced and its IPv4 header checksum recomputed; the
+/// L4 checksum stays as it was (what an ICMP error quotes after translation).
+fn with_source(packet: &[u8], src: IpAddr, port: u16, proto: u8) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    let l4 = match src {
+        IpAddr::V4(s) => {
+            p[12..16].copy_from_slice(&s.octets());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum(&p[..20]);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            20
+        }
+        IpAddr::V6(s) => {
+            p[8..24].copy_from_slice(&s.octets());
+            40
+        }
+    };
+    let at = l4 + port_offsets(proto).0;
+    p[at..at + 2].copy_from_slice(&port.to_be_bytes());
+    p
+}
+
+/// The frame of an endpoint's packet that the host forwarded (hop limit / TTL `hops`).
+fn sent_with_hops(ep: &Ep, dst: IpAddr, hops: u8, l4: &L4) -> Vec<u8> {
+    match (ep.ip(Fam::of(dst)), dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => ep.tx_ip(ETH_P_IPV6, &Ipv6::new(s, d).hop_limit(hops).packet(l4)),
+        (IpAddr::V4(s), IpAddr::V4(d)) => ep.tx_ip(ETH_P_IP, &Ipv4::new(s, d).ttl(hops).packet(l4)),
+        _ => unreachable!("one family"),
+    }
+}
+
+/// Cuts the datagram of `l4` from `src` to `dst` (hop limit / TTL `hops`) after 40 L4 bytes.
+fn datagram(src: IpAddr, dst: IpAddr, id: u16, hops: u8, l4: &L4) -> [Vec<u8>; 2] {
+    let id = match src {
+        IpAddr::V6(_) => 0xf000_0000 | u32::from(id),
+        IpAddr::V4(_) => u32::from(id),
+    };
+    fragmented(src, dst, id, l4, 40).map(|mut packet| {
+        match src {
+            IpAddr::V6(_) => packet[7] = hops,
+            IpAddr::V4(_) => {
+                packet[8] = hops;
+                packet[10..12].copy_from_slice(&[0, 0]);
+                let sum = checksum(&packet[..20]);
+                packet[10..12].copy_from_slice(&sum.to_be_bytes());
+            }
+        }
+        packet
+    })
+}
+
+impl Env {
+    /// An egress interface number `n` with the masquerading addresses of the families asked for.
+    fn egress(&mut self, n: u8, v4: bool, v6: bool) -> Egress {
+        let ifindex = up_link("eg", n);
+        let ext = Egress {
+            ifindex,
+            mac: [0x02, 0xee, 0, 0, 0, n],
+            ip4: v4.then_some(EGRESS_V4),
+            ip6: v6.then_some(EGRESS_V6),
+        };
+        self.world.set_egress(ifindex, &EgressIface::new(ext.ip4, ext.ip6)).expect("set egress interface");
+        ext
+    }
+
+    fn nat_ports(&mut self, min: u16, max: u16) {
+        self.maps.set_nat_ports(min, max).expect("set the NAT port range");
+        self.nat_range = (min, max);
+    }
+
+    /// Adds ENDPOINT_F_* flags to an endpoint's crs_endpoints entry.
+    fn set_flags(&mut self, ep: &Ep, flags: u32) {
+        let mut info = self.dp.endpoint(ep.ifindex).expect("read crs_endpoints").expect("the endpoint's entry");
+        info.flags |= flags;
+        self.dp.set_endpoint(ep.ifindex, &info).expect("set endpoint");
+    }
+
+    /// crs_to_world on the egress interface: the host sends `frame` out.
+    fn world_tx(&self, ext: &Egress, frame: &[u8]) -> Outcome {
+        self.run(PROG_TO_WORLD, ext.ifindex, frame)
+    }
+
+    /// crs_from_world on the egress interface: `frame` arrives from outside.
+    fn world_rx(&self, ext: &Egress, frame: &[u8]) -> Outcome {
+        self.run(PROG_FROM_WORLD, ext.ifindex, frame)
+    }
+
+    fn nat_out(&self, key: &NatKey) -> Option<NatEntry> {
+        self.world.nat_out().expect("read crs_nat_out").into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    fn nat_in(&self, key: &NatKey) -> Option<NatEntry> {
+        self.world.nat_in().expect("read crs_nat_in").into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    #[track_caller]
+    fn assert_no_translations(&self, what: &str) {
+        let (out, inn) = (self.world.nat_out().expect("crs_nat_out"), self.world.nat_in().expect("crs_nat_in"));
+        assert!(out.is_empty() && inn.is_empty(), "{what}: translations {out:?} / {inn:?}");
+    }
+
+    /// An endpoint's packet on its way out, as the host handles it: crs_from_container (which
+    /// tracks the flow and, without a route through an egress interface, hands it to the host
+    /// stack), then crs_to_world on the egress interface. Asserts that it left from the egress
+    /// address and a port of the range with nothing else changed and every checksum valid, and
+    /// returns that port (an echo: identifier).
+    #[track_caller]
+    fn masquerade(&self, ep: &Ep, ext: &Egress, dst: IpAddr, l4: &L4, what: &str) -> u16 {
+        let fam = Fam::of(dst);
+        self.send(ep, &ep.tx(dst, l4)).expect(PASS, &[eg(ep.n, Forwarded)], &format!("{what}: from the container"));
+        let out = self.world_tx(ext, &ext.out(ep.ip(fam), dst, l4)).expect(PASS, &[], &format!("{what}: masqueraded"));
+        let port = frame_sport(&out.frame, l4.proto);
+        let (min, max) = self.nat_range;
+        assert!((min..=max).contains(&port), "{what}: port {port} outside the NAT range {min}-{max}");
+        assert_eq!(
+            out.frame,
+            ext.out(ext.ip(fam), dst, &with_sport(l4, port)),
+            "{what}: only the source address and port change"
+        );
+        assert_checksums(&out.frame, &checksums_of(fam, l4.proto), what);
+        port
+    }
+}
+
+#[test]
+fn masquerading_rewrites_the_source_to_the_egress_address_and_a_port_of_the_range() {
+    with_env("snat", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x) = (a.ip(fam), world(fam));
+            let echo = |id, seq| match fam {
+                Fam::V6 => L4::echo6(true, id, seq),
+                Fam::V4 => L4::echo4(true, id, seq),
+            };
+            // (first packet, next packet of the same flow, another flow to the same remote)
+            let flows = [
+                (L4::tcp(40000, 80, TCP_SYN), L4::tcp(40000, 80, TCP_ACK), L4::tcp(40001, 80, TCP_SYN)),
+                (L4::udp(40000, 53, b"query"), L4::udp(40000, 53, b"again"), L4::udp(40001, 53, b"query")),
+                (echo(0x4000, 1), echo(0x4000, 2), echo(0x4001, 1)),
+            ];
+            for (first, next, other) in flows {
+                let what = format!("{fam:?} protocol {}", first.proto);
+                let port = env.masquerade(&a, &ext, x, &first, &what);
+                let (sport, dport) = l4_ports(&first);
+                let out = env.nat_out(&nat_key(me, sport, x, dport, first.proto)).expect("a crs_nat_out entry");
+                assert_eq!(
+                    (out.addr, out.port, out.flags, out.ifindex),
+                    (addr16(ext.ip(fam)), port.to_be_bytes(), NAT_F_SNAT, ext.ifindex),
+                    "{what}: the out entry names the source the flow leaves with"
+                );
+                let reply_sport = if is_icmp(first.proto) { port } else { dport };
+                let inn = env
+                    .nat_in(&nat_key(x, reply_sport, ext.ip(fam), port, first.proto))
+                    .expect("a crs_nat_in entry for the replies");
+                assert_eq!(
+                    (inn.addr, inn.port, inn.flags, inn.ifindex),
+                    (addr16(me), sport.to_be_bytes(), NAT_F_SNAT, ext.ifindex),
+                    "{what}: the in entry names the endpoint's address and port"
+                );
+                assert_eq!(env.masquerade(&a, &ext, x, &next, &what), port, "{what}: the flow keeps its port");
+                let other_port = env.masquerade(&a, &ext, x, &other, &what);
+                assert_ne!(other_port, port, "{what}: another flow to the same remote gets another port");
+            }
+        }
+        // IPv4 UDP without a checksum keeps none.
+        let x = Ipv4Addr::new(203, 0, 113, 5);
+        let mut packet = Ipv4::new(a.ip4, x).packet(&L4::udp(40002, 53, b"no checksum"));
+        packet[26..28].copy_from_slice(&[0, 0]);
+        env.send(&a, &a.tx_ip(ETH_P_IP, &packet)).expect(PASS, &[eg(a.n, Forwarded)], "UDP without checksum");
+        let out = env.world_tx(&ext, &ext.out_ip(ETH_P_IP, &packet)).expect(PASS, &[], "UDP without checksum");
+        let port = frame_sport(&out.frame, PROTO_UDP);
+        let mut want = Ipv4::new(EGRESS_V4, x).packet(&L4::udp(port, 53, b"no checksum"));
+        want[26..28].copy_from_slice(&[0, 0]);
+        assert_eq!(out.frame, ext.out_ip(ETH_P_IP, &want), "translated, still without a UDP checksum");
+        assert_checksums(&out.frame, &["IPv4 header", "UDP (none)"], "UDP without checksum");
+    });
+}
+
+#[test]
+fn replies_to_masqueraded_flows_are_translated_back_and_delivered() {
+    with_env("unsnat", |env| {
+        let a = env.endpoint(1, 1001);
+        // Egress only: the replies pass on the flow's connection-tracking entry alone.
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside) = (a.ip(fam), world(fam), ext.ip(fam));
+            let flows = [
+                (L4::tcp(40100, 443, TCP_SYN), L4::tcp(443, 40100, TCP_SYN | TCP_ACK)),
+                (L4::udp(40100, 53, b"query"), L4::udp(53, 40100, b"answer")),
+                (fam.echo(true, 0x4100), fam.echo(false, 0x4100)),
+            ];
+            for (request, reply) in flows {
+                let what = format!("{fam:?} protocol {}", request.proto);
+                let port = env.masquerade(&a, &ext, x, &request, &what);
+                let arriving = if is_icmp(reply.proto) { with_sport(&reply, port) } else { with_dport(&reply, port) };
+                let out = env.world_rx(&ext, &ext.inbound(x, outside, &arriving)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{what}: reply"),
+                );
+                assert_eq!(out.frame, delivered(x, &a, 63, &reply), "{what}: back to the endpoint's address and port");
+                assert_checksums(&out.frame, &checksums_of(fam, reply.proto), &what);
+                let (sport, dport) = l4_ports(&request);
+                let (_, ct) = env.ct_expect(me, sport, x, dport, request.proto);
+                assert_eq!(ct.packets, [1, 1], "{what}: the reply is the flow's");
+                assert_ne!(ct.flags & CT_F_SEEN_REPLY, 0, "{what}: seen reply");
+
+                // Close to the mapping, but not it: the host's business, untouched.
+                let (rs, _) = l4_ports(&arriving);
+                let mut misses = vec![(world2(fam), arriving.clone(), "from another remote address")];
+                if is_icmp(reply.proto) {
+                    misses.push((x, fam.echo(true, port), "an echo request with the mapped id"));
+                    misses.push((x, fam.echo(false, port + 1000), "an echo reply with another id"));
+                } else {
+                    misses.push((x, with_dport(&arriving, port + 1000), "to another port"));
+                    misses.push((x, with_sport(&arriving, rs + 1), "from another remote port"));
+                }
+                for (src, l4, miss) in misses {
+                    let frame = ext.inbound(src, outside, &l4);
+                    let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("{what}: {miss}"));
+                    assert_eq!(out.frame, frame, "{what}: {miss}: untouched");
+                }
+            }
+            // Nothing was mapped for this port.
+            let frame = ext.inbound(x, outside, &L4::tcp(443, 30000, TCP_SYN | TCP_ACK));
+            let out = env.world_rx(&ext, &frame).expect(PASS, &[], "no mapping");
+            assert_eq!(out.frame, frame, "no mapping: untouched");
+        }
+    });
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_flows_are_translated_back_and_delivered() {
+    with_env("snaticmp", |env| {
+        let a = env.endpoint(1, 1001);
+        // Egress only: the errors pass as related to the flow, or not at all.
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside) = (a.ip(fam), world(fam), ext.ip(fam));
+            // An error from the remote itself, and one from a router on the way.
+            let router = world2(fam);
+            for request in [L4::udp(40200, 53, b"a query"), L4::tcp(40201, 443, TCP_SYN), fam.echo(true, 0x4200)] {
+                let what = format!("{fam:?} protocol {}", request.proto);
+                let port = env.masquerade(&a, &ext, x, &request, &what);
+                let (sport, _) = l4_ports(&request);
+                // The packet as it left, which the error quotes; and as the endpoint sent it:
+                // its own address and port, the quoted IPv4 header checksum recomputed, the
+                // quoted L4 checksum as it was.
+                let (_, left) = ip_packet(outside, x, &with_sport(&request, port));
+                let sent = with_source(&left, me, sport, request.proto);
+                let errors = [
+                    (x, fam.dest_unreach(&left), fam.dest_unreach(&sent), "destination unreachable"),
+                    (router, fam.too_big(&left), fam.too_big(&sent), "packet too big / fragmentation needed"),
+                    (router, fam.time_exceeded(&left), fam.time_exceeded(&sent), "time exceeded"),
+                ];
+                for (from, error, back, kind) in errors {
+                    let out = env.world_rx(&ext, &ext.inbound(from, outside, &error)).expect(
+                        REDIRECT,
+                        &[ing(a.n, Forwarded)],
+                        &format!("{what}: {kind}"),
+                    );
+                    assert_eq!(out.frame, delivered(from, &a, 63, &back), "{what}: {kind} translated back");
+                    let want: &[&str] = match fam {
+                        Fam::V6 => &["ICMPv6"],
+                        Fam::V4 => &["IPv4 header", "ICMP", "quoted IPv4 header"],
+                    };
+                    assert_checksums(&out.frame, want, &format!("{what}: {kind}"));
+                }
+            }
+            // Errors quoting what this host sent but nothing translated: the host's.
+            let unmapped = [
+                ip_packet(outside, x, &L4::udp(30000, 53, b"not mapped")).1,
+                ip_packet(host_ip(fam), x, &L4::udp(40200, 53, b"another source")).1,
+                ip_packet(outside, world2(fam), &L4::udp(40200, 53, b"another remote")).1,
+            ];
+            for quoted in unmapped {
+                let frame = ext.inbound(x, outside, &fam.dest_unreach(&quoted));
+                let out = env.world_rx(&ext, &frame).expect(PASS, &[], "an error about an unknown flow");
+                assert_eq!(out.frame, frame, "an error about an unknown flow: untouched");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_nat_port_is_taken_over_once_the_flow_holding_it_has_expired() {
+    with_env("snatexpire", |env| {
+        let a = env.endpoint(1, 1001);
+        let b = env.endpoint(2, 1002);
+        for ep in [a, b] {
+            env.allow(ep.id, Identity::WORLD, PD::Egress, M::Any);
+        }
+        let ext = env.egress(1, true, true);
+        // No range configured: no port to hand out.
+        for fam in FAMILIES {
+            let l4 = L4::udp(41000, 5300, b"early");
+            env.send(&a, &a.tx(world(fam), &l4)).expect(PASS, &[eg(a.n, Forwarded)], "before the range is set");
+            env.world_tx(&ext, &ext.out(a.ip(fam), world(fam), &l4)).expect(
+                DROP,
+                &[eg(a.n, NatNoPort)],
+                "no NAT port range configured",
+            );
+        }
+        env.assert_no_translations("without a range");
+
+        env.nat_ports(NAT_MIN, NAT_MIN);
+        for fam in FAMILIES {
+            let (me, x, outside) = (a.ip(fam), world(fam), ext.ip(fam));
+            let first = L4::udp(41000, 53, b"first");
+            let second = L4::udp(41001, 53, b"second");
+            assert_eq!(env.masquerade(&a, &ext, x, &first, "the first flow"), NAT_MIN);
+            env.send(&a, &a.tx(x, &second)).expect(PASS, &[eg(a.n, Forwarded)], "the second flow");
+            env.world_tx(&ext, &ext.out(me, x, &second)).expect(
+                DROP,
+                &[eg(a.n, NatNoPort)],
+                "the only port is held by a live flow to the same remote address, port and protocol",
+            );
+            env.send(&b, &b.tx(x, &first)).expect(PASS, &[eg(b.n, Forwarded)], "another endpoint");
+            env.world_tx(&ext, &ext.out(b.ip(fam), x, &first)).expect(
+                DROP,
+                &[eg(b.n, NatNoPort)],
+                "counted on the endpoint that found no port",
+            );
+            // The port is free for any other remote address, port or protocol.
+            let elsewhere = [
+                (x, L4::udp(41001, 54, b"other port")),
+                (world2(fam), second.clone()),
+                (x, L4::tcp(41001, 53, TCP_SYN)),
+            ];
+            for (dst, l4) in elsewhere {
+                assert_eq!(env.masquerade(&a, &ext, dst, &l4, "another remote"), NAT_MIN, "{fam:?}: {dst} {l4:?}");
+            }
+
+            // The first flow's conntrack entry runs out: its port is taken over.
+            env.expire(me, 41000, x, 53, PROTO_UDP);
+            let out = env.world_tx(&ext, &ext.out(me, x, &second)).expect(PASS, &[], "the first flow expired");
+            assert_eq!(out.frame, ext.out(outside, x, &with_sport(&second, NAT_MIN)), "the second flow leaves");
+            let inn = env.nat_in(&nat_key(x, 53, outside, NAT_MIN, PROTO_UDP)).expect("the in entry of the port");
+            assert_eq!((inn.addr, inn.port), (addr16(me), 41001u16.to_be_bytes()), "names the second flow now");
+            let out = env.world_rx(&ext, &ext.inbound(x, outside, &L4::udp(53, NAT_MIN, b"answer"))).expect(
+                REDIRECT,
+                &[ing(a.n, Forwarded)],
+                "a reply on the port",
+            );
+            assert_eq!(out.frame, delivered(x, &a, 63, &L4::udp(53, 41001, b"answer")), "goes to the second flow");
+            // The first flow's out entry lost its port: it gets none while the second lives.
+            env.send(&a, &a.tx(x, &first)).expect(PASS, &[eg(a.n, Forwarded)], "the first flow again");
+            env.world_tx(&ext, &ext.out(me, x, &first)).expect(
+                DROP,
+                &[eg(a.n, NatNoPort)],
+                "the first flow's old mapping is not used",
+            );
+
+            // Echo identifiers likewise.
+            assert_eq!(env.masquerade(&a, &ext, x, &fam.echo(true, 0x7001), "echo 1"), NAT_MIN);
+            env.send(&a, &a.tx(x, &fam.echo(true, 0x7002))).expect(PASS, &[eg(a.n, Forwarded)], "echo 2");
+            env.world_tx(&ext, &ext.out(me, x, &fam.echo(true, 0x7002))).expect(
+                DROP,
+                &[eg(a.n, NatNoPort)],
+                "echo 2 while echo 1 lives",
+            );
+            env.expire(me, 0x7001, x, 0x7001, fam.icmp());
+            assert_eq!(env.masquerade(&a, &ext, x, &fam.echo(true, 0x7002), "echo 2"), NAT_MIN);
+        }
+
+        // Two ports: two flows to one remote get one each, a third none.
+        env.nat_ports(NAT_MIN, NAT_MIN + 1);
+        for fam in FAMILIES {
+            let x = world(fam);
+            let p1 = env.masquerade(&a, &ext, x, &L4::udp(42000, 5353, b"1"), "flow 1 of 3");
+            let p2 = env.masquerade(&a, &ext, x, &L4::udp(42001, 5353, b"2"), "flow 2 of 3");
+            assert_eq!(BTreeSet::from([p1, p2]), BTreeSet::from([NAT_MIN, NAT_MIN + 1]), "{fam:?}: both ports");
+            let third = L4::udp(42002, 5353, b"3");
+            env.send(&a, &a.tx(x, &third)).expect(PASS, &[eg(a.n, Forwarded)], "flow 3 of 3");
+            env.world_tx(&ext, &ext.out(a.ip(fam), x, &third)).expect(DROP, &[eg(a.n, NatNoPort)], "flow 3 of 3");
+        }
+    });
+}
+
+#[test]
+fn an_egress_interface_without_an_address_of_the_family_is_nat_no_address() {
+    with_env("snatnoaddr", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let only4 = env.egress(1, true, false);
+        let only6 = env.egress(2, false, true);
+        for (ext, missing, have, sport) in [(only4, Fam::V6, Fam::V4, 43000), (only6, Fam::V4, Fam::V6, 43001)] {
+            let l4 = L4::udp(sport, 53, b"q");
+            env.send(&a, &a.tx(world(missing), &l4)).expect(PASS, &[eg(a.n, Forwarded)], "from the container");
+            env.world_tx(&ext, &ext.out(a.ip(missing), world(missing), &l4)).expect(
+                DROP,
+                &[eg(a.n, NatNoAddress)],
+                &format!("{missing:?} through an interface without a {missing:?} address"),
+            );
+            env.masquerade(&a, &ext, world(have), &l4, &format!("{have:?} through it"));
+            // Arriving in that family, to the address another interface has: not for this one.
+            let frame = ext.inbound(world(missing), egress_addr(missing), &L4::udp(53, NAT_MIN, b"a"));
+            let out = env.world_rx(&ext, &frame).expect(PASS, &[], "nothing to translate to");
+            assert_eq!(out.frame, frame);
+        }
+        for (_, entry) in env.world.nat_out().expect("crs_nat_out") {
+            assert!(entry.addr == addr16(IpAddr::V4(EGRESS_V4)) || entry.addr == addr16(IpAddr::V6(EGRESS_V6)));
+        }
+        assert_eq!(env.world.nat_out().expect("crs_nat_out").len(), 2, "one mapping per family, no more");
+    });
+}
+
+/// An SCTP common header (the checksum, CRC32c, is not the Internet checksum: left zero).
+fn sctp(sport: u16, dport: u16) -> L4 {
+    let mut b = Vec::new();
+    b.extend_from_slice(&sport.to_be_bytes());
+    b.extend_from_slice(&dport.to_be_bytes());
+    b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    L4::raw(132, &b)
+}
+
+#[test]
+fn what_masquerading_cannot_translate_never_leaves_with_the_endpoints_address() {
+    with_env("snatunsup", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow_all(a.id);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x) = (a.ip(fam), world(fam));
+            let unsupported = [
+                (sctp(44000, 9899), "SCTP"),
+                (L4::raw(47, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 0]), "GRE"),
+                (fam.other_icmp(), "ICMP neither echo nor error"),
+            ];
+            for (l4, what) in unsupported {
+                env.send(&a, &a.tx(x, &l4)).expect(PASS, &[eg(a.n, Forwarded)], &format!("{what}: from the container"));
+                env.world_tx(&ext, &ext.out(me, x, &l4)).expect(
+                    DROP,
+                    &[eg(a.n, NatUnsupported)],
+                    &format!("{fam:?} {what}"),
+                );
+            }
+            // What the parser refuses from an endpoint's address is dropped, not passed on
+            // with that address.
+            env.world_tx(&ext, &ext.out(me, x, &L4::tcp(44001, 80, TCP_SYN).truncated(10))).expect(
+                DROP,
+                &[eg(a.n, Malformed)],
+                &format!("{fam:?}: TCP cut short"),
+            );
+            if fam == Fam::V6 {
+                let deep = (0..9).fold(Ipv6::new(a.ip6, EGRESS_V6), |ip, _| ip.ext(Ext::DstOpts(0)));
+                env.world_tx(&ext, &ext.out_ip(ETH_P_IPV6, &deep.packet(&L4::udp(44002, 53, b"")))).expect(
+                    DROP,
+                    &[eg(a.n, ExtHeaders)],
+                    "9 extension headers",
+                );
+            }
+        }
+        env.assert_no_translations("nothing translatable was sent");
+    });
+}
+
+#[test]
+fn internal_endpoints_exchange_nothing_with_the_outside() {
+    with_env("internal", |env| {
+        let i = env.endpoint(1, 1001);
+        env.set_flags(&i, ENDPOINT_F_INTERNAL);
+        let b = env.endpoint(2, 1002);
+        for ep in [i, b] {
+            env.allow_all(ep.id);
+        }
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let l4 = L4::tcp(45000, 443, TCP_SYN);
+            for dst in [world(fam), remote(fam), remote3(fam)] {
+                env.send(&i, &i.tx(dst, &l4)).expect(DROP, &[eg(i.n, InternalNetwork)], &format!("to {dst}"));
+            }
+            env.send(&i, &i.tx(host_ip(fam), &l4)).expect(PASS, &[eg(i.n, Forwarded)], "the host is not outside");
+            env.send(&i, &i.tx(b.ip(fam), &l4)).expect(
+                REDIRECT,
+                &[eg(i.n, Forwarded), ing(b.n, Forwarded)],
+                "a local endpoint is not outside",
+            );
+            // What reaches an egress interface from it anyway (through the host stack).
+            env.world_tx(&ext, &ext.out(i.ip(fam), world(fam), &l4)).expect(
+                DROP,
+                &[eg(i.n, InternalNetwork)],
+                "crs_to_world",
+            );
+            // A masqueraded network's address is not published; an internal one neither.
+            env.world_rx(&ext, &ext.inbound(world(fam), i.ip(fam), &L4::tcp(443, 45000, TCP_SYN))).expect(
+                DROP,
+                &[ing(i.n, NotPublished)],
+                "to the address of an internal masqueraded endpoint",
+            );
+        }
+        env.set_flags(&i, ENDPOINT_F_NO_MASQUERADE);
+        for fam in FAMILIES {
+            env.world_rx(&ext, &ext.inbound(world(fam), i.ip(fam), &L4::tcp(443, 45000, TCP_SYN))).expect(
+                DROP,
+                &[ing(i.n, InternalNetwork)],
+                "to the address of an internal routed endpoint",
+            );
+            env.world_tx(&ext, &ext.out(i.ip(fam), world(fam), &L4::tcp(45000, 443, TCP_SYN))).expect(
+                DROP,
+                &[eg(i.n, InternalNetwork)],
+                "from an internal routed endpoint",
+            );
+        }
+        env.assert_no_translations("internal endpoints");
+    });
+}
+
+#[test]
+fn only_unmasqueraded_endpoints_are_reachable_at_their_own_address() {
+    with_env("nomasq", |env| {
+        let a = env.endpoint(1, 1001);
+        let r = env.endpoint(2, 1002);
+        env.set_flags(&r, ENDPOINT_F_NO_MASQUERADE);
+        for ep in [a, r] {
+            env.allow(ep.id, Identity::WORLD, PD::Egress, M::Any);
+            env.allow(ep.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_TCP, 8080));
+        }
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let x = world(fam);
+            let query = L4::udp(46000, 53, b"q");
+            let answer = L4::udp(53, 46000, b"a");
+            // Masqueraded: never at its own address, not even for a reply of its own flow or
+            // a port its policy opens.
+            env.send(&a, &a.tx(x, &query)).expect(PASS, &[eg(a.n, Forwarded)], "a's flow");
+            for l4 in [&answer, &L4::tcp(46001, 8080, TCP_SYN)] {
+                env.world_rx(&ext, &ext.inbound(x, a.ip(fam), l4)).expect(
+                    DROP,
+                    &[ing(a.n, NotPublished)],
+                    "to a masqueraded endpoint's own address",
+                );
+            }
+            // Not masqueraded: leaves with its own address, untouched.
+            env.send(&r, &r.tx(x, &query)).expect(PASS, &[eg(r.n, Forwarded)], "r's flow");
+            let frame = ext.out(r.ip(fam), x, &query);
+            let out = env.world_tx(&ext, &frame).expect(PASS, &[], "r leaves");
+            assert_eq!(out.frame, frame, "r's packet is not translated");
+            // Its replies and what its policy allows arrive at its address, straight into it.
+            for (l4, what) in [(&answer, "a reply"), (&L4::tcp(46002, 8080, TCP_SYN), "a connection to 8080")] {
+                let out =
+                    env.world_rx(&ext, &ext.inbound(x, r.ip(fam), l4)).expect(REDIRECT, &[ing(r.n, Forwarded)], what);
+                assert_eq!(out.frame, delivered(x, &r, 63, l4), "{what}: delivered, hop limit one less");
+            }
+            env.world_rx(&ext, &ext.inbound(x, r.ip(fam), &L4::tcp(46003, 8081, TCP_SYN))).expect(
+                DROP,
+                &[ing(r.n, PolicyDenied)],
+                "a port its policy does not open",
+            );
+        }
+        env.assert_no_translations("nothing was masqueraded");
+    });
+}
+
+#[test]
+fn traffic_that_is_not_an_endpoints_passes_the_egress_interface_untouched() {
+    with_env("hostnat", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow_all(a.id);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        // An interface that is not an egress interface.
+        let plain = Egress { ifindex: up_link("pl", 1), ..ext };
+        for fam in FAMILIES {
+            let (x, h, outside) = (world(fam), host_ip(fam), ext.ip(fam));
+            let (_, quoted) = ip_packet(x, outside, &L4::udp(53, 20500, b"x"));
+            let l4s = [
+                L4::tcp(40500, 80, TCP_SYN),
+                L4::udp(40500, 53, b"q"),
+                fam.echo(true, 0x4500),
+                fam.dest_unreach(&quoted),
+            ];
+            for l4 in &l4s {
+                let what = format!("{fam:?} protocol {}", l4.proto);
+                // The host's own traffic, from any of its addresses, the egress one included.
+                for src in [h, outside] {
+                    let frame = ext.out(src, x, l4);
+                    let out = env.world_tx(&ext, &frame).expect(PASS, &[], &format!("{what} from {src}"));
+                    assert_eq!(out.frame, frame, "{what} from {src}: untouched");
+                }
+                // To an address that is neither an endpoint's nor the egress address, or to the
+                // egress address without a mapping.
+                for dst in [h, world2(fam), outside] {
+                    let frame = ext.inbound(x, dst, l4);
+                    let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("{what} to {dst}"));
+                    assert_eq!(out.frame, frame, "{what} to {dst}: untouched");
+                }
+                // An endpoint's packets on an interface that is not an egress interface.
+                let frame = plain.out(a.ip(fam), x, l4);
+                let out = env.world_tx(&plain, &frame).expect(PASS, &[], &format!("{what}: not an egress interface"));
+                assert_eq!(out.frame, frame);
+                let frame = plain.inbound(x, a.ip(fam), l4);
+                let out = env.world_rx(&plain, &frame).expect(PASS, &[], &format!("{what}: not an egress interface"));
+                assert_eq!(out.frame, frame);
+            }
+        }
+        // Frames that are not IP, or cannot be parsed.
+        let h4 = Ipv4Addr::new(10, 0, 0, 1);
+        let x4 = Ipv4Addr::new(203, 0, 113, 5);
+        let h6 = Ipv6Addr::new(0xfdc1, 0x1a00, 1, 0, 0, 0, 0, 1);
+        let x6 = Ipv6Addr::new(0x2a00, 0x1450, 0, 0, 0, 0, 0, 5);
+        // (IP headers cut short cannot be tried: BPF_PROG_TEST_RUN refuses them with EINVAL.)
+        let packets: [(u16, Vec<u8>, &str); 8] = [
+            (ETH_P_ARP, arp(ARP_REQUEST, ext.mac, h4, [0; 6], x4), "ARP"),
+            (0x88b5, vec![0; 46], "another ethertype"),
+            (ETH_P_IP, Ipv6::new(h6, x6).packet(&L4::udp(1, 2, b"")), "IPv6 under the IPv4 ethertype"),
+            (ETH_P_IP, Ipv4::new(h4, x4).ihl(3).packet(&L4::udp(1, 2, b"")), "IPv4 header length 3"),
+            (ETH_P_IP, Ipv4::new(h4, x4).ihl(15).packet(&L4::udp(1, 2, b"")), "IPv4 options past the packet"),
+            (ETH_P_IP, Ipv4::new(h4, x4).packet(&L4::tcp(1, 2, TCP_SYN).truncated(8)), "TCP cut short"),
+            (
+                ETH_P_IPV6,
+                (0..9).fold(Ipv6::new(h6, x6), |ip, _| ip.ext(Ext::DstOpts(0))).packet(&L4::udp(1, 2, b"")),
+                "9 extension headers",
+            ),
+            (ETH_P_IPV6, Ipv6::new(h6, x6).packet(&L4::raw(60, &[17])), "destination options past the packet"),
+        ];
+        for (ethertype, packet, what) in packets {
+            for frame in [ext.out_ip(ethertype, &packet), ext.inbound_ip(ethertype, &packet)] {
+                let out = env.world_tx(&ext, &frame).expect(PASS, &[], &format!("crs_to_world: {what}"));
+                assert_eq!(out.frame, frame, "crs_to_world: {what}: untouched");
+                let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("crs_from_world: {what}"));
+                assert_eq!(out.frame, frame, "crs_from_world: {what}: untouched");
+            }
+        }
+        env.assert_no_translations("host traffic");
+    });
+}
+
+#[test]
+fn fragments_are_masqueraded_with_their_first_fragment() {
+    with_env("snatfrag", |env| {
+        let a = env.endpoint(1, 1001);
+        // Egress only: the reply's fragments pass on the flow's entry.
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, t) = (a.ip(fam), world(fam), ext.ip(fam), ethertype(fam));
+            let query = L4::udp(40300, 53, &[0x5a; 56]);
+            let [first, later] = datagram(me, x, 0x3300, 64, &query);
+            env.send(&a, &a.tx_ip(t, &first)).expect(PASS, &[eg(a.n, Forwarded)], "first fragment from the container");
+            env.send(&a, &a.tx_ip(t, &later)).expect(PASS, &[eg(a.n, Forwarded)], "later fragment from the container");
+            let out1 = env.world_tx(&ext, &ext.out_ip(t, &first)).expect(PASS, &[], "first fragment");
+            let port = frame_sport(&out1.frame, PROTO_UDP);
+            assert!((NAT_MIN..=NAT_MAX).contains(&port), "port {port}");
+            let out2 = env.world_tx(&ext, &ext.out_ip(t, &later)).expect(PASS, &[], "later fragment");
+            let [want1, want2] = datagram(outside, x, 0x3300, 64, &with_sport(&query, port));
+            assert_eq!(out1.frame, ext.out_ip(t, &want1), "{fam:?}: the first fragment's address and port");
+            assert_eq!(out2.frame, ext.out_ip(t, &want2), "{fam:?}: the later fragment's address");
+            let header: &[&str] = if fam == Fam::V4 { &["IPv4 header"] } else { &[] };
+            assert_checksums(&out1.frame, header, "first fragment");
+            assert_checksums(&out2.frame, header, "later fragment");
+            assert_checksums(&reassemble(&out1.frame, &out2.frame), &checksums_of(fam, PROTO_UDP), "the datagram");
+
+            // The reply, fragmented too.
+            let answer = L4::udp(53, 40300, &[0xa5; 56]);
+            let [r1, r2] = datagram(x, outside, 0x3301, 64, &with_dport(&answer, port));
+            let [w1, w2] = datagram(x, me, 0x3301, 63, &answer);
+            for (fragment, want, what) in [(r1, w1, "first reply fragment"), (r2, w2, "later reply fragment")] {
+                let out = env.world_rx(&ext, &ext.inbound_ip(t, &fragment)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{fam:?} {what}"),
+                );
+                assert_eq!(out.frame, a.rx_ip(t, &want), "{fam:?} {what}: back to the endpoint");
+                assert_checksums(&out.frame, header, what);
+            }
+            let (_, ct) = env.ct_expect(me, 40300, x, 53, PROTO_UDP);
+            assert_eq!(ct.packets, [2, 2], "{fam:?}: all four fragments are the flow's");
+        }
+    });
+}
+
+#[test]
+fn a_later_fragment_without_its_first_is_never_masqueraded() {
+    with_env("snatorphan", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, t) = (a.ip(fam), world(fam), ext.ip(fam), ethertype(fam));
+            let query = L4::udp(40301, 53, &[0x5a; 56]);
+            // No first fragment anywhere.
+            let [_, orphan] = datagram(me, x, 0x3400, 64, &query);
+            env.world_tx(&ext, &ext.out_ip(t, &orphan)).expect(
+                DROP,
+                &[eg(a.n, FragmentUnknown)],
+                &format!("{fam:?}: a later fragment nobody saw the first of"),
+            );
+            // The first fragment went through crs_from_container, never through crs_to_world.
+            let [first, later] = datagram(me, x, 0x3401, 64, &query);
+            env.send(&a, &a.tx_ip(t, &first)).expect(PASS, &[eg(a.n, Forwarded)], "first fragment");
+            env.world_tx(&ext, &ext.out_ip(t, &later)).expect(
+                DROP,
+                &[eg(a.n, FragmentUnknown)],
+                &format!("{fam:?}: a later fragment whose first was not masqueraded"),
+            );
+            // From outside to the egress address: the host's (it reassembles, or not).
+            let [_, orphan] = datagram(x, outside, 0x3402, 64, &L4::udp(53, NAT_MIN, &[0xa5; 56]));
+            let frame = ext.inbound_ip(t, &orphan);
+            let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("{fam:?}: inbound orphan"));
+            assert_eq!(out.frame, frame, "untouched");
+        }
+        env.assert_no_translations("no first fragment was masqueraded");
+    });
+}
+
+#[test]
+fn from_container_redirects_outside_traffic_routed_through_an_egress_interface() {
+    with_env("fibfwd", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow_all(a.id);
+        let ext = env.egress(1, true, true);
+        // bpf_fib_lookup answers only where the packet arrives with forwarding on.
+        sysctl("net/ipv4/conf/all/forwarding", "1");
+        sysctl("net/ipv6/conf/all/forwarding", "1");
+        // World addresses are routed through the egress interface, the CIDR prefixes through
+        // another one.
+        up_link("ot", 1);
+        for cmd in [
+            "ip addr add 100.64.0.1/24 dev egv1",
+            "ip -6 addr add fdc1:e9::1/64 dev egv1 nodad",
+            "ip route add 203.0.113.0/24 via 100.64.0.254",
+            "ip -6 route add 2a00:1450::/32 via fdc1:e9::fe",
+            "ip addr add 100.65.0.1/24 dev otv1",
+            "ip -6 addr add fdc1:e8::1/64 dev otv1 nodad",
+            "ip route add 198.51.100.0/24 via 100.65.0.254",
+            "ip -6 route add 2001:db8::/32 via fdc1:e8::fe",
+        ] {
+            run(&cmd.split(' ').collect::<Vec<_>>());
+        }
+        let unrouted = |fam| match fam {
+            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0x2a02, 0, 0, 0, 0, 0, 0, 9)),
+            Fam::V4 => IpAddr::V4(Ipv4Addr::new(100, 66, 0, 9)),
+        };
+        for fam in FAMILIES {
+            let l4 = L4::tcp(40400, 443, TCP_SYN);
+            let out = env.send(&a, &a.tx(world(fam), &l4)).expect(
+                REDIRECT,
+                &[eg(a.n, Forwarded)],
+                &format!("{fam:?}: routed through the egress interface"),
+            );
+            assert_eq!(out.frame, sent_with_hops(&a, world(fam), 63, &l4), "{fam:?}: hop limit one less");
+            assert_checksums(&out.frame, &checksums_of(fam, PROTO_TCP), "forwarded");
+            // Routed elsewhere, not routed at all, or about to expire: the host stack's.
+            let expiring = sent_with_hops(&a, world(fam), 1, &l4);
+            for (frame, what) in [
+                (a.tx(remote(fam), &l4), "routed through another interface"),
+                (a.tx(unrouted(fam), &l4), "without a route"),
+                (expiring, "hop limit 1"),
+            ] {
+                let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], &format!("{fam:?}: {what}"));
+                assert_eq!(out.frame, frame, "{fam:?}: {what}: to the stack untouched");
+            }
+        }
+        // Once the interface is no egress interface any more, the stack routes it.
+        env.world.remove_egress(ext.ifindex).expect("remove egress interface");
+        for fam in FAMILIES {
+            let frame = a.tx(world(fam), &L4::tcp(40401, 443, TCP_SYN));
+            let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], "no egress interface");
+            assert_eq!(out.frame, frame);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Coverage of the drop reasons
 // ---------------------------------------------------------------------------------------------
 
@@ -2154,27 +3111,57 @@ fn every_drop_reason_is_produced() {
     with_env("reasons", |env| {
         let a = env.endpoint(1, 1001);
         let b = env.endpoint(2, 1002);
+        let i = env.endpoint(3, 1003);
+        env.set_flags(&i, ENDPOINT_F_INTERNAL);
+        env.allow_all(i.id);
         env.allow(a.id, CID, PD::Egress, M::Port(PROTO_UDP, 53));
         env.deny(a.id, CID, PD::Egress, M::Port(PROTO_UDP, 54));
-        let x6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        env.allow(a.id, Identity::WORLD, PD::Egress, M::Any);
+        // One port, and an egress interface with an IPv4 address only.
+        env.nat_ports(NAT_MIN, NAT_MIN);
+        let ext = env.egress(1, true, false);
+        let (x4, x6) = (world(Fam::V4), world(Fam::V6));
+        env.masquerade(&a, &ext, x4, &L4::udp(1000, 53, b""), "the flow holding the port");
+        env.send(&a, &a.tx(x4, &L4::udp(1001, 53, b""))).expect(PASS, &[eg(a.n, Forwarded)], "a second flow");
+
+        let x6cid = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
         let stranger = Ep { ifindex: veth(9), ..a };
-        let nine = (0..9).fold(Ipv6::new(a.ip6, x6), |ip, _| ip.ext(Ext::DstOpts(0)));
+        let nine = (0..9).fold(Ipv6::new(a.ip6, x6cid), |ip, _| ip.ext(Ext::DstOpts(0)));
         let [_, later] = fragments(Fam::V4, a.ip(Fam::V4), remote(Fam::V4), 0x3001, 1000, 53, [0; 4]);
-        let cases: [(&Ep, Vec<u8>, DropReason); 9] = [
-            (&a, a.tx(remote(Fam::V6), &L4::tcp(1, 2, TCP_SYN).truncated(8)), Malformed),
-            (&a, a.tx_from(b.ip(Fam::V4), remote(Fam::V4), &L4::udp(1, 53, b"")), SpoofedSource),
-            (&a, eth(BROADCAST_MAC, a.mac, ETH_P_ARP, &arp(ARP_REQUEST, a.mac, b.ip4, [0; 6], GATEWAY_V4)), SpoofedArp),
-            (&a, eth(a.host_mac, a.mac, 0x88b5, &[0; 46]), UnsupportedProtocol),
-            (&stranger, a.tx(remote(Fam::V6), &L4::udp(1, 53, b"")), UnknownEndpoint),
-            (&a, a.tx(remote(Fam::V6), &L4::udp(1, 55, b"")), PolicyDenied),
-            (&a, a.tx(remote(Fam::V6), &L4::udp(1, 54, b"")), PolicyDenyRule),
-            (&a, a.tx_ip(ETH_P_IP, &later), FragmentUnknown),
-            (&a, a.tx_ip(ETH_P_IPV6, &nine.packet(&L4::udp(1, 53, b""))), ExtHeaders),
+        let from_a = |frame: Vec<u8>, reason| (PROG_FROM_CONTAINER, a.ifindex, frame, eg(a.n, reason));
+        let cases: [(&str, u32, Vec<u8>, Counted); 14] = [
+            from_a(a.tx(remote(Fam::V6), &L4::tcp(1, 2, TCP_SYN).truncated(8)), Malformed),
+            from_a(a.tx_from(b.ip(Fam::V4), remote(Fam::V4), &L4::udp(1, 53, b"")), SpoofedSource),
+            from_a(
+                eth(BROADCAST_MAC, a.mac, ETH_P_ARP, &arp(ARP_REQUEST, a.mac, b.ip4, [0; 6], GATEWAY_V4)),
+                SpoofedArp,
+            ),
+            from_a(eth(a.host_mac, a.mac, 0x88b5, &[0; 46]), UnsupportedProtocol),
+            (
+                PROG_FROM_CONTAINER,
+                stranger.ifindex,
+                a.tx(remote(Fam::V6), &L4::udp(1, 53, b"")),
+                eg(0, UnknownEndpoint),
+            ),
+            from_a(a.tx(remote(Fam::V6), &L4::udp(1, 55, b"")), PolicyDenied),
+            from_a(a.tx(remote(Fam::V6), &L4::udp(1, 54, b"")), PolicyDenyRule),
+            from_a(a.tx_ip(ETH_P_IP, &later), FragmentUnknown),
+            from_a(a.tx_ip(ETH_P_IPV6, &nine.packet(&L4::udp(1, 53, b""))), ExtHeaders),
+            (PROG_FROM_CONTAINER, i.ifindex, i.tx(x4, &L4::udp(1, 53, b"")), eg(i.n, InternalNetwork)),
+            (PROG_TO_WORLD, ext.ifindex, ext.out(a.ip(Fam::V4), x4, &L4::udp(1001, 53, b"")), eg(a.n, NatNoPort)),
+            (PROG_TO_WORLD, ext.ifindex, ext.out(a.ip(Fam::V6), x6, &L4::udp(1, 53, b"")), eg(a.n, NatNoAddress)),
+            (PROG_TO_WORLD, ext.ifindex, ext.out(a.ip(Fam::V4), x4, &sctp(1, 2)), eg(a.n, NatUnsupported)),
+            (
+                PROG_FROM_WORLD,
+                ext.ifindex,
+                ext.inbound(x4, a.ip(Fam::V4), &L4::udp(53, 1000, b"")),
+                ing(a.n, NotPublished),
+            ),
         ];
         let mut produced = BTreeSet::new();
-        for (ep, frame, reason) in cases {
-            let owner = if reason == UnknownEndpoint { 0 } else { ep.n };
-            let out = env.send(ep, &frame).expect(DROP, &[eg(owner, reason)], reason.name());
+        for (program, ifindex, frame, counted) in cases {
+            let reason = counted.1;
+            let out = env.run(program, ifindex, &frame).expect(DROP, &[counted], reason.name());
             produced.extend(out.counted.iter().map(|(_, r, _)| *r));
         }
         let every: BTreeSet<_> = DropReason::ALL.into_iter().filter(|r| r.is_drop()).collect();

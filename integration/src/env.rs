@@ -70,6 +70,10 @@ impl Env {
             docker(&["network", "rm", n]).expect("network rm");
         }
         let daemon = &self.daemon;
+        // Translations go in the background soon after their endpoints.
+        let _ = crate::wait_until(std::time::Duration::from_secs(10), "the NAT sweep", || {
+            ["crs_nat_out", "crs_nat_in"].iter().all(|m| map_entries(daemon, m).is_ok_and(|e| e.is_empty()))
+        });
         let check = || -> Result<()> {
             let endpoints = daemon.endpoints()?;
             anyhow::ensure!(endpoints.is_empty(), "endpoints left: {endpoints:?}");
@@ -77,9 +81,10 @@ impl Env {
             anyhow::ensure!(networks.is_empty(), "networks left: {networks:?}");
             let status: Value = serde_json::from_str(&daemon.cli(&["status", "-o", "json"])?)?;
             anyhow::ensure!(status["pools"] == 0, "pools left: {status}");
+            // Endpoint links, and the egress interface's once no network needs it.
             let pins = pinned_links(daemon);
             anyhow::ensure!(pins.is_empty(), "pinned links left: {pins:?}");
-            for map in ["crs_endpoints", "crs_local_ips"] {
+            for map in ["crs_endpoints", "crs_local_ips", "crs_egress", "crs_nat_out", "crs_nat_in"] {
                 let n = map_entries(daemon, map)?.len();
                 anyhow::ensure!(n == 0, "{map} still has {n} entries");
             }

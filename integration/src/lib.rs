@@ -2,6 +2,7 @@
 //! test, containers, and clean-up that also tolerates what an earlier run left behind.
 
 pub mod env;
+pub mod outside;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -150,6 +151,9 @@ impl Daemon {
             .env("CILIUM_RS_API_SOCKET", &self.api_socket)
             .env("CILIUM_RS_STATE_DIR", &self.state_dir)
             .env("CILIUM_RS_BPF_ROOT", &self.bpf_root)
+            // Tests never attach to the machine's real uplink; those of the outside world name
+            // the interface of the namespace they create.
+            .env("CILIUM_RS_EGRESS_INTERFACE", "none")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -233,119 +233,64 @@ fn the_host_entity_admits_the_host_and_nobody_else() {
 
 /// A test host outside the containers: a namespace behind a veth, with documentation
 /// addresses, routing back to the containers through the host; removed on drop.
-struct TestHost {
-    ns: String,
-    /// Forwarding sysctls as they were, put back on drop.
-    forwarding: Vec<(String, String)>,
-}
-
-const EXT_HOST4: &str = "198.51.100.2";
-const EXT_HOST6: &str = "2001:db8:51::2";
-
-impl TestHost {
-    fn new(name: &str) -> Result<TestHost> {
-        let ns = name.to_owned();
-        let _ = run(&["ip", "netns", "del", &ns]);
-        let _ = run(&["ip", "link", "del", "crsext0"]);
-        run(&["ip", "netns", "add", &ns])?;
-        let forwarding = ["net.ipv6.conf.all.forwarding", "net.ipv4.ip_forward"]
-            .iter()
-            .map(|key| Ok((key.to_string(), run(&["sysctl", "-n", key])?.trim().to_owned())))
-            .collect::<Result<Vec<_>>>()?;
-        let host = TestHost { ns, forwarding };
-        let sh = |cmd: &str| run(&["sh", "-c", cmd]);
-        sh(&format!("ip link add crsext0 type veth peer name eth0 netns {}", host.ns))?;
-        sh("ip addr add 198.51.100.1/24 dev crsext0 && ip addr add 2001:db8:51::1/64 dev crsext0 nodad")?;
-        sh("ip link set crsext0 up")?;
-        let inside = |cmd: &str| run(&["ip", "netns", "exec", &host.ns, "sh", "-c", cmd]);
-        inside("ip link set lo up && ip link set eth0 up")?;
-        inside(&format!("ip addr add {EXT_HOST4}/24 dev eth0 && ip addr add {EXT_HOST6}/64 dev eth0 nodad"))?;
-        inside("ip route add default via 198.51.100.1 && ip -6 route add default via 2001:db8:51::1")?;
-        sh("sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv4.ip_forward=1")?;
-        // Docker's FORWARD policy drops what it did not set up itself; egress through our
-        // own programs is a later milestone, so let the test host's traffic through here.
-        for dir in ["-i", "-o"] {
-            sh(&format!("iptables -I FORWARD {dir} crsext0 -j ACCEPT"))?;
-        }
-        Ok(host)
-    }
-
-    /// Serves HTTP on `port` (both families) until dropped.
-    fn serve(&self, port: u16) -> Result<Child> {
-        let script = http_servers("ext", &[port]);
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, "busybox", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the test host's server")
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        for dir in ["-i", "-o"] {
-            let _ = run(&["iptables", "-D", "FORWARD", dir, "crsext0", "-j", "ACCEPT"]);
-        }
-        let _ = run(&["ip", "netns", "pids", &self.ns]).map(|pids| {
-            for pid in pids.split_whitespace() {
-                let _ = run(&["kill", "-9", pid]);
-            }
-        });
-        let _ = run(&["ip", "link", "del", "crsext0"]);
-        let _ = run(&["ip", "netns", "del", &self.ns]);
-        for (key, value) in &self.forwarding {
-            let _ = run(&["sysctl", "-qw", &format!("{key}={value}")]);
-        }
-    }
-}
-
 #[test]
 fn egress_to_cidr_and_cidr_sets_with_except() {
-    let env = setup();
-    let ext = TestHost::new(&format!("{PREFIX}ext")).expect("test host");
-    let mut servers = vec![ext.serve(80).expect("serve 80"), ext.serve(81).expect("serve 81")];
+    // Outside is reached through the egress programs, masqueraded.
+    let env = Env::setup(PLUGIN, PREFIX, &[("CILIUM_RS_EGRESS_INTERFACE", outside::OUTSIDE_IF)]);
+    let mut ext = outside::Outside::new(&format!("{PREFIX}out")).expect("outside");
+    ext.serve_http(&[80, 81]).expect("serve");
     let net = format!("{PREFIX}cidr");
     env.network(&net, &["--ipv6"]).expect("network");
     let (limited, free) = (format!("{PREFIX}limited"), format!("{PREFIX}free"));
     run_container(&limited, &["--network", &net, "-l", "id=limited"]).expect("limited");
     run_container(&free, &["--network", &net, "-l", "id=free"]).expect("free");
     wait_identities(&env, &[&limited, &free]).expect("identities");
-    wait_until(Duration::from_secs(10), "the test host's servers", || reaches(&free, EXT_HOST4, 80))
+    wait_until(Duration::from_secs(10), "the outside servers", || reaches(&free, outside::OUTSIDE4, 80))
         .expect("servers up, reachable without policy");
 
     let policy = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
-        "egress": [{"toCIDR": ["198.51.100.2/32", "2001:db8:51::2/128"],
+        "egress": [{"toCIDR": ["198.51.100.2/32", "2001:db8:100::2/128"],
                     "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}]"#;
     import(&env, policy).expect("import");
-    for addr in [EXT_HOST4, EXT_HOST6] {
+    for (addr, other) in [(outside::OUTSIDE4, outside::OTHER4), (outside::OUTSIDE6, outside::OTHER6)] {
         assert!(reaches(&limited, addr, 80), "limited -> {addr}:80 allowed by toCIDR");
         assert!(!reaches(&limited, addr, 81), "limited -> {addr}:81 refused");
+        assert!(!reaches(&limited, other, 80), "limited -> {other}:80: another outside address, refused");
         assert!(reaches(&free, addr, 81), "free (no egress policy) -> {addr}:81");
+        assert!(reaches(&free, other, 80), "free -> {other}:80");
     }
     assert!(drops(&env, &limited, "POLICY_DENIED", "egress") > 0);
 
-    // A CIDR set whose except covers the test host: refused even on port 80.
+    // A CIDR set whose except covers the outside host: refused even on port 80.
     let except = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
         "egress": [{"toCIDRSet": [{"cidr": "198.51.100.0/24", "except": ["198.51.100.2/32"]},
-                                  {"cidr": "2001:db8:51::/64", "except": ["2001:db8:51::2/128"]}]}]}]"#;
+                                  {"cidr": "2001:db8:100::/64", "except": ["2001:db8:100::2/128"]}]}]}]"#;
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     import(&env, except).expect("import the except");
-    for addr in [EXT_HOST4, EXT_HOST6] {
+    for (addr, other) in [(outside::OUTSIDE4, outside::OTHER4), (outside::OUTSIDE6, outside::OTHER6)] {
         assert!(!reaches(&limited, addr, 80), "limited -> {addr}: excepted");
+        assert!(reaches(&limited, other, 80), "limited -> {other}: in the set, not excepted");
     }
     let wider =
-        except.replace("198.51.100.2/32", "198.51.100.128/25").replace("2001:db8:51::2/128", "2001:db8:51::8000/113");
+        except.replace("198.51.100.2/32", "198.51.100.128/25").replace("2001:db8:100::2/128", "2001:db8:100::8000/113");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     import(&env, &wider).expect("import another except");
-    for addr in [EXT_HOST4, EXT_HOST6] {
+    for addr in [outside::OUTSIDE4, outside::OUTSIDE6] {
         assert!(reaches(&limited, addr, 80), "limited -> {addr}: inside the set, outside its except");
     }
+    // World entity: all of outside, and nothing else.
+    let world = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
+        "egress": [{"toEntities": ["world"]}]}]"#;
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
-    for server in &mut servers {
-        let _ = server.kill();
-        let _ = server.wait();
+    import(&env, world).expect("import world");
+    let (free_v4, _) = addresses(&free, &net).expect("addresses");
+    for addr in [outside::OUTSIDE4, outside::OTHER6] {
+        assert!(reaches(&limited, addr, 81), "limited -> {addr}: world");
     }
+    let pings = |to: &str| exec(&limited, &["ping", "-c", "1", "-W", "2", to]).expect("exec").0;
+    assert!(!pings(&free_v4), "world is not another container");
+    assert!(pings(outside::OUTSIDE4), "but it is every outside address, any protocol");
+    env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     drop(ext);
     env.finish(&[&limited, &free], &[&net]);
 }

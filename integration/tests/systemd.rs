@@ -63,7 +63,15 @@ fn socket_activation_serves_the_inherited_socket_and_leaves_it_in_place() {
         .arg("-l")
         .arg(&socket)
         .arg(binary())
-        .args(["daemon", "--docker-socket", "/nonexistent/docker.sock", "--bpf-root", &bpf_root])
+        .args([
+            "daemon",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+            "--egress-interface",
+            "none",
+            "--bpf-root",
+            &bpf_root,
+        ])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--api-socket")

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* ARP over Ethernet for IPv4: parsing and in-place replies for the endpoint's gateway. */
 #ifndef CRS_ARP_H
 #define CRS_ARP_H

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* Shared includes, return codes and packet access helpers of the cilium-rs datapath. */
 #ifndef CRS_COMMON_H
 #define CRS_COMMON_H
@@ -18,7 +18,7 @@
 #include <bpf/bpf_endian.h>
 
 /* Bumped whenever the key or value layout of a pinned map changes (docs/datapath.md). */
-#define CRS_LAYOUT_VERSION 3
+#define CRS_LAYOUT_VERSION 4
 
 /* Verdicts: pass to the host stack, or drop. Redirects return the helper's result. */
 #define CTX_ACT_OK   TC_ACT_OK
@@ -29,6 +29,18 @@
 #define IDENTITY_HOST  1
 #define IDENTITY_WORLD 2
 #define IDENTITY_INIT  5
+/* Local CIDR identities (addresses outside the host) start here, as Cilium numbers them. */
+#define IDENTITY_MIN_CIDR (1U << 24)
+
+/* Whether an identity stands for addresses outside the host: world, or a CIDR. */
+static __always_inline bool identity_is_outside(__u32 identity)
+{
+	return identity == IDENTITY_WORLD || identity >= IDENTITY_MIN_CIDR;
+}
+
+/* Address families as the kernel's helpers (bpf_fib_lookup, bpf_redirect_neigh) take them. */
+#define AF_INET	 2
+#define AF_INET6 10
 
 /* Address families as the maps store them. */
 #define IP_FAMILY_V4 4

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* crs_config: settings the daemon changes while the programs run (one entry). */
 #ifndef CRS_CONFIG_H
 #define CRS_CONFIG_H
@@ -12,9 +12,14 @@ struct datapath_config {
 	 */
 	__u32 policy_revision;
 	__u32 flags; /* reserved, zero */
+	/* Source ports (and ICMP echo ids) that masquerading hands out, inclusive. */
+	__u16 nat_port_min;
+	__u16 nat_port_max;
+	__u32 pad;
 };
 
-_Static_assert(sizeof(struct datapath_config) == 8, "datapath_config layout (abi::DatapathConfig)");
+_Static_assert(sizeof(struct datapath_config) == 16,
+	       "datapath_config layout (abi::DatapathConfig)");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -30,6 +35,19 @@ static __always_inline __u32 config_policy_revision(void)
 	struct datapath_config *config = bpf_map_lookup_elem(&crs_config, &zero);
 
 	return config ? config->policy_revision : 0;
+}
+
+/* The NAT port range; false until the daemon has configured one. */
+static __always_inline bool config_nat_ports(__u16 *min, __u16 *max)
+{
+	__u32 zero = 0;
+	struct datapath_config *config = bpf_map_lookup_elem(&crs_config, &zero);
+
+	if (!config || !config->nat_port_min || config->nat_port_max < config->nat_port_min)
+		return false;
+	*min = config->nat_port_min;
+	*max = config->nat_port_max;
+	return true;
 }
 
 #endif /* CRS_CONFIG_H */

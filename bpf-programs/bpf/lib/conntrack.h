@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * Connection tracking and the one policy check (docs/datapath.md, "Policy and connection
  * tracking"). crs_ct holds one entry per flow, keyed by its addresses and ports in canonical

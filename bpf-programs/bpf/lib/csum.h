@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* Internet checksum helpers (RFC 1071, incremental update per RFC 1624). */
 #ifndef CRS_CSUM_H
 #define CRS_CSUM_H

@@ -1,12 +1,14 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* crs_endpoints (who am I, by host-side ifindex) and crs_local_ips (which endpoint owns an IP). */
 #ifndef CRS_ENDPOINTS_H
 #define CRS_ENDPOINTS_H
 
 #include "common.h"
 
-#define ENDPOINT_F_IPV4 1
-#define ENDPOINT_F_IPV6 2
+#define ENDPOINT_F_IPV4		 1
+#define ENDPOINT_F_IPV6		 2
+#define ENDPOINT_F_INTERNAL	 4 /* its network is --internal: nothing to or from outside */
+#define ENDPOINT_F_NO_MASQUERADE 8 /* its network is routed: it leaves with its own address */
 
 struct endpoint_info {
 	__u32 endpoint_id;	 /* daemon-assigned endpoint number, key of crs_metrics */

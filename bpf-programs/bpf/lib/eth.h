@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* Ethernet header helpers. */
 #ifndef CRS_ETH_H
 #define CRS_ETH_H

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * The one L3/L4 parser: addresses, protocol and ports of a packet, through IPv6 extension
  * headers and IPv4 options, with fragments handled explicitly. A first fragment records its

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* ICMPv4: echo replies generated in place for the endpoint's IPv4 gateway. */
 #ifndef CRS_ICMP_H
 #define CRS_ICMP_H

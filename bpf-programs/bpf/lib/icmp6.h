@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * ICMPv6 answered on behalf of the router fe80::1: neighbour advertisements for solicitations
  * of fe80::1 (RFC 4861) and echo replies, both generated in place.

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * crs_ipcache: which security identity an address has, as an LPM trie over both families.
  * Every endpoint address is in it (as a /32 or /128), the host's own addresses map to host,

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* IPv4 header helpers. */
 #ifndef CRS_IPV4_H
 #define CRS_IPV4_H

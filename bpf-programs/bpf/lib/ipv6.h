@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* IPv6 address helpers. The endpoints' router is fe80::1 on every host-side veth. */
 #ifndef CRS_IPV6_H
 #define CRS_IPV6_H

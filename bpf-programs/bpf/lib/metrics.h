@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * crs_metrics: per-CPU packet and byte counters of each endpoint, forwarded and dropped by
  * reason, each way. One entry per endpoint, created by the daemon (the programs never create

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * crs_policy: what each local identity may send and receive, as an LPM trie keyed by
  * local identity · remote identity · direction · protocol · port (docs/datapath.md, "Policy").

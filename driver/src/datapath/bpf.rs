@@ -42,11 +42,12 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use bpf_programs::abi::{
     EndpointInfo, EndpointMetrics, IpKey, LocalIp, CRS_LAYOUT_VERSION, MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS,
-    PROG_FROM_CONTAINER, PROG_TO_CONTAINER,
+    PROG_FROM_CONTAINER, PROG_FROM_WORLD, PROG_TO_CONTAINER, PROG_TO_WORLD,
 };
-use bpf_programs::ENDPOINT_OBJECT;
+use bpf_programs::DATAPATH_OBJECT;
 
 use super::policy_maps::PolicyMaps;
+use super::world_maps::WorldMaps;
 
 /// Where the bpf filesystem is mounted when the system has not mounted it.
 pub const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
@@ -185,7 +186,8 @@ struct Hook {
     suffix: &'static str,
 }
 
-const HOOKS: [Hook; 2] = [
+/// The hooks of an endpoint veth.
+const ENDPOINT_HOOKS: [Hook; 2] = [
     Hook {
         program: PROG_FROM_CONTAINER,
         attach_type: TcAttachType::Ingress,
@@ -200,6 +202,25 @@ const HOOKS: [Hook; 2] = [
     },
 ];
 
+/// The hooks of an egress interface.
+const EGRESS_HOOKS: [Hook; 2] = [
+    Hook {
+        program: PROG_FROM_WORLD,
+        attach_type: TcAttachType::Ingress,
+        tcx_attach_type: BPF_TCX_INGRESS,
+        suffix: "fromworld",
+    },
+    Hook {
+        program: PROG_TO_WORLD,
+        attach_type: TcAttachType::Egress,
+        tcx_attach_type: BPF_TCX_EGRESS,
+        suffix: "toworld",
+    },
+];
+
+/// Every program of the object.
+const ALL_HOOKS: [Hook; 4] = [ENDPOINT_HOOKS[0], ENDPOINT_HOOKS[1], EGRESS_HOOKS[0], EGRESS_HOOKS[1]];
+
 /// The loaded endpoint programs and their pinned maps.
 pub struct BpfDatapath {
     maps_dir: PathBuf,
@@ -211,6 +232,8 @@ pub struct BpfDatapath {
     metrics: PerCpuHashMap<MapData, u32, EndpointMetrics>,
     /// The maps policy lives in, until the Linux datapath takes them behind their own lock.
     policy_maps: Option<PolicyMaps>,
+    /// The maps of the outside world, likewise.
+    world_maps: Option<WorldMaps>,
 }
 
 impl fmt::Debug for BpfDatapath {
@@ -251,9 +274,9 @@ impl BpfDatapath {
         // One loader, one parse of the kernel BTF.
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .load(ENDPOINT_OBJECT)
+            .load(DATAPATH_OBJECT)
             .map_err(|error| BpfError::Load { maps_dir: maps_dir.clone(), error: Box::new(error) })?;
-        for hook in HOOKS {
+        for hook in ALL_HOOKS {
             program_mut(&mut ebpf, hook.program)?.load().map_err(|error| BpfError::Program {
                 op: "load",
                 program: hook.program,
@@ -269,9 +292,19 @@ impl BpfDatapath {
         let metrics = PerCpuHashMap::try_from(take_map(&mut ebpf, MAP_METRICS)?)
             .map_err(|error| BpfError::MapLayout { map: MAP_METRICS, error: Box::new(error) })?;
         let policy_maps = Some(PolicyMaps::take(&mut ebpf)?);
+        let world_maps = Some(WorldMaps::take(&mut ebpf)?);
 
-        let mut loaded =
-            Self { maps_dir, links_dir, mode: AttachMode::detect(), ebpf, endpoints, local_ips, metrics, policy_maps };
+        let mut loaded = Self {
+            maps_dir,
+            links_dir,
+            mode: AttachMode::detect(),
+            ebpf,
+            endpoints,
+            local_ips,
+            metrics,
+            policy_maps,
+            world_maps,
+        };
         // What unknown interfaces see is counted under endpoint 0.
         loaded.ensure_metrics(0)?;
         Ok(loaded)
@@ -280,6 +313,11 @@ impl BpfDatapath {
     /// The maps policy lives in (crs_policy, crs_ipcache, crs_config, crs_ct), once.
     pub fn take_policy_maps(&mut self) -> Result<PolicyMaps, BpfError> {
         self.policy_maps.take().ok_or(BpfError::Missing { kind: "map set", name: "policy maps (already taken)" })
+    }
+
+    /// The maps of the outside world (crs_egress, crs_nat_out, crs_nat_in), once.
+    pub fn take_world_maps(&mut self) -> Result<WorldMaps, BpfError> {
+        self.world_maps.take().ok_or(BpfError::Missing { kind: "map set", name: "world maps (already taken)" })
     }
 
     /// How [`Self::attach`] attaches programs on this kernel.
@@ -340,7 +378,7 @@ impl BpfDatapath {
 
     /// Kernel ids of the loaded programs, by program name.
     pub fn program_ids(&self) -> Result<Vec<(&'static str, u32)>, BpfError> {
-        HOOKS
+        ALL_HOOKS
             .iter()
             .map(|hook| {
                 let prog: &SchedClassifier = self
@@ -367,15 +405,31 @@ impl BpfDatapath {
     /// pin of the same name whose link is not on this interface (left by an earlier interface
     /// with that name) is replaced. Before 6.6, see the module documentation.
     pub fn attach(&mut self, ifname: &str) -> Result<(), BpfError> {
+        self.attach_hooks(ifname, &ENDPOINT_HOOKS)
+    }
+
+    /// Attaches `crs_from_world` and `crs_to_world` to an egress interface, as [`Self::attach`]
+    /// does for an endpoint (pins `links/<ifname>_fromworld` and `_toworld`).
+    pub fn attach_egress(&mut self, ifname: &str) -> Result<(), BpfError> {
+        self.attach_hooks(ifname, &EGRESS_HOOKS)?;
+        self.remove_other_mode(ifname, &EGRESS_HOOKS)
+    }
+
+    /// Detaches the egress programs from `ifname`; absent is fine.
+    pub fn detach_egress(&mut self, ifname: &str) -> Result<(), BpfError> {
+        self.detach_hooks(ifname, &EGRESS_HOOKS)
+    }
+
+    fn attach_hooks(&mut self, ifname: &str, hooks: &[Hook]) -> Result<(), BpfError> {
         validate_ifname(ATTACH, ifname)?;
         let ifindex = ifindex(ATTACH, ifname)?;
         match self.mode {
-            AttachMode::Tcx => self.attach_tcx(ifname, ifindex),
-            AttachMode::Netlink => self.attach_netlink(ifname),
+            AttachMode::Tcx => self.attach_tcx(ifname, ifindex, hooks),
+            AttachMode::Netlink => self.attach_netlink(ifname, hooks),
         }
     }
 
-    fn attach_tcx(&mut self, ifname: &str, ifindex: u32) -> Result<(), BpfError> {
+    fn attach_tcx(&mut self, ifname: &str, ifindex: u32, hooks: &[Hook]) -> Result<(), BpfError> {
         if !pinnable(ifname) {
             return Err(BpfError::Interface {
                 op: ATTACH,
@@ -384,7 +438,7 @@ impl BpfDatapath {
             });
         }
         let mut created: Vec<PathBuf> = Vec::new();
-        for hook in HOOKS {
+        for &hook in hooks {
             let pin = self.link_pin(ifname, hook);
             match self.attach_tcx_hook(ifname, ifindex, hook, &pin) {
                 Ok(true) => created.push(pin),
@@ -445,13 +499,13 @@ impl BpfDatapath {
         Ok(true)
     }
 
-    fn attach_netlink(&mut self, ifname: &str) -> Result<(), BpfError> {
+    fn attach_netlink(&mut self, ifname: &str, hooks: &[Hook]) -> Result<(), BpfError> {
         if let Err(error) = qdisc_add_clsact(ifname) {
             if !tc_error_is(&error, libc::EEXIST) && !matches!(error, TcError::AlreadyAttached) {
                 return Err(BpfError::Tc { op: "add clsact qdisc to", ifname: ifname.into(), error: Box::new(error) });
             }
         }
-        for hook in HOOKS {
+        for &hook in hooks {
             let prog = program_mut(&mut self.ebpf, hook.program)?;
             let prog_error = |error: ProgramError| BpfError::Program {
                 op: "attach",
@@ -484,7 +538,12 @@ impl BpfDatapath {
     /// earlier daemon may have attached in the other mode, so exactly one attachment remains.
     pub fn reattach(&mut self, ifname: &str) -> Result<(), BpfError> {
         self.attach(ifname)?;
-        for hook in HOOKS {
+        self.remove_other_mode(ifname, &ENDPOINT_HOOKS)
+    }
+
+    /// Removes the attachments of `hooks` that the mode not in use would have made.
+    fn remove_other_mode(&mut self, ifname: &str, hooks: &[Hook]) -> Result<(), BpfError> {
+        for &hook in hooks {
             match self.mode {
                 AttachMode::Netlink if pinnable(ifname) => unpin_link(&self.link_pin(ifname, hook))?,
                 AttachMode::Netlink => {}
@@ -497,9 +556,13 @@ impl BpfDatapath {
     /// Unpins both links of `ifname`, which detaches the programs if the interface still
     /// exists. Absent pins are fine. Before 6.6 removes the filters by program name instead.
     pub fn detach(&mut self, ifname: &str) -> Result<(), BpfError> {
+        self.detach_hooks(ifname, &ENDPOINT_HOOKS)
+    }
+
+    fn detach_hooks(&mut self, ifname: &str, hooks: &[Hook]) -> Result<(), BpfError> {
         validate_ifname("detach programs from", ifname)?;
         let mut first_error = None;
-        for hook in HOOKS {
+        for &hook in hooks {
             // A name that cannot be pinned has no pins to remove.
             if pinnable(ifname) {
                 if let Err(err) = unpin_link(&self.link_pin(ifname, hook)) {
@@ -518,11 +581,20 @@ impl BpfDatapath {
     /// Whether both link pins of `ifname` exist.
     pub fn is_attached(&self, ifname: &str) -> bool {
         validate_ifname("check", ifname).is_ok()
-            && HOOKS.iter().all(|hook| self.link_pin(ifname, *hook).symlink_metadata().is_ok())
+            && ENDPOINT_HOOKS.iter().all(|hook| self.link_pin(ifname, *hook).symlink_metadata().is_ok())
     }
 
-    /// Interface names that have at least one link pin (for cleaning up leftovers).
+    /// Endpoint interface names that have at least one link pin (for cleaning up leftovers).
     pub fn pinned_links(&self) -> Result<Vec<String>, BpfError> {
+        self.pinned(&ENDPOINT_HOOKS)
+    }
+
+    /// Egress interface names that have at least one link pin.
+    pub fn pinned_egress_links(&self) -> Result<Vec<String>, BpfError> {
+        self.pinned(&EGRESS_HOOKS)
+    }
+
+    fn pinned(&self, hooks: &[Hook]) -> Result<Vec<String>, BpfError> {
         let entries = std::fs::read_dir(&self.links_dir).map_err(|source| BpfError::Io {
             op: "list",
             path: self.links_dir.clone(),
@@ -534,7 +606,7 @@ impl BpfDatapath {
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
             if let Some((ifname, suffix)) = file.rsplit_once('_') {
-                if HOOKS.iter().any(|h| h.suffix == suffix) {
+                if hooks.iter().any(|h| h.suffix == suffix) {
                     names.insert(ifname.to_string());
                 }
             }

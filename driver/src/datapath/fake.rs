@@ -7,7 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 use ipnet::IpNet;
 
 use super::{
-    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, PolicyView, RestoreReport, VethSpec,
+    Counters, Datapath, DatapathError, EgressDesired, EndpointDesired, HostLink, PolicyDesired, PolicyView,
+    RestoreReport, VethSpec,
 };
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,6 +30,12 @@ pub struct FakeKernel {
     pub policy: PolicyDesired,
     /// Bumped whenever the applied policy changed.
     pub policy_revision: u32,
+    /// Interfaces `egress_links` finds: those with a default route, and the others.
+    pub default_routes: Vec<EgressDesired>,
+    pub other_links: Vec<EgressDesired>,
+    /// The egress interfaces as last applied.
+    pub egress: Vec<EgressDesired>,
+    pub nat_ports: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +167,34 @@ impl Datapath for FakeDatapath {
             kernel.policy_revision += 1;
         }
         Ok(())
+    }
+
+    async fn egress_links(&self, names: Option<&[String]>) -> Result<Vec<EgressDesired>, DatapathError> {
+        let kernel = self.enter("egress_links", &names.map(|n| n.join(",")).unwrap_or_default())?;
+        Ok(match names {
+            None => kernel.default_routes.clone(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| kernel.default_routes.iter().chain(&kernel.other_links).find(|l| &l.ifname == n))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    async fn apply_egress(&self, desired: &[EgressDesired]) -> Result<(), DatapathError> {
+        let names: Vec<&str> = desired.iter().map(|d| d.ifname.as_str()).collect();
+        self.enter("apply_egress", &names.join(","))?.egress = desired.to_vec();
+        Ok(())
+    }
+
+    async fn set_nat_ports(&self, min: u16, max: u16) -> Result<(), DatapathError> {
+        self.enter("set_nat_ports", &format!("{min}-{max}"))?.nat_ports = Some((min, max));
+        Ok(())
+    }
+
+    async fn sweep_nat(&self) -> Result<usize, DatapathError> {
+        drop(self.enter("sweep_nat", "")?);
+        Ok(0)
     }
 
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {

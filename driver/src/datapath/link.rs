@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::stream::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
@@ -371,6 +371,75 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+
+    /// The interfaces that hold a default route (either family), by index, lowest metric
+    /// first.
+    pub async fn default_route_links(&self) -> Result<Vec<u32>, LinkError> {
+        let mut defaults: Vec<(u32, u32)> = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            defaults.extend(
+                self.main_routes(family)
+                    .await?
+                    .iter()
+                    .filter(|r| r.header.destination_prefix_length == 0 && r.header.kind == RouteType::Unicast)
+                    .filter_map(|r| Some((priority(r), output_interface(r)?))),
+            );
+        }
+        defaults.sort();
+        let mut links: Vec<u32> = Vec::new();
+        for (_, index) in defaults {
+            if !links.contains(&index) {
+                links.push(index);
+            }
+        }
+        Ok(links)
+    }
+
+    /// The name of the link with that index; `None` when there is none.
+    pub async fn link_name_of(&self, index: u32) -> Result<Option<String>, LinkError> {
+        let mut replies = self.handle.link().get().match_index(index).execute();
+        match replies.try_next().await.map_err(fail("get", format!("link with index {index}"))) {
+            Ok(Some(message)) => Ok(link_name(&message).map(str::to_owned)),
+            Ok(None) => Ok(None),
+            Err(err) if err.is_not_found() => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The first global, usable (not tentative, deprecated or failed) IPv4 and IPv6 address
+    /// of a link: what traffic leaving through it is masqueraded to.
+    pub async fn link_addresses(&self, index: u32) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), LinkError> {
+        let _turn = self.dumps.lock().await;
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump", format!("addresses of link {index}")))?;
+        let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Deprecated | AddressHeaderFlags::Dadfailed;
+        let mut ipv4 = None;
+        let mut ipv6 = None;
+        for message in messages.iter().filter(|m| m.header.index == index && m.header.scope == AddressScope::Universe) {
+            if message.header.flags.intersects(unusable) {
+                continue;
+            }
+            for attr in &message.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(a)) => {
+                        ipv4.get_or_insert(*a);
+                    }
+                    AddressAttribute::Address(IpAddr::V6(a)) => {
+                        ipv6.get_or_insert(*a);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((ipv4, ipv6))
     }
 
     /// The routes of the main table of one family.

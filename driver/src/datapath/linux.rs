@@ -16,9 +16,10 @@ use super::bpf::{AttachMode, BpfDatapath};
 use super::layouts;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
+use super::world_maps::WorldMaps;
 use super::{
-    Counters, Datapath, DatapathError, EndpointDesired, HostLink, PolicyDesired, PolicyView, RestoreReport, Traffic,
-    VethSpec,
+    Counters, Datapath, DatapathError, EgressDesired, EndpointDesired, HostLink, PolicyDesired, PolicyView,
+    RestoreReport, Traffic, VethSpec,
 };
 use crate::identity::Identity;
 
@@ -44,10 +45,17 @@ impl PolicyState {
     }
 }
 
+/// The maps of the outside world and the egress interfaces applied to them, by name.
+struct WorldState {
+    maps: WorldMaps,
+    applied: BTreeMap<String, EgressDesired>,
+}
+
 pub struct LinuxDatapath {
     netlink: Netlink,
     bpf: Mutex<BpfDatapath>,
     policy: Mutex<PolicyState>,
+    world: Mutex<WorldState>,
     /// What was applied for each endpoint, by endpoint number.
     applied: Mutex<HashMap<u32, EndpointDesired>>,
 }
@@ -75,10 +83,12 @@ impl LinuxDatapath {
         let maps = bpf.take_policy_maps()?;
         let revision = maps.revision()?;
         let policy = PolicyState { maps, applied: PolicyDesired::default(), endpoint_ips: HashMap::new(), revision };
+        let world = WorldState { maps: bpf.take_world_maps()?, applied: BTreeMap::new() };
         Ok(LinuxDatapath {
             netlink,
             bpf: Mutex::new(bpf),
             policy: Mutex::new(policy),
+            world: Mutex::new(world),
             applied: Mutex::new(HashMap::new()),
         })
     }
@@ -89,6 +99,10 @@ impl LinuxDatapath {
 
     fn policy(&self) -> MutexGuard<'_, PolicyState> {
         guard(&self.policy)
+    }
+
+    fn world(&self) -> MutexGuard<'_, WorldState> {
+        guard(&self.world)
     }
 
     /// Writes the map entries of `desired`, removing those of `old` it no longer has. A changed
@@ -228,6 +242,12 @@ fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
     }
     if let (Some(v4), Some(gw)) = (endpoint.ipv4, endpoint.gateway_ipv4) {
         info = info.with_ipv4(v4, gw);
+    }
+    if endpoint.internal {
+        info.flags |= abi::ENDPOINT_F_INTERNAL;
+    }
+    if !endpoint.masquerade {
+        info.flags |= abi::ENDPOINT_F_NO_MASQUERADE;
     }
     info
 }
@@ -380,6 +400,84 @@ impl Datapath for LinuxDatapath {
             policy.bump_revision()?;
         }
         Ok(())
+    }
+
+    async fn egress_links(&self, names: Option<&[String]>) -> Result<Vec<EgressDesired>, DatapathError> {
+        let mut links: Vec<(String, u32)> = Vec::new();
+        match names {
+            None => {
+                for index in self.netlink.default_route_links().await? {
+                    if let Some(name) = self.netlink.link_name_of(index).await? {
+                        links.push((name, index));
+                    }
+                }
+            }
+            Some(names) => {
+                for name in names {
+                    if let Some(link) = self.netlink.link_by_name(name).await? {
+                        links.push((name.clone(), link.index));
+                    }
+                }
+            }
+        }
+        let mut desired = Vec::new();
+        for (ifname, ifindex) in links {
+            let (ipv4, ipv6) = self.netlink.link_addresses(ifindex).await?;
+            desired.push(EgressDesired { ifname, ifindex, ipv4, ipv6 });
+        }
+        Ok(desired)
+    }
+
+    async fn apply_egress(&self, desired: &[EgressDesired]) -> Result<(), DatapathError> {
+        let mut world = self.world();
+        let wanted: BTreeMap<&str, &EgressDesired> = desired.iter().map(|d| (d.ifname.as_str(), d)).collect();
+        // Entries go before the programs do, and come after them: crs_from_container never
+        // sends a packet to an interface that would not masquerade it.
+        let stale: Vec<EgressDesired> =
+            world.applied.values().filter(|a| wanted.get(a.ifname.as_str()) != Some(a)).cloned().collect();
+        for old in stale {
+            if wanted.get(old.ifname.as_str()).is_none_or(|d| d.ifindex != old.ifindex) {
+                world.maps.remove_egress(old.ifindex)?;
+            }
+            if !wanted.contains_key(old.ifname.as_str()) {
+                self.bpf().detach_egress(&old.ifname)?;
+                tracing::info!(ifname = %old.ifname, "egress interface removed");
+            }
+            world.applied.remove(&old.ifname);
+        }
+        for d in desired {
+            if world.applied.get(&d.ifname) == Some(d) {
+                continue;
+            }
+            self.bpf().attach_egress(&d.ifname)?;
+            world.maps.set_egress(d.ifindex, &abi::EgressIface::new(d.ipv4, d.ipv6))?;
+            tracing::info!(ifname = %d.ifname, ipv4 = ?d.ipv4, ipv6 = ?d.ipv6, "egress interface");
+            world.applied.insert(d.ifname.clone(), d.clone());
+        }
+        // What an earlier daemon attached or wrote for interfaces no longer wanted.
+        let indexes: BTreeSet<u32> = desired.iter().map(|d| d.ifindex).collect();
+        for (ifindex, _) in world.maps.egress_entries()? {
+            if !indexes.contains(&ifindex) {
+                world.maps.remove_egress(ifindex)?;
+            }
+        }
+        let mut bpf = self.bpf();
+        for name in bpf.pinned_egress_links()? {
+            if !wanted.contains_key(name.as_str()) {
+                bpf.detach_egress(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_nat_ports(&self, min: u16, max: u16) -> Result<(), DatapathError> {
+        Ok(self.policy().maps.set_nat_ports(min, max)?)
+    }
+
+    async fn sweep_nat(&self) -> Result<usize, DatapathError> {
+        let live: BTreeSet<IpAddr> =
+            guard(&self.applied).values().flat_map(EndpointDesired::delivered_addresses).collect();
+        Ok(self.world().maps.sweep(&live)?)
     }
 
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {

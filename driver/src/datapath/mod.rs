@@ -29,6 +29,11 @@ pub struct EndpointDesired {
     pub gateway_ipv4: Option<Ipv4Addr>,
     /// The endpoint's security identity (its addresses have it in the ipcache).
     pub identity: Identity,
+    /// Its network is `--internal`: nothing reaches outside the host from it, or it from there.
+    pub internal: bool,
+    /// What it sends outside leaves with the egress interface's address (else with its own:
+    /// the network is routed to the host).
+    pub masquerade: bool,
     /// Traffic is delivered to the endpoint: host routes, neighbour entries and address
     /// entries exist. False once it left: only its own entry stays, so what its container still
     /// sends while dockerd moves the interface back is attributed to it.
@@ -72,6 +77,16 @@ impl PolicyDesired {
     pub fn view(&self) -> PolicyView<'_> {
         PolicyView { entries: &self.entries, ipcache: &self.ipcache }
     }
+}
+
+/// An interface that leads outside: the egress programs are attached to it, and what
+/// endpoints send through it leaves with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EgressDesired {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// The veth pair of an endpoint.
@@ -156,6 +171,7 @@ pub mod layouts;
 pub mod link;
 pub mod linux;
 pub mod policy_maps;
+pub mod world_maps;
 
 /// The kernel operations the driver needs; the driver holds it as `Arc<dyn Datapath>`.
 #[async_trait::async_trait]
@@ -195,6 +211,22 @@ pub trait Datapath: Send + Sync + 'static {
     /// bumps the policy revision if anything changed, so that established flows are checked
     /// again at their next packet.
     async fn apply_policy(&self, desired: PolicyView<'_>) -> Result<(), DatapathError>;
+
+    /// The interfaces named `names`, or those holding a default route when `names` is `None`,
+    /// with the addresses masquerading would use on them. Named interfaces that do not exist
+    /// are left out.
+    async fn egress_links(&self, names: Option<&[String]>) -> Result<Vec<EgressDesired>, DatapathError>;
+
+    /// Makes the egress programs and crs_egress hold exactly `desired`: attaches to new
+    /// interfaces, updates changed addresses, detaches from interfaces no longer wanted.
+    async fn apply_egress(&self, desired: &[EgressDesired]) -> Result<(), DatapathError>;
+
+    /// The source ports (and ICMP echo ids) masquerading hands out, inclusive.
+    async fn set_nat_ports(&self, min: u16, max: u16) -> Result<(), DatapathError>;
+
+    /// Removes the translations of endpoint addresses that no endpoint holds any more (a full
+    /// scan of the NAT maps, run in the background); returns how many entries went.
+    async fn sweep_nat(&self) -> Result<usize, DatapathError>;
 
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;

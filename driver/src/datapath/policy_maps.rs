@@ -1,6 +1,7 @@
 //! The maps policy lives in — crs_policy (entries), crs_ipcache (address → identity),
-//! crs_config (the policy revision) and crs_ct (connection tracking, read for views) — and the
-//! conversion between their keys and the domain's policy keys.
+//! crs_config (the policy revision, and the NAT port range beside it) and crs_ct (connection
+//! tracking, read for views) — and the conversion between their keys and the domain's policy
+//! keys.
 
 use std::net::IpAddr;
 
@@ -197,15 +198,22 @@ impl PolicyMaps {
     }
 
     pub fn revision(&self) -> Result<u32, BpfError> {
-        Ok(self.config.get(&0, 0).map_err(map_error("read", MAP_CONFIG, "0".to_owned()))?.policy_revision)
+        Ok(self.config()?.policy_revision)
     }
 
     pub fn set_revision(&mut self, revision: u32) -> Result<(), BpfError> {
-        self.config.set(0, DatapathConfig { policy_revision: revision, flags: 0 }, 0).map_err(map_error(
-            "update",
-            MAP_CONFIG,
-            "0".to_owned(),
-        ))
+        let config = DatapathConfig { policy_revision: revision, ..self.config()? };
+        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+    }
+
+    /// The source ports (and ICMP echo ids) masquerading hands out.
+    pub fn set_nat_ports(&mut self, min: u16, max: u16) -> Result<(), BpfError> {
+        let config = DatapathConfig { nat_port_min: min, nat_port_max: max, ..self.config()? };
+        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+    }
+
+    fn config(&self) -> Result<DatapathConfig, BpfError> {
+        self.config.get(&0, 0).map_err(map_error("read", MAP_CONFIG, "0".to_owned()))
     }
 
     /// Every connection-tracking entry (a full scan).

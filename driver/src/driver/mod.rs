@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use crate::datapath::{Datapath, DatapathError, EndpointDesired, VethSpec};
+use crate::egress::{EgressChoice, PortRange, DEFAULT_NAT_PORTS};
 use crate::endpoint::{host_ifname, ContainerRef, Endpoint, JoinPlan, Joined};
 use crate::identity::Identity;
 use crate::identity_alloc::{AllocError, IdentityAllocator};
@@ -49,6 +50,10 @@ pub struct DriverConfig {
     pub enforcement: EnforcementMode,
     /// Which container labels count for identity.
     pub labels: LabelFilter,
+    /// `--egress-interface`.
+    pub egress: EgressChoice,
+    /// `--nat-port-range`.
+    pub nat_ports: PortRange,
 }
 
 impl Default for DriverConfig {
@@ -59,6 +64,8 @@ impl Default for DriverConfig {
             reconcile_grace_secs: RECONCILE_GRACE_SECS,
             enforcement: EnforcementMode::Default,
             labels: LabelFilter::default(),
+            egress: EgressChoice::default(),
+            nat_ports: DEFAULT_NAT_PORTS,
         }
     }
 }
@@ -161,6 +168,10 @@ pub struct Driver {
     /// When each endpoint still waiting for its identity joined, and how long the identity
     /// took to reach the datapath after Join for those that got one (in memory only).
     identity_timing: Mutex<IdentityTiming>,
+    /// One egress refresh at a time (network changes and the periodic one).
+    egress_turn: tokio::sync::Mutex<()>,
+    /// Wakes the NAT sweep: an endpoint went, its translations can go too.
+    nat_sweep: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -198,9 +209,14 @@ impl Driver {
             identity_turns: tokio::sync::Mutex::new(()),
             joined: tokio::sync::Notify::new(),
             identity_timing: Mutex::new(IdentityTiming::default()),
+            egress_turn: tokio::sync::Mutex::new(()),
+            nat_sweep: tokio::sync::Notify::new(),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
+        let ports = driver.config.nat_ports;
+        driver.datapath.set_nat_ports(ports.min, ports.max).await?;
+        driver.refresh_egress().await?;
         Ok(driver)
     }
 
@@ -398,6 +414,12 @@ impl Driver {
     pub async fn create_network(&self, request: CreateNetwork) -> Result<(), DriverError> {
         // IPv6 always: without an IPv6 pool from dockerd the driver takes one for the network.
         let avoid = if request.ipv6.is_empty() { self.datapath.host_prefixes().await? } else { Vec::new() };
+        self.add_network(request, &avoid)?;
+        self.refresh_egress_logged().await;
+        Ok(())
+    }
+
+    fn add_network(&self, request: CreateNetwork, avoid: &[IpNet]) -> Result<(), DriverError> {
         let mut state = self.state();
         if state.networks.contains_key(&request.id) {
             return Err(DriverError::Conflict(format!("network {} already exists", request.id.short())));
@@ -408,7 +430,7 @@ impl Driver {
         let driver_ipv6_pool = if ipv6_pools.is_empty() {
             let request = PoolRequest { v6: true, internal: true, ..PoolRequest::default() };
             let config = &self.config.ipam;
-            Some(txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, &avoid, now())?.id.clone()))?)
+            Some(txn.create_pool(|ipam| Ok(ipam.request_pool(config, &request, avoid, now())?.id.clone()))?)
         } else {
             None
         };
@@ -419,6 +441,7 @@ impl Driver {
             driver_ipv6_pool,
             ipv6_enabled: request.options.ipv6_enabled,
             internal: request.options.internal,
+            masquerade: request.options.masquerade,
             mtu: request.options.mtu,
             created_at: now(),
         };
@@ -442,16 +465,24 @@ impl Driver {
         for ep in orphans {
             errors.extend(self.teardown_endpoint(&ep).await.err());
         }
+        if self.remove_network(id)? {
+            info!(network = id.short(), "network deleted");
+            self.refresh_egress_logged().await;
+        }
+        DriverError::collect(errors)
+    }
+
+    /// Removes the record of a network and releases its pools; false when it was gone.
+    fn remove_network(&self, id: &NetworkId) -> Result<bool, DriverError> {
         let mut state = self.state();
-        let Some(network) = state.networks.get(id).cloned() else { return Ok(()) };
+        let Some(network) = state.networks.get(id).cloned() else { return Ok(false) };
         let mut txn = Txn::new(&mut state);
         for pool in network.pools() {
             txn.touch_pool(pool).release_pool(pool);
         }
         txn.touch_network(id).remove(id);
         txn.commit(self.store.as_ref())?;
-        info!(network = id.short(), "network deleted");
-        DriverError::collect(errors)
+        Ok(true)
     }
 
     // ---- endpoints ----
@@ -532,6 +563,8 @@ impl Driver {
             identity: Identity::INIT,
             container: None,
             labels: Labels::new(),
+            internal: network.internal,
+            masquerade: network.masquerade,
         };
         txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
         txn.commit(self.store.as_ref())?;
@@ -722,6 +755,7 @@ impl Driver {
         if let Err(e) = self.release_identity(endpoint.identity, &endpoint.labels).await {
             warn!(endpoint = id.short(), error = %e, "release identity");
         }
+        self.nat_sweep.notify_one();
         DatapathError::collect(errors).map_err(DriverError::from)
     }
 
@@ -860,6 +894,38 @@ impl Driver {
     /// Resolves when an endpoint joined (its identity is wanted).
     pub async fn endpoint_joined(&self) {
         self.joined.notified().await;
+    }
+
+    /// Makes the egress programs sit on the interfaces that lead outside (as configured, with
+    /// their current addresses) while any network may reach outside, and on none otherwise.
+    pub async fn refresh_egress(&self) -> Result<(), DriverError> {
+        let _turn = self.egress_turn.lock().await;
+        let needed = self.state().networks.values().any(|n| !n.internal);
+        let desired = match (&self.config.egress, needed) {
+            (EgressChoice::None, _) | (_, false) => Vec::new(),
+            (EgressChoice::Auto, true) => self.datapath.egress_links(None).await?,
+            (EgressChoice::Named(names), true) => self.datapath.egress_links(Some(names)).await?,
+        };
+        self.datapath.apply_egress(&desired).await?;
+        Ok(())
+    }
+
+    /// [`Self::refresh_egress`] for a network change, which it never fails: the network works
+    /// on the host either way, and the periodic refresh tries again.
+    async fn refresh_egress_logged(&self) {
+        if let Err(e) = self.refresh_egress().await {
+            warn!(error = %e, "egress interfaces");
+        }
+    }
+
+    /// Removes the translations of endpoints that are gone; returns how many entries went.
+    pub async fn sweep_nat(&self) -> Result<usize, DriverError> {
+        Ok(self.datapath.sweep_nat().await?)
+    }
+
+    /// Resolves when an endpoint went (its translations may be swept).
+    pub async fn endpoint_removed(&self) {
+        self.nat_sweep.notified().await;
     }
 
     /// Reads the host's addresses and gives them identity host in policy.

@@ -362,3 +362,206 @@ pub fn arp(op: u16, sha: [u8; 6], sip: Ipv4Addr, tha: [u8; 6], tip: Ipv4Addr) ->
     p.extend_from_slice(&tip.octets());
     p
 }
+
+/// Whether the Internet checksum over `parts` (concatenated) is valid.
+fn sums_to_zero(parts: &[&[u8]]) -> bool {
+    checksum(&parts.concat()) == 0
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// The IPv4 pseudo-header of an L4 part of `len` bytes.
+fn pseudo4(ip: &[u8], proto: u8, len: usize) -> Vec<u8> {
+    let mut p = ip[12..20].to_vec();
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&u16::try_from(len).expect("L4 length").to_be_bytes());
+    p
+}
+
+/// The IPv6 pseudo-header of an L4 part of `len` bytes.
+fn pseudo6(ip: &[u8], proto: u8, len: usize) -> Vec<u8> {
+    let mut p = ip[8..40].to_vec();
+    p.extend_from_slice(&u32::try_from(len).expect("L4 length").to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, proto]);
+    p
+}
+
+/// Recomputes every checksum of an Ethernet frame carrying IPv4 or IPv6: the IPv4 header,
+/// the TCP, UDP, ICMP or ICMPv6 checksum (with the pseudo-header where the protocol has one)
+/// of an unfragmented packet, and the quoted IPv4 header of an ICMPv4 error. Returns the names
+/// of the checksums found valid, in order ("IPv4 header", "TCP", "UDP", "UDP (none)", "ICMP",
+/// "ICMPv6", "quoted IPv4 header"), or what is wrong. A fragment's L4 checksum covers the
+/// whole datagram: check it on `reassemble`d fragments.
+pub fn verify_checksums(frame: &[u8]) -> Result<Vec<&'static str>, String> {
+    let mut valid = Vec::new();
+    if frame.len() < ETH_HLEN {
+        return Err(format!("{} bytes: no Ethernet header", frame.len()));
+    }
+    let ip = &frame[ETH_HLEN..];
+    let (proto, l4, pseudo) = match be16(frame, 12) {
+        ETH_P_IP => {
+            if ip.len() < 20 || ip[0] >> 4 != 4 {
+                return Err("not an IPv4 header".into());
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(be16(ip, 2));
+            if ihl < 20 || total < ihl || total > ip.len() {
+                return Err(format!("IPv4 header length {ihl}, total length {total} of {}", ip.len()));
+            }
+            if !sums_to_zero(&[&ip[..ihl]]) {
+                return Err(format!("IPv4 header checksum {:#06x} is wrong", be16(ip, 10)));
+            }
+            valid.push("IPv4 header");
+            if be16(ip, 6) & 0x3fff != 0 {
+                return Ok(valid);
+            }
+            let l4 = &ip[ihl..total];
+            (ip[9], l4, pseudo4(ip, ip[9], l4.len()))
+        }
+        ETH_P_IPV6 => {
+            if ip.len() < 40 || ip[0] >> 4 != 6 {
+                return Err("not an IPv6 header".into());
+            }
+            let end = 40 + usize::from(be16(ip, 4));
+            if end > ip.len() {
+                return Err(format!("IPv6 payload length {} of {}", end - 40, ip.len() - 40));
+            }
+            let (mut next, mut off) = (ip[6], 40);
+            loop {
+                match next {
+                    44 => {
+                        if be16(ip, off + 2) & 0xfff9 != 0 {
+                            return Ok(valid);
+                        }
+                        next = ip[off];
+                        off += 8;
+                    }
+                    51 => {
+                        next = ip[off];
+                        off += (usize::from(ip[off + 1]) + 2) * 4;
+                    }
+                    0 | 43 | 60 => {
+                        next = ip[off];
+                        off += (usize::from(ip[off + 1]) + 1) * 8;
+                    }
+                    _ => break,
+                }
+            }
+            let l4 = &ip[off..end];
+            (next, l4, pseudo6(ip, next, l4.len()))
+        }
+        other => return Err(format!("ethertype {other:#06x}")),
+    };
+    let v4 = be16(frame, 12) == ETH_P_IP;
+    match proto {
+        IPPROTO_TCP => {
+            if l4.len() < 20 || !sums_to_zero(&[&pseudo, l4]) {
+                return Err(format!("TCP checksum of {} bytes is wrong", l4.len()));
+            }
+            valid.push("TCP");
+        }
+        IPPROTO_UDP => {
+            if l4.len() < 8 {
+                return Err("UDP header cut short".into());
+            }
+            if v4 && be16(l4, 6) == 0 {
+                valid.push("UDP (none)");
+            } else if sums_to_zero(&[&pseudo, l4]) {
+                valid.push("UDP");
+            } else {
+                return Err(format!("UDP checksum {:#06x} is wrong", be16(l4, 6)));
+            }
+        }
+        IPPROTO_ICMP if v4 => {
+            if l4.len() < 8 || !sums_to_zero(&[l4]) {
+                return Err(format!("ICMP checksum of {} bytes is wrong", l4.len()));
+            }
+            valid.push("ICMP");
+            if matches!(l4[0], 3 | 11 | 12) && l4.len() >= 28 {
+                let inner = &l4[8..];
+                let ihl = usize::from(inner[0] & 0x0f) * 4;
+                if ihl < 20 || ihl > inner.len() || !sums_to_zero(&[&inner[..ihl]]) {
+                    return Err("quoted IPv4 header checksum is wrong".into());
+                }
+                valid.push("quoted IPv4 header");
+            }
+        }
+        IPPROTO_ICMPV6 if !v4 => {
+            if l4.len() < 8 || !sums_to_zero(&[&pseudo, l4]) {
+                return Err(format!("ICMPv6 checksum of {} bytes is wrong", l4.len()));
+            }
+            valid.push("ICMPv6");
+        }
+        _ => {}
+    }
+    Ok(valid)
+}
+
+/// The IP packet `l4` would be in, cut into two fragments after the first `split` bytes of
+/// the L4 part (a multiple of 8): the L4 checksum covers the whole datagram, as a sender
+/// computes it before fragmenting. IPv4 datagrams use `id` as is (it must fit 16 bits).
+pub fn fragmented(src: IpAddr, dst: IpAddr, id: u32, l4: &L4, split: usize) -> [Vec<u8>; 2] {
+    assert!(split.is_multiple_of(8) && split < l4.bytes.len(), "split at {split} of {}", l4.bytes.len());
+    let offset = u16::try_from(split / 8).expect("fragment offset");
+    let (_, whole) = ip_packet(src, dst, l4);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let id = u16::try_from(id).expect("IPv4 fragment id");
+            let full = &whole[20..];
+            [
+                Ipv4::new(s, d).fragment(id, 0, true).packet(&L4::raw(l4.proto, &full[..split])),
+                Ipv4::new(s, d).fragment(id, offset, false).packet(&L4::raw(l4.proto, &full[split..])),
+            ]
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let full = &whole[40..];
+            [
+                Ipv6::new(s, d)
+                    .ext(Ext::Fragment { id, offset: 0, more: true })
+                    .packet(&L4::raw(l4.proto, &full[..split])),
+                Ipv6::new(s, d)
+                    .ext(Ext::Fragment { id, offset, more: false })
+                    .packet(&L4::raw(l4.proto, &full[split..])),
+            ]
+        }
+        _ => panic!("mixed address families {src} → {dst}"),
+    }
+}
+
+/// The unfragmented frame two fragment frames (as `fragmented` cuts them: the first fragment,
+/// then the rest; IPv6 with the fragment header first) make up, with the first one's headers.
+pub fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let (a, b) = (&first[ETH_HLEN..], &later[ETH_HLEN..]);
+    let mut frame = first[..ETH_HLEN].to_vec();
+    match be16(first, 12) {
+        ETH_P_IP => {
+            let (ihl_a, ihl_b) = (usize::from(a[0] & 0x0f) * 4, usize::from(b[0] & 0x0f) * 4);
+            let (pa, pb) = (&a[ihl_a..usize::from(be16(a, 2))], &b[ihl_b..usize::from(be16(b, 2))]);
+            assert_eq!(usize::from(be16(b, 6) & 0x1fff) * 8, pa.len(), "the later fragment follows the first");
+            let mut h = a[..ihl_a].to_vec();
+            h[2..4].copy_from_slice(&u16::try_from(ihl_a + pa.len() + pb.len()).expect("length").to_be_bytes());
+            h[6..8].copy_from_slice(&[0, 0]);
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum(&h);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            frame.extend_from_slice(&h);
+            frame.extend_from_slice(pa);
+            frame.extend_from_slice(pb);
+        }
+        ETH_P_IPV6 => {
+            assert!(a[6] == 44 && b[6] == 44, "fragment header first");
+            let (pa, pb) = (&a[48..40 + usize::from(be16(a, 4))], &b[48..40 + usize::from(be16(b, 4))]);
+            assert_eq!(usize::from(be16(b, 42) >> 3) * 8, pa.len(), "the later fragment follows the first");
+            let mut h = a[..40].to_vec();
+            h[4..6].copy_from_slice(&u16::try_from(pa.len() + pb.len()).expect("length").to_be_bytes());
+            h[6] = a[40];
+            frame.extend_from_slice(&h);
+            frame.extend_from_slice(pa);
+            frame.extend_from_slice(pb);
+        }
+        other => panic!("ethertype {other:#06x}"),
+    }
+    frame
+}
