@@ -36,6 +36,12 @@ impl Outside {
         let outside = Outside { ns: ns.to_owned(), servers: Vec::new() };
         let sh = |cmd: &str| run(&["sh", "-c", cmd]);
         sh(&format!("ip link add {OUTSIDE_IF} type veth peer name eth0 netns {ns}"))?;
+        // No duplicate address detection on either side, link-local addresses included: while
+        // the host's link-local address is tentative the kernel sends no neighbour
+        // solicitation for a forwarded packet (its source is not the host's), so a container's
+        // first IPv6 packets would find no next hop.
+        sh(&format!("sysctl -qw net.ipv6.conf.{OUTSIDE_IF}.accept_dad=0"))?;
+        outside.sh("sysctl -qw net.ipv6.conf.eth0.accept_dad=0")?;
         sh(&format!(
             "ip addr add {HOST4}/24 dev {OUTSIDE_IF} && ip addr add {HOST6}/64 dev {OUTSIDE_IF} nodad && \
              ip link set {OUTSIDE_IF} up"
