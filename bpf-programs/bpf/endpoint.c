@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "nat.h"
 #include "policy.h"
+#include "ports.h"
 
 /* Counts a packet the container sent as forwarded and hands it to the host stack. */
 static __always_inline int pass_to_stack(const struct __sk_buff *ctx, __u32 endpoint_id)
@@ -240,6 +241,18 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 	ip6 = data + ETH_HLEN;
 	if ((void *)(ip6 + 1) > data_end)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	/* A published port of the host: the connection goes to its endpoint (hairpin). */
+	if (own_source && !ipv6_is_multicast(&ip6->daddr) &&
+	    stack_identity6(&ip6->daddr) == IDENTITY_HOST) {
+		ret = crs_nat_in_translate(ctx, &flow, ctx->ifindex, true);
+		if (ret != FORWARDED && ret != NAT_NOT_OURS)
+			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+		data = ctx_data(ctx);
+		data_end = ctx_data_end(ctx);
+		ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	}
 	if (own_source && ip6->hop_limit > 1) {
 		dst = lookup_local_ip6(&ip6->daddr);
 		if (dst)
@@ -253,6 +266,12 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	/* A reply on a connection to one of its published ports leaves from the published one. */
+	if (ep->flags & ENDPOINT_F_PUBLISHED) {
+		ret = crs_dnat_reply(ctx, &flow);
+		if (ret != FORWARDED)
+			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+	}
 	if (identity_is_outside(dst_identity))
 		return forward_to_world(ctx, ep, &flow);
 	if (!dst || !dst_ep)
@@ -268,12 +287,16 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 	return deliver_local(ctx, ep->endpoint_id, dst, dst_ep, eth);
 }
 
+static __always_inline bool ipv4_is_multicast_or_broadcast(__be32 addr)
+{
+	return (addr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) || addr == 0xffffffff;
+}
+
 /* The identity of an IPv4 destination the host stack receives. */
 static __always_inline __u32 stack_identity4(__be32 addr, const struct endpoint_info *ep)
 {
 	/* The gateway, multicast and broadcast destinations reach only the host. */
-	if (addr == ep->gateway_ipv4 || (addr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) ||
-	    addr == 0xffffffff)
+	if (addr == ep->gateway_ipv4 || ipv4_is_multicast_or_broadcast(addr))
 		return IDENTITY_HOST;
 	return ipcache_identity(IP_FAMILY_V4, (const __u8 *)&addr);
 }
@@ -314,6 +337,18 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 	ip4 = data + ETH_HLEN;
 	if ((void *)(ip4 + 1) > data_end)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	/* A published port of the host: the connection goes to its endpoint (hairpin). */
+	if (!ipv4_is_multicast_or_broadcast(ip4->daddr) &&
+	    stack_identity4(ip4->daddr, ep) == IDENTITY_HOST) {
+		ret = crs_nat_in_translate(ctx, &flow, ctx->ifindex, true);
+		if (ret != FORWARDED && ret != NAT_NOT_OURS)
+			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+		data = ctx_data(ctx);
+		data_end = ctx_data_end(ctx);
+		ip4 = data + ETH_HLEN;
+		if ((void *)(ip4 + 1) > data_end)
+			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	}
 	daddr = ip4->daddr;
 	if (ip4->ttl > 1) {
 		dst = lookup_local_ip4(daddr);
@@ -328,6 +363,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
+	/* A reply on a connection to one of its published ports leaves from the published one. */
+	if (ep->flags & ENDPOINT_F_PUBLISHED) {
+		ret = crs_dnat_reply(ctx, &flow);
+		if (ret != FORWARDED)
+			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
+	}
 	if (identity_is_outside(dst_identity))
 		return forward_to_world(ctx, ep, &flow);
 	if (!dst || !dst_ep)

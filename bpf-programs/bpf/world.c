@@ -2,8 +2,9 @@
 /*
  * The egress-interface programs (docs/datapath.md, "The outside world"): crs_to_world on tc
  * egress masquerades what endpoints send out, crs_from_world on tc ingress translates the
- * replies back and delivers them straight into the endpoint's container, under the endpoint's
- * ingress policy. Every packet that is not an endpoint's passes both untouched.
+ * replies back — and connections to published ports to their endpoint — and delivers them
+ * straight into the endpoint's container, under the endpoint's ingress policy. Every packet
+ * that is not an endpoint's passes both untouched.
  */
 
 /* Sends a packet from outside straight into the container of the local endpoint `dst`. */
@@ -56,9 +57,8 @@ int crs_from_world(struct __sk_buff *ctx)
 {
 	const struct egress_iface *egress = lookup_egress(ctx->ifindex);
 	const struct local_ip *dst;
-	struct nat_key key;
-	struct nat_entry *in;
 	struct flow flow;
+	bool to_egress;
 	__u8 addr[16];
 	int ret;
 
@@ -79,25 +79,18 @@ int crs_from_world(struct __sk_buff *ctx)
 		return world_deliver(ctx, &flow, dst);
 	}
 
-	if (!egress_addr(egress, flow.family, addr) || !addr_equal(addr, flow.daddr))
+	/* Replies come to the egress address; published ports are on any address of the host. */
+	to_egress = egress_addr(egress, flow.family, addr) && addr_equal(addr, flow.daddr);
+	if (!to_egress && ipcache_identity(flow.family, flow.daddr) != IDENTITY_HOST)
 		return CTX_ACT_OK;
-	nat_key_of(&flow, &key);
-	in = nat_may_be_reply(&flow) ? bpf_map_lookup_elem(&crs_nat_in, &key) : NULL;
-	if (in) {
-		__builtin_memcpy(addr, in->addr, 16);
-		ret = nat_rewrite(ctx, &flow, false, addr, in->port);
-		if (ret != FORWARDED)
-			return send_drop(ctx, 0, ret, METRIC_INGRESS);
-	} else if (flow_is_icmp(&flow) && flow.frag != FLOW_FRAG_LATER &&
-		   icmp_is_error(flow.family, flow.icmp_type)) {
+	ret = crs_nat_in_translate(ctx, &flow, ctx->ifindex, true);
+	if (ret == NAT_NOT_OURS && flow_is_icmp(&flow) && flow.frag != FLOW_FRAG_LATER &&
+	    icmp_is_error(flow.family, flow.icmp_type))
 		ret = crs_nat_icmp_error_in(ctx, &flow);
-		if (ret == NAT_NOT_OURS)
-			return CTX_ACT_OK;
-		if (ret != FORWARDED)
-			return send_drop(ctx, 0, ret, METRIC_INGRESS);
-	} else {
+	if (ret == NAT_NOT_OURS)
 		return CTX_ACT_OK;
-	}
+	if (ret != FORWARDED)
+		return send_drop(ctx, 0, ret, METRIC_INGRESS);
 
 	dst = flow.family == IP_FAMILY_V6 ? lookup_local_ip6((const struct in6_addr *)flow.daddr)
 					  : lookup_local_ip4(*(const __be32 *)flow.daddr);

@@ -20,6 +20,8 @@ pub const ENDPOINT_F_IPV6: u32 = 2;
 pub const ENDPOINT_F_INTERNAL: u32 = 4;
 /// `EndpointInfo::flags`: its network is routed: it reaches outside with its own address.
 pub const ENDPOINT_F_NO_MASQUERADE: u32 = 8;
+/// `EndpointInfo::flags`: ports of the host are published to it.
+pub const ENDPOINT_F_PUBLISHED: u32 = 16;
 
 /// `IpKey::family` of an IPv4 address.
 pub const IP_FAMILY_V4: u8 = 4;
@@ -53,8 +55,12 @@ pub const MAP_EGRESS: &str = "crs_egress";
 pub const MAP_NAT_OUT: &str = "crs_nat_out";
 /// Translated flows as they arrive from outside, LRU: [`NatKey`] → [`NatEntry`].
 pub const MAP_NAT_IN: &str = "crs_nat_in";
+/// Published ports: [`PortKey`] → [`PortTarget`].
+pub const MAP_PORTS: &str = "crs_ports";
+/// What the socket programs translated, LRU: socket cookie (`u64`) → [`SockRev`].
+pub const MAP_SOCK_REV: &str = "crs_sock_rev";
 /// Every pinned map of the datapath object.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 13] = [
     MAP_ENDPOINTS,
     MAP_LOCAL_IPS,
     MAP_METRICS,
@@ -66,6 +72,8 @@ pub const MAP_NAMES: [&str; 11] = [
     MAP_EGRESS,
     MAP_NAT_OUT,
     MAP_NAT_IN,
+    MAP_PORTS,
+    MAP_SOCK_REV,
 ];
 
 /// `max_entries` of the maps, as declared in the C definitions.
@@ -84,6 +92,8 @@ pub const CT_MAX_ENTRIES: u32 = 262_144;
 pub const EGRESS_MAX_ENTRIES: u32 = 64;
 /// `max_entries` of `crs_nat_out` and of `crs_nat_in`.
 pub const NAT_MAX_ENTRIES: u32 = 262_144;
+/// `max_entries` of `crs_ports`.
+pub const PORTS_MAX_ENTRIES: u32 = 16_384;
 /// Ports a new flow tries before it is dropped as `NAT_NO_PORT`.
 pub const NAT_PORT_TRIES: u32 = 32;
 /// Drop-reason slots per direction in [`EndpointMetrics`].
@@ -117,6 +127,8 @@ pub const EGRESS_F_IPV4: u32 = 1;
 pub const EGRESS_F_IPV6: u32 = 2;
 /// `NatEntry::flags`: masquerading of a flow an endpoint opened.
 pub const NAT_F_SNAT: u8 = 1;
+/// `NatEntry::flags`: a connection to a published port.
+pub const NAT_F_DNAT: u8 = 2;
 
 /// Program attached to tc ingress of the host-side veth (packets the container sends).
 pub const PROG_FROM_CONTAINER: &str = "crs_from_container";
@@ -126,6 +138,18 @@ pub const PROG_TO_CONTAINER: &str = "crs_to_container";
 pub const PROG_FROM_WORLD: &str = "crs_from_world";
 /// Program attached to tc egress of an egress interface (packets leaving the host).
 pub const PROG_TO_WORLD: &str = "crs_to_world";
+/// The socket programs, attached to the root cgroup: the host's own connections to published
+/// ports (program name, and the name of its pin under `links/`).
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "crs_connect4",
+    "crs_connect6",
+    "crs_sendmsg4",
+    "crs_sendmsg6",
+    "crs_recvmsg4",
+    "crs_recvmsg6",
+    "crs_getpeername4",
+    "crs_getpeername6",
+];
 
 /// Value of `crs_endpoints` (C `struct endpoint_info`, 48 bytes).
 #[repr(C)]
@@ -418,6 +442,47 @@ pub struct DatapathConfig {
     pub nat_port_max: u16,
     /// Always zero.
     pub pad: u32,
+    /// The host's network namespace (`SO_NETNS_COOKIE`): the socket programs translate only
+    /// its sockets. 0 until configured.
+    pub host_netns_cookie: u64,
+}
+
+/// Key of `crs_ports` (C `struct port_key`, 20 bytes): a published address (all zero: any
+/// address of the host), protocol and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub family: u8,
+    pub proto: u8,
+    /// Network order.
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Value of `crs_ports` (C `struct port_target`, 24 bytes): the endpoint behind a published
+/// port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortTarget {
+    /// The endpoint's address of the key's family (as in [`IpKey`]).
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: [u8; 2],
+    pub pad: u16,
+    pub endpoint_id: u32,
+}
+
+/// Value of `crs_sock_rev` (C `struct sock_rev`, 40 bytes): what the socket programs turned a
+/// socket's destination from and into.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRev {
+    pub published: [u8; 16],
+    pub target: [u8; 16],
+    pub published_port: [u8; 2],
+    pub target_port: [u8; 2],
+    pub family: u8,
+    pub pad: [u8; 3],
 }
 
 /// Value of `crs_egress` (C `struct egress_iface`, 24 bytes): the addresses endpoints leave an
@@ -693,6 +758,12 @@ unsafe impl aya::Pod for EgressIface {}
 unsafe impl aya::Pod for NatKey {}
 // SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for NatEntry {}
+// SAFETY: as above: `repr(C)`, bytes and byte arrays, layout asserted below.
+unsafe impl aya::Pod for PortKey {}
+// SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for PortTarget {}
+// SAFETY: as above: `repr(C)`, byte arrays, explicit `pad`, layout asserted below.
+unsafe impl aya::Pod for SockRev {}
 // SAFETY: as above: `repr(C)`, byte arrays and integers, explicit `pad`, layout asserted below.
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above: `repr(C)`, `u64`s then two `u32`s, layout asserted below.
@@ -735,7 +806,18 @@ const _: () = assert!(offset_of!(PolicyData, port) == 10);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(offset_of!(PolicyValue, rule) == 4);
 
-const _: () = assert!(size_of::<DatapathConfig>() == 16);
+const _: () = assert!(size_of::<DatapathConfig>() == 24);
+const _: () = assert!(offset_of!(DatapathConfig, host_netns_cookie) == 16);
+
+const _: () = assert!(size_of::<PortKey>() == 20);
+const _: () = assert!(offset_of!(PortKey, port) == 2);
+const _: () = assert!(offset_of!(PortKey, addr) == 4);
+const _: () = assert!(size_of::<PortTarget>() == 24);
+const _: () = assert!(offset_of!(PortTarget, port) == 16);
+const _: () = assert!(offset_of!(PortTarget, endpoint_id) == 20);
+const _: () = assert!(size_of::<SockRev>() == 40);
+const _: () = assert!(offset_of!(SockRev, published_port) == 32);
+const _: () = assert!(offset_of!(SockRev, family) == 36);
 const _: () = assert!(offset_of!(DatapathConfig, nat_port_min) == 8);
 const _: () = assert!(offset_of!(DatapathConfig, nat_port_max) == 10);
 

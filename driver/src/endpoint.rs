@@ -12,6 +12,7 @@ use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{PoolId, GATEWAY_IPV6};
 use crate::labels::Labels;
+use crate::ports::PublishedPort;
 
 /// Host-side veth name prefix; the rest is the first 11 hex digits of the endpoint id.
 pub const HOST_IFNAME_PREFIX: &str = "lxc";
@@ -51,6 +52,10 @@ pub struct Endpoint {
     /// From its network: what it sends outside leaves with the egress interface's address.
     #[serde(default = "masquerade_by_default")]
     pub masquerade: bool,
+    /// Host ports published to it while it is joined (`-p`; the container's first endpoint on
+    /// a network that is not internal holds them).
+    #[serde(default)]
+    pub published: Vec<PublishedPort>,
 }
 
 fn masquerade_by_default() -> bool {
@@ -112,6 +117,7 @@ impl Endpoint {
             identity: self.identity,
             internal: self.internal,
             masquerade: self.masquerade,
+            published: self.published.clone(),
             deliver,
         })
     }
@@ -204,6 +210,7 @@ mod tests {
             labels: Labels::new(),
             internal: false,
             masquerade: true,
+            published: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod labels;
 pub mod network;
 pub mod policy;
+pub mod ports;
 pub mod reconcile;
 pub mod server;
 pub mod state;

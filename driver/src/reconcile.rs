@@ -183,6 +183,7 @@ mod tests {
                 labels: crate::labels::Labels::new(),
                 internal: false,
                 masquerade: true,
+                published: Vec::new(),
             },
         );
         (state, pool)

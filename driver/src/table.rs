@@ -70,6 +70,7 @@ pub fn endpoints(list: &[EndpointView]) -> String {
                 e.counters.ingress.packets.to_string(),
                 e.counters.ingress.bytes.to_string(),
                 e.counters.dropped_packets().to_string(),
+                if e.published.is_empty() { "-".to_owned() } else { e.published.join(",") },
                 labels_cell(&e.labels),
             ]
         })
@@ -89,6 +90,7 @@ pub fn endpoints(list: &[EndpointView]) -> String {
             "RX-PKTS",
             "RX-BYTES",
             "DROPS",
+            "PORTS",
             "LABELS",
         ],
         &rows,

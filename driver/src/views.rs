@@ -34,6 +34,9 @@ pub struct EndpointView {
     /// How long after Join the identity reached the datapath (this daemon's run only).
     #[serde(default)]
     pub identity_after_join_us: Option<u64>,
+    /// Host ports published to it, as Docker prints them (`8080->80/tcp`).
+    #[serde(default)]
+    pub published: Vec<String>,
     pub counters: Counters,
 }
 
@@ -105,6 +108,7 @@ pub fn endpoint(ep: &Endpoint) -> EndpointView {
         container_id: ep.container.as_ref().map(|c| c.id.clone()),
         container_name: ep.container.as_ref().map(|c| c.name.clone()),
         identity_after_join_us: None,
+        published: ep.published.iter().map(ToString::to_string).collect(),
         counters: Counters::default(),
     }
 }

@@ -60,6 +60,22 @@ impl Env {
         docker_fails(&argv).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Writes a policy file for the CLI and imports it; returns the revision it printed.
+    pub fn import_policy(&self, policy: &str) -> Result<u64> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), policy)?;
+        let out = self.daemon.cli(&["policy", "import", &file.path().to_string_lossy(), "-o", "json"])?;
+        let reply: Value = serde_json::from_str(&out).with_context(|| format!("import reply: {out}"))?;
+        reply["revision"].as_u64().context("revision in the reply")
+    }
+
+    /// The packets of `reason` an endpoint (by container name) dropped in `dir` so far.
+    pub fn drops(&self, container: &str, reason: &str, dir: &str) -> u64 {
+        let endpoints = self.daemon.endpoints().expect("endpoints");
+        let ep = endpoints.iter().find(|e| e["container_name"] == container).expect("endpoint listed");
+        ep["counters"]["drops"][format!("{reason}/{dir}")]["packets"].as_u64().unwrap_or(0)
+    }
+
     /// Removes containers and networks, then checks the daemon, the kernel and the pins hold
     /// nothing of them any more.
     pub fn finish(self, containers: &[&str], networks: &[&str]) {
@@ -84,7 +100,7 @@ impl Env {
             // Endpoint links, and the egress interface's once no network needs it.
             let pins = pinned_links(daemon);
             anyhow::ensure!(pins.is_empty(), "pinned links left: {pins:?}");
-            for map in ["crs_endpoints", "crs_local_ips", "crs_egress", "crs_nat_out", "crs_nat_in"] {
+            for map in ["crs_endpoints", "crs_local_ips", "crs_egress", "crs_nat_out", "crs_nat_in", "crs_ports"] {
                 let n = map_entries(daemon, map)?.len();
                 anyhow::ensure!(n == 0, "{map} still has {n} entries");
             }

@@ -284,6 +284,10 @@ fn compose_stack_up_down_up() {
         assert!(ok && out.contains(&web6), "round {round}: ping -6 web: {out}");
         let (ok, page) = exec(&client, &["wget", "-q", "-O", "-", &format!("http://[{web6}]/")]).expect("exec");
         assert!(ok && page.contains("cilium-rs"), "round {round}: http over IPv6: {page}");
+        // `ports:` — published on the host, reached from it through the socket programs.
+        let page =
+            run(&["sh", "-c", "printf 'GET / HTTP/1.0\r\n\r\n' | busybox nc -w 2 127.0.0.1 18080"]).unwrap_or_default();
+        assert!(page.contains("cilium-rs"), "round {round}: localhost:18080 -> web:80: {page}");
         compose(&["down"]).expect("down");
     }
     env.finish(&[], &[]);

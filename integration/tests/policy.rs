@@ -17,15 +17,6 @@ fn setup() -> Env {
     Env::setup(PLUGIN, PREFIX, &[])
 }
 
-/// Writes a policy file for the CLI and imports it; returns the revision it printed.
-fn import(env: &Env, policy: &str) -> Result<u64> {
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), policy)?;
-    let out = env.daemon.cli(&["policy", "import", &file.path().to_string_lossy(), "-o", "json"])?;
-    let reply: Value = serde_json::from_str(&out).with_context(|| format!("import reply: {out}"))?;
-    reply["revision"].as_u64().context("revision in the reply")
-}
-
 /// Waits until every named container's endpoint carries an allocated identity.
 fn wait_identities(env: &Env, containers: &[&str]) -> Result<BTreeMap<String, u64>> {
     let mut found = BTreeMap::new();
@@ -50,13 +41,6 @@ fn both(container: &str, network: &str) -> Vec<String> {
 
 fn reaches(from: &str, addr: &str, port: u16) -> bool {
     http_get(from, addr, port, 2).expect("exec").is_some()
-}
-
-/// The packets of `reason` an endpoint (by container name) dropped in `dir` so far.
-fn drops(env: &Env, container: &str, reason: &str, dir: &str) -> u64 {
-    let endpoints = env.daemon.endpoints().expect("endpoints");
-    let ep = endpoints.iter().find(|e| e["container_name"] == container).expect("endpoint listed");
-    ep["counters"]["drops"][format!("{reason}/{dir}")]["packets"].as_u64().unwrap_or(0)
 }
 
 const APP2_TO_APP1_80: &str = r#"[{"labels": [{"key": "name", "value": "app1-web"}],
@@ -84,14 +68,14 @@ fn the_classic_app1_app2_app3_scenario_on_both_families() {
         assert!(reaches(&app3, &addr, 80), "app3 -> {addr}:80 without policy");
     }
 
-    let revision = import(&env, APP2_TO_APP1_80).expect("import");
+    let revision = env.import_policy(APP2_TO_APP1_80).expect("import");
     assert!(revision >= 2, "{revision}");
     for addr in both(&app1, &net) {
         assert!(reaches(&app2, &addr, 80), "app2 -> {addr}:80 is allowed (and app1's replies flow)");
         assert!(!reaches(&app3, &addr, 80), "app3 -> {addr}:80 is refused");
         assert!(!reaches(&app2, &addr, 81), "app2 -> {addr}:81 is refused");
     }
-    assert!(drops(&env, &app1, "POLICY_DENIED", "ingress") > 0, "refusals are counted on app1's ingress");
+    assert!(env.drops(&app1, "POLICY_DENIED", "ingress") > 0, "refusals are counted on app1's ingress");
     // app1's own egress stays open, and app3's ingress is not restricted.
     for addr in both(&app3, &net) {
         assert!(reaches(&app1, &addr, 80), "app1 -> app3 {addr}:80 (app1's egress is not selected)");
@@ -151,7 +135,7 @@ fn revoking_an_allow_cuts_an_established_connection_within_a_second() {
             "endpointSelector": {"matchLabels": {"id": "server"}},
             "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "client"}}],
                          "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}]"#;
-        import(&env, allow).expect("allow");
+        env.import_policy(allow).expect("allow");
         let addr = both(&server, &net)[family].clone();
         let mut sender = stream(&client, &addr, 8080);
         wait_until(Duration::from_secs(10), "data over the established connection", || received(&server) >= 5)
@@ -159,7 +143,7 @@ fn revoking_an_allow_cuts_an_established_connection_within_a_second() {
 
         // The same rule, now allowing another port only: the established flow is revoked.
         let revoke = allow.replace("8080", "9090");
-        import(&env, &revoke).expect("revoke");
+        env.import_policy(&revoke).expect("revoke");
         let revoked_at = Instant::now();
         let at_revocation = received(&server);
         std::thread::sleep(Duration::from_millis(1000).saturating_sub(revoked_at.elapsed()));
@@ -170,7 +154,7 @@ fn revoking_an_allow_cuts_an_established_connection_within_a_second() {
             later == after_one_second && after_one_second <= at_revocation + 2,
             "{addr}: data still flows after the revocation: {at_revocation} -> {after_one_second} -> {later}"
         );
-        assert!(drops(&env, &server, "POLICY_DENIED", "ingress") > 0, "the cut packets are counted");
+        assert!(env.drops(&server, "POLICY_DENIED", "ingress") > 0, "the cut packets are counted");
         let _ = sender.kill();
         let _ = sender.wait();
         env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
@@ -195,12 +179,12 @@ fn a_deny_rule_overrides_an_allow() {
     let policy = r#"[{"endpointSelector": {"matchLabels": {"id": "web"}},
         "ingress": [{"fromEndpoints": [{}]}],
         "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"id": "bad"}}]}]}]"#;
-    import(&env, policy).expect("import");
+    env.import_policy(policy).expect("import");
     for addr in both(&web, &net) {
         assert!(reaches(&good, &addr, 80), "good -> {addr}: allowed by the allow-all-endpoints rule");
         assert!(!reaches(&bad, &addr, 80), "bad -> {addr}: the deny wins");
     }
-    assert!(drops(&env, &web, "POLICY_DENY_RULE", "ingress") > 0, "counted as denied by a rule");
+    assert!(env.drops(&web, "POLICY_DENY_RULE", "ingress") > 0, "counted as denied by a rule");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     env.finish(&[&web, &good, &bad], &[&net]);
 }
@@ -215,8 +199,10 @@ fn the_host_entity_admits_the_host_and_nobody_else() {
         .expect("web");
     run_container(&peer, &["--network", &net, "-l", "id=hpeer"]).expect("peer");
     wait_identities(&env, &[&web, &peer]).expect("identities");
-    import(&env, r#"[{"endpointSelector": {"matchLabels": {"id": "hweb"}}, "ingress": [{"fromEntities": ["host"]}]}]"#)
-        .expect("import");
+    env.import_policy(
+        r#"[{"endpointSelector": {"matchLabels": {"id": "hweb"}}, "ingress": [{"fromEntities": ["host"]}]}]"#,
+    )
+    .expect("import");
     let (v4, _) = addresses(&web, &net).expect("addresses");
     // From the host's own namespace (its address is identity host).
     let host = Command::new("sh")
@@ -251,7 +237,7 @@ fn egress_to_cidr_and_cidr_sets_with_except() {
     let policy = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
         "egress": [{"toCIDR": ["198.51.100.2/32", "2001:db8:100::2/128"],
                     "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}]"#;
-    import(&env, policy).expect("import");
+    env.import_policy(policy).expect("import");
     for (addr, other) in [(outside::OUTSIDE4, outside::OTHER4), (outside::OUTSIDE6, outside::OTHER6)] {
         assert!(reaches(&limited, addr, 80), "limited -> {addr}:80 allowed by toCIDR");
         assert!(!reaches(&limited, addr, 81), "limited -> {addr}:81 refused");
@@ -259,14 +245,14 @@ fn egress_to_cidr_and_cidr_sets_with_except() {
         assert!(reaches(&free, addr, 81), "free (no egress policy) -> {addr}:81");
         assert!(reaches(&free, other, 80), "free -> {other}:80");
     }
-    assert!(drops(&env, &limited, "POLICY_DENIED", "egress") > 0);
+    assert!(env.drops(&limited, "POLICY_DENIED", "egress") > 0);
 
     // A CIDR set whose except covers the outside host: refused even on port 80.
     let except = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
         "egress": [{"toCIDRSet": [{"cidr": "198.51.100.0/24", "except": ["198.51.100.2/32"]},
                                   {"cidr": "2001:db8:100::/64", "except": ["2001:db8:100::2/128"]}]}]}]"#;
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
-    import(&env, except).expect("import the except");
+    env.import_policy(except).expect("import the except");
     for (addr, other) in [(outside::OUTSIDE4, outside::OTHER4), (outside::OUTSIDE6, outside::OTHER6)] {
         assert!(!reaches(&limited, addr, 80), "limited -> {addr}: excepted");
         assert!(reaches(&limited, other, 80), "limited -> {other}: in the set, not excepted");
@@ -274,7 +260,7 @@ fn egress_to_cidr_and_cidr_sets_with_except() {
     let wider =
         except.replace("198.51.100.2/32", "198.51.100.128/25").replace("2001:db8:100::2/128", "2001:db8:100::8000/113");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
-    import(&env, &wider).expect("import another except");
+    env.import_policy(&wider).expect("import another except");
     for addr in [outside::OUTSIDE4, outside::OUTSIDE6] {
         assert!(reaches(&limited, addr, 80), "limited -> {addr}: inside the set, outside its except");
     }
@@ -282,7 +268,7 @@ fn egress_to_cidr_and_cidr_sets_with_except() {
     let world = r#"[{"endpointSelector": {"matchLabels": {"id": "limited"}},
         "egress": [{"toEntities": ["world"]}]}]"#;
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
-    import(&env, world).expect("import world");
+    env.import_policy(world).expect("import world");
     let (free_v4, _) = addresses(&free, &net).expect("addresses");
     for addr in [outside::OUTSIDE4, outside::OTHER6] {
         assert!(reaches(&limited, addr, 81), "limited -> {addr}: world");
@@ -304,8 +290,7 @@ fn a_container_that_connects_at_once_on_start_succeeds_at_the_first_try() {
     run_container_with(&web, &["--network", &net, "-l", "id=fweb"], &["sh", "-c", &http_servers("fweb", &[80])])
         .expect("web");
     wait_identities(&env, &[&web]).expect("identity");
-    import(
-        &env,
+    env.import_policy(
         r#"[{"endpointSelector": {"matchLabels": {"id": "fweb"}},
              "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "fclient"}}]}]}]"#,
     )
@@ -335,7 +320,7 @@ fn a_container_that_connects_at_once_on_start_succeeds_at_the_first_try() {
         assert!(out.contains("200 OK"), "round {round}: {addr}: {out}");
         docker(&["rm", "-f", &name]).expect("rm");
     }
-    assert_eq!(drops(&env, &web, "POLICY_DENIED", "ingress"), 0, "no packet of a starting client was refused");
+    assert_eq!(env.drops(&web, "POLICY_DENIED", "ingress"), 0, "no packet of a starting client was refused");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     env.finish(&[&web], &[&net]);
 }
@@ -351,7 +336,7 @@ fn policy_survives_kill_9_and_a_restart() {
     run_container(&app2, &["--network", &net, "-l", "id=app2"]).expect("app2");
     run_container(&app3, &["--network", &net, "-l", "id=app3"]).expect("app3");
     let before = wait_identities(&env, &[&app1, &app2, &app3]).expect("identities");
-    import(&env, APP2_TO_APP1_80).expect("import");
+    env.import_policy(APP2_TO_APP1_80).expect("import");
     let check = |when: &str| {
         for addr in both(&app1, &net) {
             assert!(reaches(&app2, &addr, 80), "{when}: app2 -> {addr} allowed");

@@ -192,3 +192,319 @@ fn internal_networks_reach_nothing_outside() {
     assert!(ping(&inside, &v4), "internal -> another network's container");
     env.finish(&[&inside, &free], &[&internal, &open]);
 }
+
+/// An HTTP GET from the outside host; the answer's body when there is one.
+fn outside_get(outside: &Outside, addr: &str, port: u16) -> Option<String> {
+    outside.sh(&format!("echo GET | busybox nc -w 2 {addr} {port}")).ok().filter(|out| out.contains("200 OK"))
+}
+
+/// An HTTP GET from the host itself (its own sockets).
+fn host_get(addr: &str, port: u16) -> Option<String> {
+    run(&["sh", "-c", &format!("echo GET | busybox nc -w 2 {addr} {port}")]).ok().filter(|out| out.contains("200 OK"))
+}
+
+/// The host ports published to a container, as the endpoint list shows them.
+fn published(env: &Env, container: &str) -> Vec<String> {
+    let eps = env.daemon.endpoints().expect("endpoints");
+    let ep = eps.iter().find(|e| e["container_name"] == container).unwrap_or_else(|| panic!("{container} listed"));
+    ep["published"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+}
+
+/// Runs the DNS stub in a container's network namespace (the image has no UDP server).
+fn serve_dns_in(container: &str, network: &str) -> std::process::Child {
+    let pid = inspect(container).expect("inspect")["State"]["Pid"].as_u64().expect("pid");
+    let (v4, v6) = addresses(container, network).expect("addresses");
+    std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(env!("CARGO_BIN_EXE_dns-stub"))
+        .args(["198.51.100.77", "2001:db8:100::77", &v4, &v6])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dns stub in the container")
+}
+
+#[test]
+fn published_ports_are_reachable_from_outside_the_host_and_other_containers() {
+    let (env, outside) = setup();
+    let net = format!("{PREFIX}pub");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let (web, web2, client) = (format!("{PREFIX}web"), format!("{PREFIX}web2"), format!("{PREFIX}client"));
+    let serve = http_servers("web", &[80, 82]);
+    let ports = ["-p", "8080:80", "-p", "[::]:8081:80", "-p", "5353:53/udp", "-p", "9000-9001:82"];
+    let mut args = vec!["--network", net.as_str()];
+    args.extend(ports);
+    run_container_with(&web, &args, &["sh", "-c", &serve]).expect("web");
+    run_container_with(&web2, &["--network", &net, "-p", "9000-9001:82"], &["sh", "-c", &http_servers("web2", &[82])])
+        .expect("web2");
+    run_container(&client, &["--network", &net]).expect("client");
+    let mut dns = serve_dns_in(&web, &net);
+    let mut ports = published(&env, &web);
+    ports.sort();
+    assert_eq!(ports, ["5353->53/udp", "8080->80/tcp", "9000->82/tcp", "[::]:8081->80/tcp"]);
+    assert_eq!(published(&env, &web2), ["9001->82/tcp"], "the next free port of the range");
+    wait_until(Duration::from_secs(10), "web's servers", || outside_get(&outside, HOST4, 8080).is_some())
+        .expect("published port reachable from outside");
+
+    for host in [HOST4, HOST6] {
+        let body = outside_get(&outside, host, 8080).unwrap_or_default();
+        assert!(body.contains("web:80"), "outside -> {host}:8080: {body:?}");
+        assert!(outside_get(&outside, host, 9000).is_some_and(|b| b.contains("web:82")), "{host}:9000 -> web");
+        assert!(outside_get(&outside, host, 9001).is_some_and(|b| b.contains("web2:82")), "{host}:9001 -> web2");
+        // Hairpin: another container through the host's address.
+        let body = http_get(&client, host, 8080, 2).expect("exec").unwrap_or_default();
+        assert!(body.contains("web:80"), "client -> {host}:8080: {body:?}");
+        let (ok, out) = exec(&client, &["nslookup", "outside.test", &format!("{}:5353", bracket(host))]).expect("exec");
+        assert!(ok && out.contains("198.51.100.77"), "client -> {host}:5353/udp: {out}");
+        let out = outside.sh(&format!("busybox nslookup outside.test {}:5353", bracket(host))).unwrap_or_default();
+        assert!(out.contains("198.51.100.77"), "outside -> {host}:5353/udp: {out}");
+    }
+    assert!(outside_get(&outside, HOST6, 8081).is_some(), "[::]:8081 is published on IPv6");
+    assert!(outside_get(&outside, HOST4, 8081).is_none(), "[::]:8081 is not published on IPv4");
+    // The host's own connections: loopback and its addresses, both families.
+    for addr in ["127.0.0.1", "::1", HOST4, HOST6] {
+        assert!(host_get(addr, 8080).is_some_and(|b| b.contains("web:80")), "host -> {addr}:8080");
+    }
+    let out = run(&["busybox", "nslookup", "outside.test", "127.0.0.1:5353"]).unwrap_or_default();
+    assert!(out.contains("198.51.100.77"), "host -> 127.0.0.1:5353/udp: {out}");
+
+    // Taken: by a container, and for host processes.
+    let taken = format!("{PREFIX}taken");
+    let label = format!("{TEST_LABEL}=1");
+    let err = docker_fails(&[
+        "run",
+        "-d",
+        "--name",
+        &taken,
+        "--label",
+        &label,
+        "--network",
+        &net,
+        "-p",
+        "8080:81",
+        IMAGE,
+        "sleep",
+        "60",
+    ])
+    .expect("a second container on the same host port is refused");
+    assert!(err.contains("Bind for *:8080/tcp failed: port is already allocated"), "{err}");
+    let _ = docker(&["rm", "-f", &taken]);
+    assert!(std::net::TcpListener::bind(("0.0.0.0", 8080)).is_err(), "a host process cannot take a published port");
+    assert!(std::net::UdpSocket::bind(("::", 5353)).is_err(), "nor a published UDP port");
+
+    let _ = dns.kill();
+    let _ = dns.wait();
+    docker(&["rm", "-f", &web]).expect("rm web");
+    assert!(std::net::TcpListener::bind(("0.0.0.0", 8080)).is_ok(), "free again once the container is gone");
+    assert!(outside_get(&outside, HOST4, 8080).is_none(), "and no longer forwarded");
+    env.finish(&[&web2, &client], &[&net]);
+}
+
+#[test]
+fn publish_all_exposed_ports_picks_free_host_ports() {
+    let (env, outside) = setup();
+    let net = format!("{PREFIX}pall");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let web = format!("{PREFIX}pweb");
+    run_container_with(&web, &["--network", &net, "--expose", "80", "-P"], &["sh", "-c", &http_servers("pweb", &[80])])
+        .expect("web");
+    let ports = published(&env, &web);
+    let host_port: u16 = ports
+        .first()
+        .and_then(|p| p.strip_suffix("->80/tcp"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("one host port for 80/tcp: {ports:?}"));
+    let ephemeral = cilium_rs::egress::host_ephemeral_ports().expect("ephemeral ports");
+    assert!(ephemeral.contains(host_port), "{host_port} comes from the host's ephemeral ports {ephemeral}");
+    wait_until(Duration::from_secs(10), "the picked port", || outside_get(&outside, HOST4, host_port).is_some())
+        .expect("reachable from outside on the picked port");
+    env.finish(&[&web], &[&net]);
+}
+
+#[test]
+fn a_published_port_obeys_ingress_policy_world_refused_host_allowed() {
+    let (env, outside) = setup();
+    let net = format!("{PREFIX}ppol");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let web = format!("{PREFIX}polweb");
+    run_container_with(
+        &web,
+        &["--network", &net, "-l", "id=polweb", "-p", "8090:80"],
+        &["sh", "-c", &http_servers("polweb", &[80])],
+    )
+    .expect("web");
+    wait_until(Duration::from_secs(20), "web's identity", || {
+        env.daemon.endpoints().is_ok_and(|eps| eps.iter().any(|e| e["identity"].as_u64().unwrap_or(0) >= 256))
+    })
+    .expect("identity");
+    wait_until(Duration::from_secs(10), "web", || outside_get(&outside, HOST4, 8090).is_some())
+        .expect("reachable without policy");
+    env.import_policy(
+        r#"[{"endpointSelector": {"matchLabels": {"id": "polweb"}},
+             "ingress": [{"fromEntities": ["host"]}]}]"#,
+    )
+    .expect("import");
+    for host in [HOST4, HOST6] {
+        assert!(outside_get(&outside, host, 8090).is_none(), "outside (world) -> {host}:8090 refused");
+        assert!(host_get(host, 8090).is_some(), "the host -> {host}:8090 allowed");
+    }
+    assert!(env.drops(&web, "POLICY_DENIED", "ingress") > 0, "world's attempts counted on web");
+    // A CIDR rule lets exactly that outside address in.
+    env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
+    env.import_policy(
+        r#"[{"endpointSelector": {"matchLabels": {"id": "polweb"}},
+             "ingress": [{"fromCIDR": ["198.51.100.0/24", "2001:db8:100::/64"]}]}]"#,
+    )
+    .expect("import cidr");
+    for host in [HOST4, HOST6] {
+        assert!(outside_get(&outside, host, 8090).is_some(), "outside's CIDR -> {host}:8090 allowed");
+    }
+    env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
+    env.finish(&[&web], &[&net]);
+}
+
+/// `[v6]` or `v4`, for `addr:port` arguments.
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// Lines the outside host has received on a long-lived connection so far.
+fn ticks(file: &std::path::Path) -> usize {
+    std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Whether the long-lived connection still carries data: more lines within 3 s.
+fn still_flowing(file: &std::path::Path) -> bool {
+    let before = ticks(file);
+    wait_until(Duration::from_secs(3), "more ticks", || ticks(file) > before).is_ok()
+}
+
+#[test]
+fn translations_survive_a_daemon_kill_9_and_a_dockerd_restart() {
+    let (mut env, mut outside) = setup();
+    let net = format!("{PREFIX}restart");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let (c, web) = (format!("{PREFIX}talker"), format!("{PREFIX}rweb"));
+    run_container(&c, &["--network", &net]).expect("talker");
+    run_container_with(&web, &["--network", &net, "-p", "8070:80"], &["sh", "-c", &http_servers("rweb", &[80])])
+        .expect("web");
+    // A long-lived masqueraded connection: the container sends a line every 200 ms.
+    let file = std::env::temp_dir().join(format!("crs-world-ticks-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    outside
+        // busybox nc hangs up when its input ends: give it one that does not.
+        .spawn(
+            std::path::Path::new("/bin/sh"),
+            &["-c", &format!("sleep 3600 | busybox nc -l -p 7000 > {}", file.display())],
+        )
+        .expect("listener");
+    wait_until(Duration::from_secs(5), "the listener", || {
+        outside.sh("busybox netstat -ltn").is_ok_and(|o| o.contains(":7000"))
+    })
+    .expect("listening");
+    docker(&["exec", "-d", &c, "sh", "-c", &format!("while true; do echo tick; sleep 0.2; done | nc {OUTSIDE4} 7000")])
+        .expect("start talking");
+    assert!(
+        still_flowing(&file),
+        "the connection carries data: {:?} {:?}",
+        std::fs::read_to_string(&file),
+        outside.sh("busybox netstat -tn")
+    );
+    wait_until(Duration::from_secs(10), "web", || outside_get(&outside, HOST4, 8070).is_some()).expect("published");
+    let mapped = map_entries(&env.daemon, "crs_nat_in").expect("dump").len();
+    assert!(mapped > 0, "the connection is masqueraded");
+
+    env.daemon.kill9().expect("kill -9");
+    assert!(still_flowing(&file), "with the daemon down, the pinned translations keep it going");
+    assert!(outside_get(&outside, HOST6, 8070).is_some(), "the published port works with the daemon down");
+    assert!(host_get("127.0.0.1", 8070).is_some(), "and so do the host's own connections to it");
+    env.daemon.spawn().expect("restart");
+    assert!(still_flowing(&file), "after the restart");
+    assert!(outside_get(&outside, HOST4, 8070).is_some(), "published after the restart");
+    // The daemon answers once its sockets are bound; it restores its state right after.
+    wait_until(Duration::from_secs(10), "the port to be held again", || {
+        std::net::TcpListener::bind(("0.0.0.0", 8070)).is_err()
+    })
+    .unwrap_or_else(|e| panic!("the restarted daemon holds the port again: {e}\n{}", env.daemon.log_text()));
+
+    {
+        // dockerd restarts with live restore: containers keep running, its iptables rules
+        // are rewritten; none of it is on our path.
+        let _live = LiveRestore::enable();
+        restart_dockerd();
+        assert!(still_flowing(&file), "after a dockerd restart");
+        assert!(outside_get(&outside, HOST4, 8070).is_some(), "published after a dockerd restart");
+    }
+    let _ = std::fs::remove_file(&file);
+    env.finish(&[&c, &web], &[&net]);
+}
+
+/// `live-restore` in /etc/docker/daemon.json (reloaded with SIGHUP) until dropped, when the
+/// file is put back as it was.
+struct LiveRestore {
+    before: Option<String>,
+}
+
+const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+
+impl LiveRestore {
+    fn enable() -> LiveRestore {
+        let before = std::fs::read_to_string(DAEMON_JSON).ok();
+        let mut config: serde_json::Value =
+            before.as_deref().map_or(serde_json::json!({}), |t| serde_json::from_str(t).expect("daemon.json is JSON"));
+        config["live-restore"] = serde_json::Value::Bool(true);
+        std::fs::create_dir_all("/etc/docker").expect("mkdir /etc/docker");
+        std::fs::write(DAEMON_JSON, config.to_string()).expect("write daemon.json");
+        reload_dockerd();
+        LiveRestore { before }
+    }
+}
+
+impl Drop for LiveRestore {
+    fn drop(&mut self) {
+        // A reload only changes what the file sets: set it back before the file goes back.
+        let mut config: serde_json::Value =
+            self.before.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::json!({}));
+        if config.get("live-restore").is_none() {
+            config["live-restore"] = serde_json::Value::Bool(false);
+        }
+        let _ = std::fs::write(DAEMON_JSON, config.to_string());
+        reload_dockerd();
+        match &self.before {
+            Some(text) => {
+                let _ = std::fs::write(DAEMON_JSON, text);
+            }
+            None => {
+                let _ = std::fs::remove_file(DAEMON_JSON);
+            }
+        }
+    }
+}
+
+fn dockerd_pid() -> String {
+    run(&["pidof", "dockerd"]).expect("dockerd runs").split_whitespace().next().expect("a pid").to_owned()
+}
+
+fn reload_dockerd() {
+    run(&["kill", "-HUP", &dockerd_pid()]).expect("SIGHUP dockerd");
+    wait_until(Duration::from_secs(10), "dockerd's live restore setting", || {
+        docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).is_ok()
+    })
+    .expect("dockerd answers");
+}
+
+/// Stops dockerd and starts it again as `make test` does (scripts/setup.sh).
+fn restart_dockerd() {
+    let live = docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).expect("info");
+    assert_eq!(live.trim(), "true", "live restore is on before dockerd restarts");
+    let pid = dockerd_pid();
+    run(&["kill", "-TERM", &pid]).expect("stop dockerd");
+    wait_until(Duration::from_secs(30), "dockerd to exit", || !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .expect("dockerd stopped");
+    run(&["sh", "-c", "setsid nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &"]).expect("start dockerd");
+    wait_until(Duration::from_secs(60), "dockerd to answer", || docker(&["info"]).is_ok()).expect("dockerd back");
+}

@@ -16,9 +16,11 @@ struct datapath_config {
 	__u16 nat_port_min;
 	__u16 nat_port_max;
 	__u32 pad;
+	/* The host's network namespace: the socket programs translate only its sockets. */
+	__u64 host_netns_cookie;
 };
 
-_Static_assert(sizeof(struct datapath_config) == 16,
+_Static_assert(sizeof(struct datapath_config) == 24,
 	       "datapath_config layout (abi::DatapathConfig)");
 
 struct {
@@ -48,6 +50,15 @@ static __always_inline bool config_nat_ports(__u16 *min, __u16 *max)
 	*min = config->nat_port_min;
 	*max = config->nat_port_max;
 	return true;
+}
+
+/* The cookie of the host's network namespace; 0 until the daemon has written it. */
+static __always_inline __u64 config_host_netns(void)
+{
+	__u32 zero = 0;
+	struct datapath_config *config = bpf_map_lookup_elem(&crs_config, &zero);
+
+	return config ? config->host_netns_cookie : 0;
 }
 
 #endif /* CRS_CONFIG_H */

@@ -7,8 +7,9 @@
 
 #define ENDPOINT_F_IPV4		 1
 #define ENDPOINT_F_IPV6		 2
-#define ENDPOINT_F_INTERNAL	 4 /* its network is --internal: nothing to or from outside */
-#define ENDPOINT_F_NO_MASQUERADE 8 /* its network is routed: it leaves with its own address */
+#define ENDPOINT_F_INTERNAL	 4  /* its network is --internal: nothing to or from outside */
+#define ENDPOINT_F_NO_MASQUERADE 8  /* its network is routed: it leaves with its own address */
+#define ENDPOINT_F_PUBLISHED	 16 /* ports of the host are published to it */
 
 struct endpoint_info {
 	__u32 endpoint_id;	 /* daemon-assigned endpoint number, key of crs_metrics */

@@ -37,12 +37,14 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle,
 };
-use aya::programs::{LinkOrder, MultiProgLink, ProgramError, SchedClassifier, TcAttachType, TcError};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, MultiProgLink, ProgramError, SchedClassifier, TcAttachType, TcError,
+};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use bpf_programs::abi::{
     EndpointInfo, EndpointMetrics, IpKey, LocalIp, CRS_LAYOUT_VERSION, MAP_ENDPOINTS, MAP_LOCAL_IPS, MAP_METRICS,
-    PROG_FROM_CONTAINER, PROG_FROM_WORLD, PROG_TO_CONTAINER, PROG_TO_WORLD,
+    PROG_FROM_CONTAINER, PROG_FROM_WORLD, PROG_TO_CONTAINER, PROG_TO_WORLD, SOCK_PROGRAMS,
 };
 use bpf_programs::DATAPATH_OBJECT;
 
@@ -280,6 +282,14 @@ impl BpfDatapath {
             program_mut(&mut ebpf, hook.program)?.load().map_err(|error| BpfError::Program {
                 op: "load",
                 program: hook.program,
+                object: String::new(),
+                error: Box::new(error),
+            })?;
+        }
+        for program in SOCK_PROGRAMS {
+            sock_program_mut(&mut ebpf, program)?.load().map_err(|error| BpfError::Program {
+                op: "load",
+                program,
                 object: String::new(),
                 error: Box::new(error),
             })?;
@@ -773,6 +783,52 @@ impl BpfDatapath {
     fn link_pin(&self, ifname: &str, hook: Hook) -> PathBuf {
         self.links_dir.join(format!("{ifname}_{}", hook.suffix))
     }
+
+    /// Attaches the socket programs to the cgroup v2 directory `cgroup` (the root: every
+    /// socket of the host) and pins their links at `links/<program>`. Attaching again puts this
+    /// daemon's programs in place of the pinned ones, the new link first: never a moment
+    /// without one.
+    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), BpfError> {
+        let dir = std::fs::File::open(cgroup).map_err(|source| BpfError::Io {
+            op: "open cgroup",
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for program in SOCK_PROGRAMS {
+            let pin = self.links_dir.join(program);
+            let prog = sock_program_mut(&mut self.ebpf, program)?;
+            let prog_error = |error: ProgramError| BpfError::Program {
+                op: "attach",
+                program,
+                object: format!(" to cgroup {}", cgroup.display()),
+                error: Box::new(error),
+            };
+            // A BPF link (Linux >= 5.7) takes no flags and always lets other programs run too.
+            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(prog_error)?;
+            let link = prog.take_link(id).map_err(prog_error)?;
+            let link = FdLink::try_from(link).map_err(|e| link_error("pin link", &pin, &e))?;
+            unpin_link(&pin)?;
+            link.pin(&pin).map_err(|e| link_error("pin link", &pin, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the socket programs (unpins their links); absent is fine.
+    pub fn detach_sockets(&mut self) -> Result<(), BpfError> {
+        for program in SOCK_PROGRAMS {
+            unpin_link(&self.links_dir.join(program))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the socket programs' links are pinned.
+    pub fn sockets_attached(&self) -> bool {
+        SOCK_PROGRAMS.iter().all(|p| self.links_dir.join(p).symlink_metadata().is_ok())
+    }
+}
+
+fn sock_program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, BpfError> {
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(BpfError::Missing { kind: "program", name })
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, BpfError> {

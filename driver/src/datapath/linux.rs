@@ -13,6 +13,7 @@ use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
+use super::host;
 use super::layouts;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
@@ -45,10 +46,14 @@ impl PolicyState {
     }
 }
 
-/// The maps of the outside world and the egress interfaces applied to them, by name.
+/// The maps of the outside world, the egress interfaces applied to them (by name), and the
+/// socket programs (attached while any port is published).
 struct WorldState {
     maps: WorldMaps,
     applied: BTreeMap<String, EgressDesired>,
+    /// The cgroup v2 root the socket programs attach to.
+    cgroup: std::path::PathBuf,
+    sockets_attached: bool,
 }
 
 pub struct LinuxDatapath {
@@ -80,10 +85,14 @@ impl LinuxDatapath {
             return Err(DatapathError::Other("--attach-mode tcx needs Linux 6.6 or later".to_owned()));
         }
         bpf.set_attach_mode(mode);
-        let maps = bpf.take_policy_maps()?;
+        let mut maps = bpf.take_policy_maps()?;
         let revision = maps.revision()?;
+        let cookie = host::netns_cookie().map_err(|e| DatapathError::Other(format!("host netns cookie: {e}")))?;
+        maps.set_host_netns(cookie)?;
         let policy = PolicyState { maps, applied: PolicyDesired::default(), endpoint_ips: HashMap::new(), revision };
-        let world = WorldState { maps: bpf.take_world_maps()?, applied: BTreeMap::new() };
+        let cgroup = host::cgroup2_root().map_err(|e| DatapathError::Other(format!("find cgroup v2: {e}")))?;
+        let sockets_attached = bpf.sockets_attached();
+        let world = WorldState { maps: bpf.take_world_maps()?, applied: BTreeMap::new(), cgroup, sockets_attached };
         Ok(LinuxDatapath {
             netlink,
             bpf: Mutex::new(bpf),
@@ -157,6 +166,36 @@ impl LinuxDatapath {
         if bump && old.is_some_and(|o| o.identity != desired.identity) {
             policy.bump_revision()?;
         }
+        drop(policy);
+        let (had, wanted) = (old.map(port_entries).unwrap_or_default(), port_entries(desired));
+        if had != wanted {
+            let mut world = self.world();
+            for (key, target) in &wanted {
+                if had.get(key) != Some(target) {
+                    world.maps.set_port(key, target)?;
+                }
+            }
+            for key in had.keys().filter(|k| !wanted.contains_key(*k)) {
+                remove_own_port(&mut world, key, desired.number)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket programs while any endpoint has published ports, detaches them once
+    /// none has; `again` also puts this daemon's programs in place of attached ones (restore).
+    fn refresh_sockets(&self, again: bool) -> Result<(), DatapathError> {
+        let wanted = guard(&self.applied).values().any(|e| e.deliver && !e.published.is_empty());
+        let mut world = self.world();
+        if again || wanted != world.sockets_attached {
+            let mut bpf = self.bpf();
+            if wanted {
+                bpf.attach_sockets(&world.cgroup)?;
+            } else {
+                bpf.detach_sockets()?;
+            }
+            world.sockets_attached = wanted;
+        }
         Ok(())
     }
 
@@ -207,8 +246,52 @@ impl LinuxDatapath {
             self.apply_maps(old.as_ref(), desired, bump)?;
         }
         guard(&self.applied).insert(desired.number, desired.clone());
-        Ok(())
+        self.refresh_sockets(false)
     }
+}
+
+/// The crs_ports entries of an endpoint: each published port for each family it applies to
+/// (every address of the host: all-zero key address), while it is delivered to.
+fn port_entries(endpoint: &EndpointDesired) -> BTreeMap<abi::PortKey, abi::PortTarget> {
+    let mut entries = BTreeMap::new();
+    if !endpoint.deliver {
+        return entries;
+    }
+    let v4 = endpoint.ipv4.map(IpAddr::V4);
+    let v6 = endpoint.ipv6.map(IpAddr::V6);
+    for port in &endpoint.published {
+        let targets: Vec<(Option<IpAddr>, Option<IpAddr>)> = match port.host_ip {
+            None => vec![(None, v4), (None, v6)],
+            Some(ip) if ip.is_unspecified() => vec![(None, if ip.is_ipv4() { v4 } else { v6 })],
+            Some(ip) => vec![(Some(ip), if ip.is_ipv4() { v4 } else { v6 })],
+        };
+        for (published_on, target) in targets {
+            let Some(target) = target else { continue };
+            let family = abi::IpKey::from(target).family;
+            let key = abi::PortKey {
+                family,
+                proto: port.proto.number(),
+                port: port.host_port.to_be_bytes(),
+                addr: published_on.map_or([0; 16], |ip| abi::IpKey::from(ip).addr),
+            };
+            let value = abi::PortTarget {
+                addr: abi::IpKey::from(target).addr,
+                port: port.port.to_be_bytes(),
+                pad: 0,
+                endpoint_id: endpoint.number,
+            };
+            entries.insert(key, value);
+        }
+    }
+    entries
+}
+
+/// Removes a crs_ports entry if it still belongs to endpoint `number`.
+fn remove_own_port(world: &mut WorldState, key: &abi::PortKey, number: u32) -> Result<(), DatapathError> {
+    if world.maps.port_entries()?.iter().any(|(k, t)| k == key && t.endpoint_id == number) {
+        world.maps.remove_port(key)?;
+    }
+    Ok(())
 }
 
 /// Removes the `crs_local_ips` entry of `ip` if it still belongs to endpoint `number` (another
@@ -248,6 +331,9 @@ fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
     }
     if !endpoint.masquerade {
         info.flags |= abi::ENDPOINT_F_NO_MASQUERADE;
+    }
+    if !endpoint.published.is_empty() {
+        info.flags |= abi::ENDPOINT_F_PUBLISHED;
     }
     info
 }
@@ -390,7 +476,13 @@ impl Datapath for LinuxDatapath {
             for ip in old.delivered_addresses() {
                 errors.extend(remove_own_ipcache(&mut policy, IpNet::from(ip), number).err());
             }
+            drop(policy);
+            let mut world = self.world();
+            for key in port_entries(old).keys() {
+                errors.extend(remove_own_port(&mut world, key, number).err());
+            }
         }
+        errors.extend(self.refresh_sockets(false).err());
         DatapathError::collect(errors)
     }
 
@@ -569,6 +661,20 @@ impl Datapath for LinuxDatapath {
                 report.stale_removed += 1;
             }
         }
+        drop(bpf);
+        {
+            let wanted: BTreeMap<abi::PortKey, abi::PortTarget> = live.iter().flat_map(port_entries).collect();
+            let mut world = self.world();
+            for (key, target) in world.maps.port_entries()? {
+                if wanted.get(&key) != Some(&target) {
+                    world.maps.remove_port(&key)?;
+                    report.stale_removed += 1;
+                }
+            }
+        }
+        // A restarted daemon puts its own socket programs in place of the pinned ones.
+        self.refresh_sockets(true)?;
+        let bpf = self.bpf();
         // This layout's programs are attached everywhere now: earlier layouts can go.
         for tree in layouts::other_layouts(bpf.bpf_root())? {
             let pins = layouts::remove_layout(&tree)?;
@@ -583,5 +689,66 @@ impl Datapath for LinuxDatapath {
 impl LinuxDatapath {
     pub fn identity_of(&self, ip: IpAddr) -> Result<Identity, DatapathError> {
         Ok(self.policy().maps.identity_of(ip)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::ports::{Proto, PublishedPort};
+
+    fn endpoint(published: Vec<PublishedPort>, deliver: bool) -> EndpointDesired {
+        EndpointDesired {
+            number: 7,
+            sandbox: 7,
+            host_ifname: "lxc0".into(),
+            host_ifindex: 70,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            mac: [2, 0, 0, 0, 0, 2],
+            ipv4: Some(Ipv4Addr::new(10, 220, 0, 7)),
+            ipv6: Some("fdc1:1a00::7".parse().expect("v6")),
+            gateway_ipv4: None,
+            identity: Identity::INIT,
+            internal: false,
+            masquerade: true,
+            published,
+            deliver,
+        }
+    }
+
+    fn port(host_ip: Option<IpAddr>) -> PublishedPort {
+        PublishedPort { proto: Proto::Tcp, host_ip, host_port: 8080, port: 80 }
+    }
+
+    #[test]
+    fn published_ports_become_one_entry_per_family_they_apply_to() {
+        let all = port_entries(&endpoint(vec![port(None)], true));
+        let families: Vec<(u8, [u8; 16], [u8; 16])> = all.iter().map(|(k, t)| (k.family, k.addr, t.addr)).collect();
+        assert_eq!(
+            families,
+            [
+                (abi::IP_FAMILY_V4, [0; 16], abi::IpKey::from(IpAddr::V4(Ipv4Addr::new(10, 220, 0, 7))).addr),
+                (abi::IP_FAMILY_V6, [0; 16], "fdc1:1a00::7".parse::<Ipv6Addr>().expect("v6").octets()),
+            ]
+        );
+        let (key, target) = all.iter().next().expect("an entry");
+        assert_eq!(
+            (key.proto, key.port, target.port, target.endpoint_id),
+            (6, 8080u16.to_be_bytes(), 80u16.to_be_bytes(), 7)
+        );
+
+        let v6_only = port_entries(&endpoint(vec![port(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)))], true));
+        assert_eq!(v6_only.keys().map(|k| (k.family, k.addr)).collect::<Vec<_>>(), [(abi::IP_FAMILY_V6, [0; 16])]);
+        let loopback = port_entries(&endpoint(vec![port(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)))], true));
+        assert_eq!(
+            loopback.keys().map(|k| (k.family, k.addr)).collect::<Vec<_>>(),
+            [(abi::IP_FAMILY_V4, abi::IpKey::from(IpAddr::V4(Ipv4Addr::LOCALHOST)).addr)]
+        );
+        assert!(port_entries(&endpoint(vec![port(None)], false)).is_empty(), "nothing once it left");
+        let mut v4_only = endpoint(vec![port(Some(IpAddr::V6(Ipv6Addr::LOCALHOST)))], true);
+        v4_only.ipv6 = None;
+        assert!(port_entries(&v4_only).is_empty(), "an IPv6 host address needs an IPv6 endpoint");
     }
 }

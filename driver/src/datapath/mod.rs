@@ -34,6 +34,8 @@ pub struct EndpointDesired {
     /// What it sends outside leaves with the egress interface's address (else with its own:
     /// the network is routed to the host).
     pub masquerade: bool,
+    /// Host ports published to it (`-p`).
+    pub published: Vec<crate::ports::PublishedPort>,
     /// Traffic is delivered to the endpoint: host routes, neighbour entries and address
     /// entries exist. False once it left: only its own entry stays, so what its container still
     /// sends while dockerd moves the interface back is attributed to it.
@@ -167,6 +169,7 @@ impl DatapathError {
 }
 
 pub mod bpf;
+pub mod host;
 pub mod layouts;
 pub mod link;
 pub mod linux;

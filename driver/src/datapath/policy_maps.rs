@@ -212,6 +212,12 @@ impl PolicyMaps {
         self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
     }
 
+    /// The host's network namespace: the socket programs translate only its sockets.
+    pub fn set_host_netns(&mut self, cookie: u64) -> Result<(), BpfError> {
+        let config = DatapathConfig { host_netns_cookie: cookie, ..self.config()? };
+        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+    }
+
     fn config(&self) -> Result<DatapathConfig, BpfError> {
         self.config.get(&0, 0).map_err(map_error("read", MAP_CONFIG, "0".to_owned()))
     }

@@ -1,13 +1,15 @@
 //! The maps of the outside world: crs_egress (the egress interfaces and the addresses endpoints
-//! are masqueraded to), written by the daemon, and crs_nat_out / crs_nat_in (translated flows),
-//! written by the programs and only swept by the daemon.
+//! are masqueraded to) and crs_ports (published ports), written by the daemon, and crs_nat_out
+//! / crs_nat_in (translated flows), written by the programs and only swept by the daemon.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
-use bpf_programs::abi::{EgressIface, IpKey, NatEntry, NatKey, MAP_EGRESS, MAP_NAT_IN, MAP_NAT_OUT};
+use bpf_programs::abi::{
+    EgressIface, IpKey, NatEntry, NatKey, PortKey, PortTarget, MAP_EGRESS, MAP_NAT_IN, MAP_NAT_OUT, MAP_PORTS,
+};
 
 use super::bpf::{is_not_found, take_map, BpfError};
 
@@ -15,6 +17,7 @@ pub struct WorldMaps {
     egress: HashMap<MapData, u32, EgressIface>,
     nat_out: HashMap<MapData, NatKey, NatEntry>,
     nat_in: HashMap<MapData, NatKey, NatEntry>,
+    ports: HashMap<MapData, PortKey, PortTarget>,
 }
 
 impl std::fmt::Debug for WorldMaps {
@@ -44,6 +47,7 @@ impl WorldMaps {
             egress: HashMap::try_from(take_map(ebpf, MAP_EGRESS)?).map_err(layout(MAP_EGRESS))?,
             nat_out: HashMap::try_from(take_map(ebpf, MAP_NAT_OUT)?).map_err(layout(MAP_NAT_OUT))?,
             nat_in: HashMap::try_from(take_map(ebpf, MAP_NAT_IN)?).map_err(layout(MAP_NAT_IN))?,
+            ports: HashMap::try_from(take_map(ebpf, MAP_PORTS)?).map_err(layout(MAP_PORTS))?,
         })
     }
 
@@ -64,6 +68,30 @@ impl WorldMaps {
             }
             _ => Ok(()),
         }
+    }
+
+    pub fn set_port(&mut self, key: &PortKey, target: &PortTarget) -> Result<(), BpfError> {
+        self.ports.insert(key, target, 0).map_err(|error| BpfError::Map {
+            op: "update",
+            map: MAP_PORTS,
+            key: format!("{key:?}"),
+            error: Box::new(error),
+        })
+    }
+
+    /// Removes a published port; absent is fine.
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<(), BpfError> {
+        match self.ports.remove(key) {
+            Err(error) if !is_not_found(&error) => {
+                Err(BpfError::Map { op: "delete", map: MAP_PORTS, key: format!("{key:?}"), error: Box::new(error) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every published port (a full scan).
+    pub fn port_entries(&self) -> Result<Vec<(PortKey, PortTarget)>, BpfError> {
+        self.ports.iter().collect::<Result<Vec<_>, _>>().map_err(read_error(MAP_PORTS))
     }
 
     pub fn egress_entries(&self) -> Result<Vec<(u32, EgressIface)>, BpfError> {

@@ -31,6 +31,7 @@ use crate::kv::{EmbeddedKv, KvError};
 use crate::labels::{LabelFilter, Labels};
 use crate::network::{Network, NetworkOptions};
 use crate::policy::EnforcementMode;
+use crate::ports::{self, PortHold, PortRequest};
 use crate::reconcile::{self, DockerSnapshot, ReconcileReport};
 use crate::state::{now, State, StateError, Txn};
 use crate::store::Store;
@@ -172,6 +173,8 @@ pub struct Driver {
     egress_turn: tokio::sync::Mutex<()>,
     /// Wakes the NAT sweep: an endpoint went, its translations can go too.
     nat_sweep: tokio::sync::Notify,
+    /// The sockets holding each joined endpoint's published host ports.
+    port_holds: Mutex<std::collections::HashMap<EndpointId, PortHold>>,
 }
 
 #[derive(Debug, Default)]
@@ -211,6 +214,7 @@ impl Driver {
             identity_timing: Mutex::new(IdentityTiming::default()),
             egress_turn: tokio::sync::Mutex::new(()),
             nat_sweep: tokio::sync::Notify::new(),
+            port_holds: Mutex::new(std::collections::HashMap::new()),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
@@ -257,6 +261,29 @@ impl Driver {
         Ok(())
     }
 
+    /// Holds the host ports of the joined endpoints again (a restarted daemon); a port some
+    /// host process took while the daemon was down stays published, with a warning.
+    fn hold_published_again(&self) {
+        let published: Vec<(EndpointId, Vec<ports::PublishedPort>)> = self
+            .state()
+            .endpoints
+            .values()
+            .filter(|e| e.joined.is_some() && !e.published.is_empty())
+            .map(|e| (e.id.clone(), e.published.clone()))
+            .collect();
+        for (id, ports) in published {
+            let (hold, errors) = ports::hold_again(&ports);
+            for error in errors {
+                warn!(endpoint = id.short(), %error, "a published port is taken on the host");
+            }
+            self.holds().insert(id, hold);
+        }
+    }
+
+    fn holds(&self) -> MutexGuard<'_, std::collections::HashMap<EndpointId, PortHold>> {
+        self.port_holds.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn timing(&self) -> MutexGuard<'_, IdentityTiming> {
         self.identity_timing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -272,6 +299,7 @@ impl Driver {
             let joined = state.endpoints.values().filter_map(|e| e.desired(true)).collect();
             (joined, state.networks.len(), state.endpoints.len())
         };
+        self.hold_published_again();
         let report = {
             let policy = self.policy.lock().await;
             self.datapath.restore(&joined, policy.view()).await?
@@ -565,6 +593,7 @@ impl Driver {
             labels: Labels::new(),
             internal: network.internal,
             masquerade: network.masquerade,
+            published: Vec::new(),
         };
         txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
         txn.commit(self.store.as_ref())?;
@@ -573,9 +602,18 @@ impl Driver {
     }
 
     /// Creates the veth pair, attaches the programs and applies the endpoint's desired state.
-    pub async fn join(&self, network: &NetworkId, id: &EndpointId, sandbox_key: &str) -> Result<JoinPlan, DriverError> {
+    /// Joins an endpoint: its veth, programs and datapath state, and the container's published
+    /// ports (`ports`, dockerd's sandbox-wide port map) when it is the container's first
+    /// endpoint on a network that is not internal. A host port that is taken refuses the Join.
+    pub async fn join(
+        &self,
+        network: &NetworkId,
+        id: &EndpointId,
+        sandbox_key: &str,
+        ports: &[PortRequest],
+    ) -> Result<JoinPlan, DriverError> {
         let _held = self.endpoint_locks.lock(id).await;
-        let (endpoint, mtu, sandbox) = {
+        let (mut endpoint, mtu, sandbox, publish) = {
             let state = self.state();
             let endpoint = lookup(&state, network, id)?.clone();
             if endpoint.joined.is_some() {
@@ -584,13 +622,26 @@ impl Driver {
             let mtu = state.networks.get(network).and_then(|n| n.mtu).or(self.config.mtu);
             // All endpoints of one container share the sandbox key dockerd sends (its netns
             // path); dockerd joins one sandbox's endpoints one at a time.
-            let sandbox = state
+            let same_sandbox: Vec<&Endpoint> = state
                 .endpoints
                 .values()
-                .filter_map(|e| e.joined.as_ref())
-                .find(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
-                .map_or(endpoint.number, |j| j.sandbox);
-            (endpoint, mtu, sandbox)
+                .filter(|e| e.joined.as_ref().is_some_and(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key))
+                .collect();
+            let sandbox = same_sandbox.first().and_then(|e| e.joined.as_ref()).map_or(endpoint.number, |j| j.sandbox);
+            let published_elsewhere = same_sandbox.iter().any(|e| !e.published.is_empty());
+            if !ports.is_empty() && endpoint.internal {
+                info!(endpoint = id.short(), "ports are not published on an internal network");
+            }
+            let publish = !ports.is_empty() && !endpoint.internal && !published_elsewhere;
+            (endpoint, mtu, sandbox, publish)
+        };
+        let hold = if publish {
+            let (mut published, hold) = ports::hold(ports, self.config.nat_ports).map_err(DriverError::Conflict)?;
+            published.sort();
+            endpoint.published = published;
+            Some(hold)
+        } else {
+            None
         };
         let mtu = match mtu {
             Some(mtu) => mtu,
@@ -609,12 +660,18 @@ impl Driver {
             let mut txn = Txn::new(&mut state);
             if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
                 ep.joined = Some(joined);
+                ep.published = endpoint.published.clone();
             }
             txn.commit(self.store.as_ref())
         };
         if let Err(e) = committed {
             self.rollback(undo).await;
             return Err(e.into());
+        }
+        if let Some(hold) = hold {
+            self.holds().insert(id.clone(), hold);
+            let published: Vec<String> = endpoint.published.iter().map(ToString::to_string).collect();
+            info!(endpoint = id.short(), ports = %published.join(","), "ports published");
         }
         info!(network = network.short(), endpoint = id.short(), ifname = %endpoint.host_ifname(), "endpoint joined");
         // Its identity is resolved in the background, from Docker's view of the container.
@@ -677,13 +734,16 @@ impl Driver {
         let Some(endpoint) = self.state().endpoints.get(id).filter(|e| &e.network == network).cloned() else {
             return Ok(());
         };
-        let (Some(left), Some(joined)) = (endpoint.desired(false), endpoint.desired(true)) else { return Ok(()) };
+        // Its published ports go with it: they are free once the container stopped.
+        let unpublished = Endpoint { published: Vec::new(), ..endpoint.clone() };
+        let (Some(left), Some(joined)) = (unpublished.desired(false), endpoint.desired(true)) else { return Ok(()) };
         self.datapath.apply_endpoint(&left).await?;
         let committed = {
             let mut state = self.state();
             let mut txn = Txn::new(&mut state);
             if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
                 ep.joined = None;
+                ep.published = Vec::new();
             }
             txn.commit(self.store.as_ref())
         };
@@ -694,6 +754,7 @@ impl Driver {
             }
             return Err(e.into());
         }
+        self.holds().remove(id);
         info!(network = network.short(), endpoint = id.short(), "endpoint left");
         Ok(())
     }
@@ -747,6 +808,7 @@ impl Driver {
             }
             txn.commit(self.store.as_ref())?;
         }
+        self.holds().remove(id);
         {
             let mut timing = self.timing();
             timing.joined_at.remove(id);

@@ -26,6 +26,7 @@ use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{self, parse_addr, parse_cidr, IpamError, PoolId, PoolRequest};
 use crate::network::parse_options;
+use crate::ports::parse_portmap;
 
 use super::body::{read_body, MAX_BODY_BYTES};
 
@@ -307,9 +308,9 @@ async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
 
 async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
-        if r.options.get(spec::OPTION_PORT_MAP).and_then(Value::as_array).is_some_and(|ports| !ports.is_empty()) {
-            warn!("published ports (-p) are not programmed by cilium-rs: reach the container at its routed addresses");
-        }
+        // Ports are published at Join, once per container (dockerd sends the map to every
+        // endpoint); a malformed map is refused here already.
+        parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
         let mac = if r.interface.mac_address.is_empty() {
             None
         } else {
@@ -346,7 +347,9 @@ async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Respons
 
 async fn join(State(driver): State<Shared>, body: Body) -> Response {
     call("NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
-        let plan = driver.join(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?, &r.sandbox_key).await?;
+        let ports = parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
+        let plan =
+            driver.join(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?, &r.sandbox_key, &ports).await?;
         Ok(spec::JoinResponse {
             interface_name: Some(spec::InterfaceName {
                 src_name: plan.src_name,
