@@ -3,7 +3,6 @@
 //! daemon, the kernel or the pins.
 
 use std::collections::BTreeSet;
-use std::sync::MutexGuard;
 
 use anyhow::{Context, Result};
 use bpf_programs::abi::CRS_LAYOUT_VERSION;
@@ -11,7 +10,7 @@ use serde_json::Value;
 
 use crate::{
     docker, docker_fails, host_lxc_links, our_routes, remove_docker_leftovers, require_root_and_dockerd, run, serial,
-    Daemon,
+    Daemon, Serial,
 };
 
 pub struct Env {
@@ -23,7 +22,7 @@ pub struct Env {
     baseline_routes: BTreeSet<String>,
     /// Names of this test's containers and networks start with it.
     prefix: String,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Serial,
 }
 
 impl Env {

@@ -19,10 +19,28 @@ pub const IMAGE: &str = "crs-busybox:latest";
 /// Label on every container the tests start, for clean-up of leftovers.
 pub const TEST_LABEL: &str = "io.cilium-rs.test";
 
+/// Held while a test drives dockerd: one test at a time, across every test process on the
+/// machine (the leak checks look at host-wide state).
+pub struct Serial {
+    _file: std::fs::File,
+    _thread: MutexGuard<'static, ()>,
+}
+
+/// Where the machine-wide lock lives.
+const SERIAL_LOCK: &str = "/run/cilium-rs-tests.lock";
+
 /// Tests that drive dockerd run one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let thread = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(SERIAL_LOCK)
+        .unwrap_or_else(|e| panic!("open {SERIAL_LOCK}: {e}"));
+    file.lock().unwrap_or_else(|e| panic!("lock {SERIAL_LOCK}: {e}"));
+    Serial { _file: file, _thread: thread }
 }
 
 /// Runs a command, returning its output whatever the exit status.
