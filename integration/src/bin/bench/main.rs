@@ -6,6 +6,7 @@ mod netns;
 mod plugin;
 mod policy;
 mod stats;
+mod world;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -208,11 +209,13 @@ fn docker_runs(daemon: &Daemon) -> Result<RunLatency> {
 
 fn main() -> Result<()> {
     integration::require_root_and_dockerd();
-    let daemon = Daemon::start(PLUGIN)?;
+    let outside = integration::outside::Outside::new(&format!("{PREFIX}out"))?;
+    let daemon = Daemon::start_with(PLUGIN, &[("CILIUM_RS_EGRESS_INTERFACE", integration::outside::OUTSIDE_IF)])?;
     remove_docker_leftovers(PREFIX);
     let started = Instant::now();
 
     let dp = datapaths(&daemon)?;
+    let world = world::outside(&outside)?;
     let runs = docker_runs(&daemon)?;
     drop(daemon);
     let latency = plugin::plugin_latency()?;
@@ -321,6 +324,25 @@ fn main() -> Result<()> {
         String::new(),
         "≤ 64",
     );
+    let wmed = |key: &str| median(&mut world.get(key).cloned().unwrap_or_default());
+    let (eb, ec) = (wmed("egress_tcp_bridge"), wmed("egress_tcp_crs"));
+    row("TCP container → outside (Gbit/s)", [nan, nan, eb, ec, nan], format!("{:.2}× bridge", ec / eb), "≥ 1.0×");
+    let (pb, pc) = (wmed("published_tcp_bridge"), wmed("published_tcp_crs"));
+    row("TCP outside → published port (Gbit/s)", [nan, nan, pb, pc, nan], format!("{:.2}× bridge", pc / pb), "≥ 1.0×");
+    let (rb, rc) = (wmed("published_crr_bridge"), wmed("published_crr_crs"));
+    row(
+        "new conn/s outside → published port (k)",
+        [nan, nan, rb / 1e3, rc / 1e3, nan],
+        format!("{:.2}× bridge", rc / rb),
+        "≥ 1.0×",
+    );
+    let (lb, lc) = (wmed("localhost_crr_bridge"), wmed("localhost_crr_crs"));
+    row(
+        "new conn/s host → localhost:PORT (k)",
+        [nan, nan, lb / 1e3, lc / 1e3, nan],
+        format!("{:.2}× docker-proxy", lc / lb),
+        "≥ 2×",
+    );
     println!();
     println!("(took {:.0} s)", started.elapsed().as_secs_f64());
 
@@ -334,6 +356,7 @@ fn main() -> Result<()> {
         "create_endpoint_join_ms": {"p50": p50, "p99": p99, "endpoints_present": plugin::ENDPOINTS_PRESENT,
                                     "rules_loaded": policy::RULES, "samples": latency.create_join_ms},
         "daemon_rss_mb": rss_mb,
+        "outside_world": {"rounds": world, "medians": world.keys().map(|k| (k.to_string(), wmed(k))).collect::<BTreeMap<_, _>>()},
     });
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

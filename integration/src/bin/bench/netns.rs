@@ -31,6 +31,11 @@ impl Ns {
         Ns(format!("/run/netns/{name}"))
     }
 
+    /// The host's own namespace.
+    pub fn host() -> Ns {
+        Ns("/proc/1/ns/net".to_owned())
+    }
+
     pub fn cmd(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.0)).arg("--").args(argv);
@@ -38,9 +43,18 @@ impl Ns {
     }
 }
 
+/// iperf3's port.
+pub const IPERF_PORT: u16 = 5201;
+
 /// One iperf3 TCP run from `client` to `server_ip` (server already listening); Gbit/s.
 pub fn iperf(client: &Ns, server_ip: &str) -> Result<f64> {
-    let out = client.cmd(&["iperf3", "-c", server_ip, "-t", IPERF_SECONDS, "-J"]).output()?;
+    iperf_to(client, server_ip, IPERF_PORT)
+}
+
+/// [`iperf`] to another port (a published one).
+pub fn iperf_to(client: &Ns, server_ip: &str, port: u16) -> Result<f64> {
+    let port = port.to_string();
+    let out = client.cmd(&["iperf3", "-c", server_ip, "-p", &port, "-t", IPERF_SECONDS, "-J"]).output()?;
     let report: Value = serde_json::from_slice(&out.stdout).context("iperf3 json")?;
     if let Some(err) = report["error"].as_str() {
         bail!("iperf3 to {server_ip}: {err}");
@@ -94,9 +108,14 @@ impl Drop for CrrServer {
 
 /// One connection-rate run from `client` to `server_ip`; connections per second.
 pub fn crr(client: &Ns, server_ip: &str) -> Result<f64> {
+    crr_to(client, server_ip, CRR_PORT)
+}
+
+/// [`crr`] to another port (a published one).
+pub fn crr_to(client: &Ns, server_ip: &str, port: u16) -> Result<f64> {
     let tool = crr_binary()?;
     let out = client
-        .cmd(&[&tool.to_string_lossy(), "client", server_ip, &CRR_PORT.to_string(), CRR_SECONDS, CRR_THREADS])
+        .cmd(&[&tool.to_string_lossy(), "client", server_ip, &port.to_string(), CRR_SECONDS, CRR_THREADS])
         .output()?;
     let report: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("crr output: {}", String::from_utf8_lossy(&out.stderr)))?;
