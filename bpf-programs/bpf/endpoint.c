@@ -122,9 +122,11 @@ static __always_inline int send_reply(struct __sk_buff *ctx, __u32 endpoint_id, 
 }
 
 /* Drops a packet policy refused, counted on the endpoint whose check failed. */
-static __always_inline int policy_drop(const struct __sk_buff *ctx, const struct flow *flow,
-				       int reason, __u32 sender_id, __u32 receiver_id)
+static __always_inline int policy_drop(const struct __sk_buff *ctx, struct flow *flow, int reason,
+				       __u32 sender_id, __u32 receiver_id)
 {
+	/* A refused connection to a published port (hairpin) keeps no translation. */
+	crs_dnat_forget(flow);
 	if (flow->denied_receiver)
 		return send_drop(ctx, receiver_id, reason, METRIC_INGRESS);
 	return send_drop(ctx, sender_id, reason, METRIC_EGRESS);

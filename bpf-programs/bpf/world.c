@@ -22,8 +22,10 @@ static __always_inline int world_deliver(struct __sk_buff *ctx, struct flow *flo
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_INGRESS);
 	ret = crs_ct_policy(ctx, flow, ipcache_identity(flow->family, flow->saddr), ep->identity,
 			    ENFORCE_RECEIVER);
-	if (ret != FORWARDED)
+	if (ret != FORWARDED) {
+		crs_dnat_forget(flow);
 		return send_drop(ctx, ep->endpoint_id, ret, METRIC_INGRESS);
+	}
 
 	data = ctx_data(ctx);
 	data_end = ctx_data_end(ctx);

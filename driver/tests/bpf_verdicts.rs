@@ -1,9 +1,12 @@
 //! Verdicts of the endpoint programs on crafted frames (BPF_PROG_TEST_RUN), checked against
 //! docs/datapath.md: policy lookup, local delivery, connection tracking, related ICMP errors,
-//! the parser, anti-spoofing and the router's own answers; and of the egress-interface programs:
+//! the parser, anti-spoofing and the router's own answers; of the egress-interface programs:
 //! masquerading, its reverse translation and ICMP errors, port allocation and takeover, and
-//! forwarding to the outside world. Every check compares the return code
-//! and the exact counters the packet moved (endpoint, reason, direction). Each test has its own
+//! forwarding to the outside world; and of published-port translation (DNAT): to the endpoint
+//! from one host address or all of them, the endpoint's replies back from the published address
+//! and port, removed and republished ports, ingress policy with the client's identity, hairpin
+//! from other containers, fragments and ICMP errors. Every check compares the return code and
+//! the exact counters the packet moved (endpoint, reason, direction). Each test has its own
 //! network namespace and bpf root; they fail, never skip, without root.
 
 mod support;
@@ -14,9 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::maps::{HashMap, Map, MapData};
 use bpf_programs::abi::{
     CtEntry, CtKey, Direction as Dir, DropReason, EgressIface, EndpointInfo, EndpointMetrics, LocalIp, NatEntry,
-    NatKey, CT_F_CLOSING, CT_F_EGRESS_OK, CT_F_INGRESS_OK, CT_F_SEEN_REPLY, ENDPOINT_F_INTERNAL,
-    ENDPOINT_F_NO_MASQUERADE, IP_FAMILY_V4, IP_FAMILY_V6, MAP_CT, NAT_F_SNAT, PROG_FROM_CONTAINER, PROG_FROM_WORLD,
-    PROG_TO_CONTAINER, PROG_TO_WORLD,
+    NatKey, PortKey, PortTarget, CT_F_CLOSING, CT_F_EGRESS_OK, CT_F_INGRESS_OK, CT_F_SEEN_REPLY, ENDPOINT_F_INTERNAL,
+    ENDPOINT_F_NO_MASQUERADE, ENDPOINT_F_PUBLISHED, IP_FAMILY_V4, IP_FAMILY_V6, MAP_CT, NAT_F_DNAT, NAT_F_SNAT,
+    PROG_FROM_CONTAINER, PROG_FROM_WORLD, PROG_TO_CONTAINER, PROG_TO_WORLD,
 };
 use cilium_rs::datapath::bpf::BpfDatapath;
 use cilium_rs::datapath::policy_maps::PolicyMaps;
@@ -3098,6 +3101,540 @@ fn from_container_redirects_outside_traffic_routed_through_an_egress_interface()
             let frame = a.tx(world(fam), &L4::tcp(40401, 443, TCP_SYN));
             let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], "no egress interface");
             assert_eq!(out.frame, frame);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Published ports: crs_from_world's translation to the endpoint (crs_nat_in_translate), the
+// endpoint's replies (crs_dnat_reply), hairpin from other containers, policy and ICMP errors
+// ---------------------------------------------------------------------------------------------
+
+/// The crs_ports key of `port` of `proto` published on `on` (None: every address of the host)
+/// in the family `fam`.
+fn port_key(fam: Fam, proto: u8, port: u16, on: Option<IpAddr>) -> PortKey {
+    let family = match fam {
+        Fam::V6 => IP_FAMILY_V6,
+        Fam::V4 => IP_FAMILY_V4,
+    };
+    PortKey { family, proto, port: port.to_be_bytes(), addr: on.map_or([0; 16], addr16) }
+}
+
+impl Env {
+    /// Publishes `port` of `proto` on `on` (None: every address of the host) in the family
+    /// `fam` to `ep`'s address of the family and its port `to`, as the daemon does for `-p`,
+    /// and marks `ep` as publishing (ENDPOINT_F_PUBLISHED). Returns the crs_ports key.
+    fn publish(&mut self, fam: Fam, on: Option<IpAddr>, proto: u8, port: u16, ep: &Ep, to: u16) -> PortKey {
+        let key = port_key(fam, proto, port, on);
+        let target = PortTarget { addr: addr16(ep.ip(fam)), port: to.to_be_bytes(), pad: 0, endpoint_id: ep.n };
+        self.world.set_port(&key, &target).expect("set crs_ports");
+        self.set_flags(ep, ENDPOINT_F_PUBLISHED);
+        key
+    }
+
+    /// Asserts the two entries of a connection from `client` to the published address and
+    /// port `published`, translated to `target`: the in entry (the client's direction) names
+    /// the target, the out entry (the target's replies) the published address and port; both
+    /// NAT_F_DNAT, for the interface `ifindex` the connection came in on.
+    #[track_caller]
+    fn assert_dnat(
+        &self,
+        client: (IpAddr, u16),
+        published: (IpAddr, u16),
+        target: (IpAddr, u16),
+        proto: u8,
+        ifindex: u32,
+        what: &str,
+    ) {
+        let inn = self
+            .nat_in(&nat_key(client.0, client.1, published.0, published.1, proto))
+            .unwrap_or_else(|| panic!("{what}: no crs_nat_in entry for the client's direction"));
+        assert_eq!(
+            (inn.addr, inn.port, inn.flags, inn.ifindex),
+            (addr16(target.0), target.1.to_be_bytes(), NAT_F_DNAT, ifindex),
+            "{what}: the in entry names the endpoint's address and port"
+        );
+        let out = self
+            .nat_out(&nat_key(target.0, target.1, client.0, client.1, proto))
+            .unwrap_or_else(|| panic!("{what}: no crs_nat_out entry for the endpoint's replies"));
+        assert_eq!(
+            (out.addr, out.port, out.flags, out.ifindex),
+            (addr16(published.0), published.1.to_be_bytes(), NAT_F_DNAT, ifindex),
+            "{what}: the out entry names the published address and port"
+        );
+    }
+}
+
+#[test]
+fn published_ports_are_translated_to_their_endpoint_and_delivered() {
+    with_env("dnat", |env| {
+        let a = env.endpoint(1, 1001);
+        // Ingress on the container's ports only: the published ones are not what policy sees.
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_TCP, 443));
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_UDP, 53));
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, h) = (a.ip(fam), world(fam), ext.ip(fam), host_ip(fam));
+            env.publish(fam, Some(outside), PROTO_TCP, 8080, &a, 80);
+            env.publish(fam, None, PROTO_UDP, 5353, &a, 53);
+            env.publish(fam, None, PROTO_TCP, 8443, &a, 443);
+            // (the address it is sent to, the client's first packet, its next one, the
+            // endpoint's port)
+            let cases = [
+                (
+                    outside,
+                    L4::tcp(40000, 8080, TCP_SYN),
+                    L4::tcp(40000, 8080, TCP_ACK),
+                    80,
+                    "TCP on the egress address",
+                ),
+                (outside, L4::udp(40000, 5353, b"query"), L4::udp(40000, 5353, b"again"), 53, "UDP on every address"),
+                (h, L4::udp(40001, 5353, b"query"), L4::udp(40001, 5353, b"again"), 53, "UDP to another host address"),
+                (h, L4::tcp(40001, 8443, TCP_SYN), L4::tcp(40001, 8443, TCP_ACK), 443, "TCP to another host address"),
+            ];
+            for (dst, first, next, port, kind) in cases {
+                let what = format!("{fam:?} {kind}");
+                let (sport, published) = l4_ports(&first);
+                let proto = first.proto;
+                for (i, l4) in [first, next].iter().enumerate() {
+                    let out = env.world_rx(&ext, &ext.inbound(x, dst, l4)).expect(
+                        REDIRECT,
+                        &[ing(a.n, Forwarded)],
+                        &format!("{what}: packet {}", i + 1),
+                    );
+                    assert_eq!(
+                        out.frame,
+                        delivered(x, &a, 63, &with_dport(l4, port)),
+                        "{what}: packet {}: only the destination address and port change",
+                        i + 1
+                    );
+                    assert_checksums(&out.frame, &checksums_of(fam, l4.proto), &what);
+                }
+                env.assert_dnat((x, sport), (dst, published), (me, port), proto, ext.ifindex, &what);
+                let (_, ct) = env.ct_expect(x, sport, me, port, proto);
+                assert_eq!(ct.packets, [2, 0], "{what}: both packets are the connection's, as the endpoint sees it");
+                assert_ne!(ct.flags & CT_F_INGRESS_OK, 0, "{what}: checked against the endpoint's ingress");
+            }
+            // An expiring hop limit / TTL: translated, then the host stack's, which answers it.
+            let expiring = |dst: IpAddr, l4: &L4| match (x, dst) {
+                (IpAddr::V6(s), IpAddr::V6(d)) => ext.inbound_ip(ETH_P_IPV6, &Ipv6::new(s, d).hop_limit(1).packet(l4)),
+                (IpAddr::V4(s), IpAddr::V4(d)) => ext.inbound_ip(ETH_P_IP, &Ipv4::new(s, d).ttl(1).packet(l4)),
+                _ => unreachable!("one family"),
+            };
+            let l4 = L4::udp(40002, 5353, b"expiring");
+            let out = env.world_rx(&ext, &expiring(outside, &l4)).expect(PASS, &[], &format!("{fam:?}: hop limit 1"));
+            assert_eq!(out.frame, expiring(me, &with_dport(&l4, 53)), "{fam:?}: hop limit 1: to the stack translated");
+            assert_checksums(&out.frame, &checksums_of(fam, PROTO_UDP), "hop limit 1");
+        }
+    });
+}
+
+#[test]
+fn replies_on_published_ports_leave_from_the_published_address_and_port() {
+    with_env("dnatreply", |env| {
+        let a = env.endpoint(1, 1001);
+        // Its egress allows the CIDR identity only: replies to world pass on the connection's
+        // tracking entry alone.
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Any);
+        env.allow(a.id, CID, PD::Egress, M::Any);
+        // A range, so that crs_to_world could masquerade what it took for the endpoint's.
+        env.nat_ports(NAT_MIN, NAT_MAX);
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, h) = (a.ip(fam), world(fam), ext.ip(fam), host_ip(fam));
+            env.publish(fam, Some(outside), PROTO_TCP, 8080, &a, 80);
+            env.publish(fam, None, PROTO_UDP, 5353, &a, 53);
+            let cases = [
+                (outside, L4::tcp(40100, 8080, TCP_SYN), L4::tcp(80, 40100, TCP_SYN | TCP_ACK)),
+                (outside, L4::udp(40100, 5353, b"query"), L4::udp(53, 40100, b"answer")),
+                (h, L4::udp(40101, 5353, b"query"), L4::udp(53, 40101, b"answer")),
+            ];
+            for (dst, request, reply) in cases {
+                let what = format!("{fam:?} protocol {} to {dst}", request.proto);
+                let (sport, published) = l4_ports(&request);
+                let (port, _) = l4_ports(&reply);
+                env.world_rx(&ext, &ext.inbound(x, dst, &request)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{what}: the client's request"),
+                );
+                let out = env.send(&a, &a.tx(x, &reply)).expect(
+                    PASS,
+                    &[eg(a.n, Forwarded)],
+                    &format!("{what}: the endpoint's reply, to the host stack"),
+                );
+                let left = with_sport(&reply, published);
+                assert_eq!(out.frame, a.tx_from(dst, x, &left), "{what}: from the address and port the client used");
+                assert_checksums(&out.frame, &checksums_of(fam, reply.proto), &what);
+                let (_, ct) = env.ct_expect(x, sport, me, port, reply.proto);
+                assert_eq!(ct.packets, [1, 1], "{what}: the reply is the connection's");
+                assert_ne!(ct.flags & CT_F_SEEN_REPLY, 0, "{what}: seen reply");
+                // No longer from an endpoint's address: crs_to_world does not masquerade it too.
+                let frame = ext.out(dst, x, &left);
+                let out = env.world_tx(&ext, &frame).expect(PASS, &[], &format!("{what}: leaving"));
+                assert_eq!(out.frame, frame, "{what}: leaves untouched");
+
+                // The same port to another client is no connection to the published port.
+                let frame = a.tx(remote(fam), &reply);
+                let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], &format!("{what}: another flow"));
+                assert_eq!(out.frame, frame, "{what}: another flow from the same port is not translated");
+                // And a's own new flow to the client is a's egress business.
+                env.send(&a, &a.tx(x, &with_dport(&reply, sport + 50))).expect(
+                    DROP,
+                    &[eg(a.n, PolicyDenied)],
+                    &format!("{what}: a new flow of the endpoint's to world"),
+                );
+            }
+        }
+        for (_, entry) in env.world.nat_out().expect("crs_nat_out").into_iter().chain(env.world.nat_in().expect("in")) {
+            assert_eq!(entry.flags, NAT_F_DNAT, "only published-port translations: {entry:?}");
+        }
+    });
+}
+
+#[test]
+fn unpublished_and_removed_ports_are_the_hosts() {
+    with_env("dnatnone", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow_all(a.id);
+        let ext = env.egress(1, true, true);
+        let mut keys = Vec::new();
+        for fam in FAMILIES {
+            let (x, outside, h) = (world(fam), ext.ip(fam), host_ip(fam));
+            keys.push((fam, env.publish(fam, Some(outside), PROTO_TCP, 8080, &a, 80)));
+            keys.push((fam, env.publish(fam, None, PROTO_UDP, 5353, &a, 53)));
+            let misses = [
+                (outside, L4::tcp(40200, 8081, TCP_SYN), "another port"),
+                (outside, L4::udp(40200, 8080, b"q"), "the published port of another protocol"),
+                (h, L4::tcp(40200, 8080, TCP_SYN), "a port published on the egress address, to another host address"),
+                (world2(fam), L4::udp(40200, 5353, b"q"), "a port published on every host address, to another address"),
+                (outside, fam.echo(true, 5353), "an echo request with the port as its identifier"),
+                (outside, sctp(40200, 8080), "SCTP to the port"),
+            ];
+            for (dst, l4, miss) in misses {
+                let frame = ext.inbound(x, dst, &l4);
+                let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("{fam:?}: {miss}"));
+                assert_eq!(out.frame, frame, "{fam:?}: {miss}: untouched");
+            }
+        }
+        env.assert_no_translations("nothing was sent to a published port");
+        let mut published: Vec<PortKey> =
+            env.world.port_entries().expect("crs_ports").into_iter().map(|(k, _)| k).collect();
+        published.sort();
+        let mut want: Vec<PortKey> = keys.iter().map(|(_, k)| *k).collect();
+        want.sort();
+        assert_eq!(published, want, "crs_ports holds what was published");
+
+        for fam in FAMILIES {
+            let (x, outside, h) = (world(fam), ext.ip(fam), host_ip(fam));
+            let tcp = L4::tcp(40201, 8080, TCP_SYN);
+            let udp = L4::udp(40201, 5353, b"query");
+            for (dst, l4) in [(outside, &tcp), (h, &udp)] {
+                env.world_rx(&ext, &ext.inbound(x, dst, l4)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{fam:?}: a connection while published"),
+                );
+            }
+            for (f, key) in &keys {
+                if *f == fam {
+                    env.world.remove_port(key).expect("remove the published port");
+                }
+            }
+            // New connections, and the next packets of the ones made while it was published.
+            let after = [
+                (outside, L4::tcp(40202, 8080, TCP_SYN), "a new connection"),
+                (outside, L4::tcp(40201, 8080, TCP_ACK), "the TCP connection's next packet"),
+                (h, L4::udp(40202, 5353, b"query"), "a new UDP flow"),
+                (h, L4::udp(40201, 5353, b"again"), "the UDP flow's next packet"),
+            ];
+            for (dst, l4, what) in after {
+                let frame = ext.inbound(x, dst, &l4);
+                let out = env.world_rx(&ext, &frame).expect(PASS, &[], &format!("{fam:?} after removal: {what}"));
+                assert_eq!(out.frame, frame, "{fam:?} after removal: {what}: the host's, untouched");
+            }
+        }
+        assert!(env.world.port_entries().expect("crs_ports").is_empty(), "every port was removed");
+        env.world.remove_port(&keys[0].1).expect("removing an absent port is fine");
+    });
+}
+
+#[test]
+fn a_port_published_again_goes_to_its_new_endpoint() {
+    with_env("dnatagain", |env| {
+        let a = env.endpoint(1, 1001);
+        let b = env.endpoint(2, 1002);
+        for ep in [a, b] {
+            env.allow(ep.id, Identity::WORLD, PD::Ingress, M::Any);
+        }
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (x, outside) = (world(fam), ext.ip(fam));
+            env.publish(fam, None, PROTO_TCP, 8080, &a, 80);
+            let out = env.world_rx(&ext, &ext.inbound(x, outside, &L4::tcp(40300, 8080, TCP_SYN))).expect(
+                REDIRECT,
+                &[ing(a.n, Forwarded)],
+                "to a while a publishes the port",
+            );
+            assert_eq!(out.frame, delivered(x, &a, 63, &L4::tcp(40300, 80, TCP_SYN)));
+
+            env.publish(fam, None, PROTO_TCP, 8080, &b, 8000);
+            let ack = L4::tcp(40300, 8080, TCP_ACK);
+            let out = env.world_rx(&ext, &ext.inbound(x, outside, &ack)).expect(
+                REDIRECT,
+                &[ing(b.n, Forwarded)],
+                "the connection's next packet, once b publishes the port",
+            );
+            assert_eq!(out.frame, delivered(x, &b, 63, &with_dport(&ack, 8000)), "{fam:?}: to b's address and port");
+            assert_checksums(&out.frame, &checksums_of(fam, PROTO_TCP), "to b");
+            env.assert_dnat((x, 40300), (outside, 8080), (b.ip(fam), 8000), PROTO_TCP, ext.ifindex, "republished");
+
+            let reply = L4::tcp(8000, 40300, TCP_ACK | TCP_PSH);
+            let out = env.send(&b, &b.tx(x, &reply)).expect(PASS, &[eg(b.n, Forwarded)], "b's reply");
+            assert_eq!(out.frame, b.tx_from(outside, x, &with_sport(&reply, 8080)), "{fam:?}: b's reply translated");
+            // a's late reply of its old mapping: the port is b's now.
+            let late = a.tx(x, &L4::tcp(80, 40300, TCP_SYN | TCP_ACK));
+            let out = env.send(&a, &late).expect(PASS, &[eg(a.n, Forwarded)], "a's late reply");
+            assert_eq!(out.frame, late, "{fam:?}: a's late reply is not translated to b's port");
+        }
+    });
+}
+
+#[test]
+fn published_port_connections_meet_the_endpoints_ingress_policy_with_the_clients_identity() {
+    with_env("dnatpolicy", |env| {
+        let a = env.endpoint(1, 1001);
+        // a's ingress: TCP 80 from CID, not from CID2; nothing from world but the published
+        // port, which is not what policy sees.
+        env.allow(a.id, CID, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.deny(a.id, CID2, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_TCP, 8080));
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, outside) = (a.ip(fam), ext.ip(fam));
+            env.publish(fam, None, PROTO_TCP, 8080, &a, 80);
+            env.publish(fam, None, PROTO_UDP, 5353, &a, 53);
+            let syn = L4::tcp(40400, 8080, TCP_SYN);
+            env.world_rx(&ext, &ext.inbound(world(fam), outside, &syn)).expect(
+                DROP,
+                &[ing(a.n, PolicyDenied)],
+                &format!("{fam:?}: from world, which only the published port's number allows"),
+            );
+            assert!(env.ct(world(fam), 40400, me, 80, PROTO_TCP).is_none(), "{fam:?}: the refused flow is not tracked");
+            env.world_rx(&ext, &ext.inbound(remote3(fam), outside, &syn)).expect(
+                DROP,
+                &[ing(a.n, PolicyDenyRule)],
+                &format!("{fam:?}: from CID2, which a's ingress denies"),
+            );
+            env.world_rx(&ext, &ext.inbound(remote(fam), outside, &L4::udp(40400, 5353, b"q"))).expect(
+                DROP,
+                &[ing(a.n, PolicyDenied)],
+                &format!("{fam:?}: UDP from CID, which a's ingress does not allow"),
+            );
+            for (client, port, proto) in
+                [(world(fam), 8080, PROTO_TCP), (remote3(fam), 8080, PROTO_TCP), (remote(fam), 5353, PROTO_UDP)]
+            {
+                let (request, reply) =
+                    (nat_key(client, 40400, outside, port, proto), nat_key(me, 0, client, 40400, proto));
+                assert!(env.nat_in(&request).is_none(), "{fam:?}: refused {client} keeps no translation");
+                let replies = env.world.nat_out().expect("crs_nat_out");
+                assert!(
+                    !replies.iter().any(|(k, _)| k.daddr == reply.daddr && k.proto == proto),
+                    "{fam:?}: nor one for replies to {client}: {replies:?}"
+                );
+            }
+            let out = env.world_rx(&ext, &ext.inbound(remote(fam), outside, &syn)).expect(
+                REDIRECT,
+                &[ing(a.n, Forwarded)],
+                &format!("{fam:?}: from CID, which a's ingress allows"),
+            );
+            assert_eq!(out.frame, delivered(remote(fam), &a, 63, &L4::tcp(40400, 80, TCP_SYN)), "{fam:?}: delivered");
+            let (_, ct) = env.ct_expect(remote(fam), 40400, me, 80, PROTO_TCP);
+            assert_ne!(ct.flags & CT_F_INGRESS_OK, 0, "{fam:?}: checked against a's ingress");
+        }
+    });
+}
+
+#[test]
+fn containers_reach_published_ports_through_a_host_address() {
+    with_env("hairpin", |env| {
+        let a = env.endpoint(1, 1001);
+        let b = env.endpoint(2, 1002);
+        let c = env.endpoint(3, 1003);
+        let d = env.endpoint(4, 1004);
+        // Both policies apply, to the connection as it is delivered (a's port 80), with the
+        // client's own identity.
+        env.allow(a.id, b.id, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.allow(a.id, c.id, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.allow(b.id, a.id, PD::Egress, M::Port(PROTO_TCP, 80));
+        env.allow(c.id, Identity::HOST, PD::Egress, M::Port(PROTO_TCP, 8080));
+        env.allow(d.id, Identity::ANY, PD::Egress, M::Any);
+        for fam in FAMILIES {
+            let (me, h) = (a.ip(fam), host_ip(fam));
+            env.publish(fam, None, PROTO_TCP, 8080, &a, 80);
+            let syn = L4::tcp(40500, 8080, TCP_SYN);
+            let out = env.send(&b, &b.tx(h, &syn)).expect(
+                REDIRECT,
+                &[eg(b.n, Forwarded), ing(a.n, Forwarded)],
+                &format!("{fam:?}: b to the published port: delivered into a"),
+            );
+            assert_eq!(
+                out.frame,
+                delivered(b.ip(fam), &a, 63, &with_dport(&syn, 80)),
+                "{fam:?}: to a's address and port"
+            );
+            assert_checksums(&out.frame, &checksums_of(fam, PROTO_TCP), "hairpin");
+            env.assert_dnat((b.ip(fam), 40500), (h, 8080), (me, 80), PROTO_TCP, b.ifindex, "hairpin");
+            let (_, ct) = env.ct_expect(b.ip(fam), 40500, me, 80, PROTO_TCP);
+            assert_eq!(ct.flags & (CT_F_EGRESS_OK | CT_F_INGRESS_OK), CT_F_EGRESS_OK | CT_F_INGRESS_OK);
+
+            let synack = L4::tcp(80, 40500, TCP_SYN | TCP_ACK);
+            let out = env.send(&a, &a.tx(b.ip(fam), &synack)).expect(
+                REDIRECT,
+                &[eg(a.n, Forwarded), ing(b.n, Forwarded)],
+                &format!("{fam:?}: a's reply, delivered into b"),
+            );
+            assert_eq!(out.frame, delivered(h, &b, 63, &with_sport(&synack, 8080)), "{fam:?}: from the published port");
+            assert_checksums(&out.frame, &checksums_of(fam, PROTO_TCP), "hairpin reply");
+
+            env.send(&c, &c.tx(h, &L4::tcp(40501, 8080, TCP_SYN))).expect(
+                DROP,
+                &[eg(c.n, PolicyDenied)],
+                &format!("{fam:?}: c's egress allows the host's port 8080, not a's port 80"),
+            );
+            env.send(&d, &d.tx(h, &L4::tcp(40502, 8080, TCP_SYN))).expect(
+                DROP,
+                &[ing(a.n, PolicyDenied)],
+                &format!("{fam:?}: a's ingress does not allow d"),
+            );
+            for (client, port) in [(c.ip(fam), 40501), (d.ip(fam), 40502)] {
+                let (request, reply) =
+                    (nat_key(client, port, h, 8080, PROTO_TCP), nat_key(me, 80, client, port, PROTO_TCP));
+                assert!(env.nat_in(&request).is_none(), "{fam:?}: refused {client}:{port} keeps no translation");
+                assert!(env.nat_out(&reply).is_none(), "{fam:?}: nor one for replies to {client}:{port}");
+            }
+            let frame = d.tx(h, &L4::tcp(40503, 8081, TCP_SYN));
+            let out = env.send(&d, &frame).expect(PASS, &[eg(d.n, Forwarded)], "a port nobody published");
+            assert_eq!(out.frame, frame, "{fam:?}: to the host, untouched");
+        }
+    });
+}
+
+#[test]
+fn icmp_errors_about_published_port_connections_are_translated_back_and_delivered() {
+    with_env("dnaticmp", |env| {
+        let a = env.endpoint(1, 1001);
+        // No ICMP allowed: the errors pass as related to the connection, or not at all.
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_TCP, 80));
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_UDP, 53));
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, router) = (a.ip(fam), world(fam), ext.ip(fam), world2(fam));
+            env.publish(fam, None, PROTO_TCP, 8080, &a, 80);
+            env.publish(fam, None, PROTO_UDP, 5353, &a, 53);
+            let flows = [
+                (L4::tcp(40600, 8080, TCP_SYN), L4::tcp(80, 40600, TCP_SYN | TCP_ACK)),
+                (L4::udp(40600, 5353, b"query"), L4::udp(53, 40600, b"a long answer")),
+            ];
+            for (request, reply) in flows {
+                let what = format!("{fam:?} protocol {}", request.proto);
+                let (_, published) = l4_ports(&request);
+                let (port, _) = l4_ports(&reply);
+                env.world_rx(&ext, &ext.inbound(x, outside, &request)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{what}: the request"),
+                );
+                env.send(&a, &a.tx(x, &reply)).expect(PASS, &[eg(a.n, Forwarded)], &format!("{what}: the reply"));
+                // The reply as it left, which the errors quote; and as the endpoint sent it.
+                let (_, left) = ip_packet(outside, x, &with_sport(&reply, published));
+                let sent = with_source(&left, me, port, reply.proto);
+                let errors = [
+                    (x, fam.dest_unreach(&left), fam.dest_unreach(&sent), "destination unreachable"),
+                    (router, fam.too_big(&left), fam.too_big(&sent), "packet too big / fragmentation needed"),
+                    (router, fam.time_exceeded(&left), fam.time_exceeded(&sent), "time exceeded"),
+                ];
+                for (from, error, back, kind) in errors {
+                    let out = env.world_rx(&ext, &ext.inbound(from, outside, &error)).expect(
+                        REDIRECT,
+                        &[ing(a.n, Forwarded)],
+                        &format!("{what}: {kind}"),
+                    );
+                    assert_eq!(out.frame, delivered(from, &a, 63, &back), "{what}: {kind} translated back");
+                    let want: &[&str] = match fam {
+                        Fam::V6 => &["ICMPv6"],
+                        Fam::V4 => &["IPv4 header", "ICMP", "quoted IPv4 header"],
+                    };
+                    assert_checksums(&out.frame, want, &format!("{what}: {kind}"));
+                }
+            }
+            // The endpoint's own error about the client's datagram passes as related, but
+            // crs_dnat_reply translates TCP and UDP only: the error keeps the endpoint's address
+            // and crs_to_world refuses it rather than let that address out.
+            let (_, received) = ip_packet(x, me, &L4::udp(40600, 53, b"query"));
+            let error = fam.dest_unreach(&received);
+            env.send(&a, &a.tx(x, &error)).expect(PASS, &[eg(a.n, Forwarded)], "the endpoint's port unreachable");
+            env.world_tx(&ext, &ext.out(me, x, &error)).expect(
+                DROP,
+                &[eg(a.n, NatUnsupported)],
+                &format!("{fam:?}: the endpoint's error never leaves with its address"),
+            );
+            // An error quoting a packet of no connection to the published port: the host's.
+            let (_, quoted) = ip_packet(outside, x, &L4::udp(5353, 40699, b"not a connection"));
+            let frame = ext.inbound(x, outside, &fam.dest_unreach(&quoted));
+            let out = env.world_rx(&ext, &frame).expect(PASS, &[], "an error about an unknown flow");
+            assert_eq!(out.frame, frame, "an error about an unknown flow: untouched");
+        }
+    });
+}
+
+#[test]
+fn fragments_on_published_ports_follow_their_first_fragment() {
+    with_env("dnatfrag", |env| {
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, Identity::WORLD, PD::Ingress, M::Port(PROTO_UDP, 53));
+        let ext = env.egress(1, true, true);
+        for fam in FAMILIES {
+            let (me, x, outside, t) = (a.ip(fam), world(fam), ext.ip(fam), ethertype(fam));
+            env.publish(fam, None, PROTO_UDP, 5353, &a, 53);
+            let header: &[&str] = if fam == Fam::V4 { &["IPv4 header"] } else { &[] };
+            // The client's datagram: the first fragment is translated in full, the later one
+            // (no UDP header) in its address, by the mapping the first one made.
+            let query = L4::udp(40800, 5353, &[0x5a; 56]);
+            let [f1, f2] = datagram(x, outside, 0x3500, 64, &query);
+            let [w1, w2] = datagram(x, me, 0x3500, 63, &with_dport(&query, 53));
+            let mut arrived = Vec::new();
+            for (fragment, want, what) in [(f1, w1, "first fragment"), (f2, w2, "later fragment")] {
+                let out = env.world_rx(&ext, &ext.inbound_ip(t, &fragment)).expect(
+                    REDIRECT,
+                    &[ing(a.n, Forwarded)],
+                    &format!("{fam:?} {what}"),
+                );
+                assert_eq!(out.frame, a.rx_ip(t, &want), "{fam:?} {what}: to the endpoint's address and port");
+                assert_checksums(&out.frame, header, what);
+                arrived.push(out.frame);
+            }
+            assert_checksums(&reassemble(&arrived[0], &arrived[1]), &checksums_of(fam, PROTO_UDP), "the datagram");
+
+            // The endpoint's answer, fragmented too, leaves from the published address and port.
+            let answer = L4::udp(53, 40800, &[0xa5; 56]);
+            let [r1, r2] = datagram(me, x, 0x3501, 64, &answer);
+            let [l1, l2] = datagram(outside, x, 0x3501, 64, &with_sport(&answer, 5353));
+            let mut left = Vec::new();
+            for (fragment, want, what) in [(r1, l1, "first answer fragment"), (r2, l2, "later answer fragment")] {
+                let out = env.send(&a, &a.tx_ip(t, &fragment)).expect(
+                    PASS,
+                    &[eg(a.n, Forwarded)],
+                    &format!("{fam:?} {what}"),
+                );
+                assert_eq!(out.frame, a.tx_ip(t, &want), "{fam:?} {what}: from the published address");
+                assert_checksums(&out.frame, header, what);
+                left.push(out.frame);
+            }
+            assert_checksums(&reassemble(&left[0], &left[1]), &checksums_of(fam, PROTO_UDP), "the answer");
+            let (_, ct) = env.ct_expect(x, 40800, me, 53, PROTO_UDP);
+            assert_eq!(ct.packets, [2, 2], "{fam:?}: all four fragments are the connection's");
         }
     });
 }

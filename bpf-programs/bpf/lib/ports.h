@@ -184,4 +184,36 @@ __attribute__((noinline)) int crs_dnat_reply(struct __sk_buff *ctx, struct flow 
 	return nat_rewrite(ctx, flow, true, addr, out->port);
 }
 
+/*
+ * Forgets the translation of a connection to a published port that policy refused: `flow` is
+ * the translated packet (to the endpoint). A refused flow leaves no state behind, so traffic
+ * that policy keeps out cannot crowd live translations out of the LRU maps.
+ */
+__attribute__((noinline)) int crs_dnat_forget(struct flow *flow)
+{
+	const struct nat_entry *out;
+	struct nat_key in_key = {};
+	struct nat_key out_key;
+
+	if (!flow)
+		return 0;
+	nat_key_of(flow, &out_key);
+	__builtin_memcpy(out_key.saddr, flow->daddr, 16);
+	__builtin_memcpy(out_key.daddr, flow->saddr, 16);
+	out_key.sport = flow->dport;
+	out_key.dport = flow->sport;
+	out = bpf_map_lookup_elem(&crs_nat_out, &out_key);
+	if (!out || !(out->flags & NAT_F_DNAT))
+		return 0;
+	__builtin_memcpy(in_key.saddr, flow->saddr, 16);
+	__builtin_memcpy(in_key.daddr, out->addr, 16);
+	in_key.sport = flow->sport;
+	in_key.dport = out->port;
+	in_key.family = flow->family;
+	in_key.proto = flow->proto;
+	bpf_map_delete_elem(&crs_nat_in, &in_key);
+	bpf_map_delete_elem(&crs_nat_out, &out_key);
+	return 0;
+}
+
 #endif /* CRS_PORTS_H */
