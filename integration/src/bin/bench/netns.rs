@@ -33,7 +33,7 @@ impl Ns {
 
     /// The host's own namespace.
     pub fn host() -> Ns {
-        Ns("/proc/1/ns/net".to_owned())
+        Ns("/proc/self/ns/net".to_owned())
     }
 
     pub fn cmd(&self, argv: &[&str]) -> Command {
