@@ -15,6 +15,7 @@
 #include "drop.h"
 #include "endpoints.h"
 #include "eth.h"
+#include "events.h"
 #include "flow.h"
 #include "icmp.h"
 #include "icmp6.h"
@@ -31,6 +32,14 @@ static __always_inline int pass_to_stack(const struct __sk_buff *ctx, __u32 endp
 {
 	metrics_update(endpoint_id, FORWARDED, METRIC_EGRESS, ctx->len);
 	return CTX_ACT_OK;
+}
+
+/* Reports the packet when its endpoint is traced (ENDPOINT_F_TRACE). */
+static __always_inline void trace_packet(const struct __sk_buff *ctx,
+					 const struct endpoint_info *ep, __u8 point)
+{
+	if (ep->flags & ENDPOINT_F_TRACE)
+		crs_trace_event((struct __sk_buff *)ctx, ep->endpoint_id, ep->identity, point);
 }
 
 /*
@@ -141,6 +150,7 @@ static __always_inline int deliver_local(struct __sk_buff *ctx, __u32 src_endpoi
 					 const struct endpoint_info *dst_ep, struct ethhdr *eth)
 {
 	eth_set_macs(eth, dst_ep->host_mac, dst_ep->mac);
+	trace_packet(ctx, dst_ep, TRACE_TO_ENDPOINT);
 	metrics_update(src_endpoint_id, FORWARDED, METRIC_EGRESS, ctx->len);
 	metrics_update(dst->endpoint_id, FORWARDED, METRIC_INGRESS, ctx->len);
 	return bpf_redirect_peer(dst->ifindex, 0);
@@ -264,8 +274,8 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
-	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
-			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
+	ret = ct_policy(ctx, &flow, ep->identity, dst_identity,
+			ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
 	/* A reply on a connection to one of its published ports leaves from the published one. */
@@ -361,8 +371,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
-	ret = crs_ct_policy(ctx, &flow, ep->identity, dst_identity,
-			    ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
+	ret = ct_policy(ctx, &flow, ep->identity, dst_identity,
+			ENFORCE_SENDER | (dst_ep ? ENFORCE_RECEIVER : 0));
 	if (ret != FORWARDED)
 		return policy_drop(ctx, &flow, ret, ep->endpoint_id, dst ? dst->endpoint_id : 0);
 	/* A reply on a connection to one of its published ports leaves from the published one. */
@@ -397,6 +407,7 @@ int crs_from_container(struct __sk_buff *ctx)
 		return send_drop(ctx, 0, DROP_UNKNOWN_ENDPOINT, METRIC_EGRESS);
 	if (data + ETH_HLEN > data_end)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	trace_packet(ctx, ep, TRACE_FROM_ENDPOINT);
 
 	switch (ctx->protocol) {
 	case bpf_htons(ETH_P_ARP):
@@ -433,6 +444,7 @@ int crs_to_container(struct __sk_buff *ctx)
 	if (!ep)
 		return send_drop(ctx, 0, DROP_UNKNOWN_ENDPOINT, METRIC_INGRESS);
 	endpoint_id = ep->endpoint_id;
+	trace_packet(ctx, ep, TRACE_TO_ENDPOINT);
 
 	switch (ctx->protocol) {
 	case bpf_htons(ETH_P_ARP):
@@ -444,8 +456,7 @@ int crs_to_container(struct __sk_buff *ctx)
 			return send_drop(ctx, endpoint_id, ret, METRIC_INGRESS);
 		if (flow.proto == IPPROTO_ICMPV6 && icmp6_is_link_control(flow.icmp_type))
 			break;
-		ret = crs_ct_policy(ctx, &flow, source_identity(&flow), ep->identity,
-				    ENFORCE_RECEIVER);
+		ret = ct_policy(ctx, &flow, source_identity(&flow), ep->identity, ENFORCE_RECEIVER);
 		if (ret != FORWARDED)
 			return send_drop(ctx, endpoint_id, ret, METRIC_INGRESS);
 		break;

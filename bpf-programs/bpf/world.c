@@ -20,8 +20,8 @@ static __always_inline int world_deliver(struct __sk_buff *ctx, struct flow *flo
 		return send_drop(ctx, dst->endpoint_id, DROP_UNKNOWN_ENDPOINT, METRIC_INGRESS);
 	if (ep->flags & ENDPOINT_F_INTERNAL)
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_INGRESS);
-	ret = crs_ct_policy(ctx, flow, ipcache_identity(flow->family, flow->saddr), ep->identity,
-			    ENFORCE_RECEIVER);
+	ret = ct_policy(ctx, flow, ipcache_identity(flow->family, flow->saddr), ep->identity,
+			ENFORCE_RECEIVER);
 	if (ret != FORWARDED) {
 		crs_dnat_forget(flow);
 		return send_drop(ctx, ep->endpoint_id, ret, METRIC_INGRESS);
@@ -49,6 +49,7 @@ static __always_inline int world_deliver(struct __sk_buff *ctx, struct flow *flo
 		ipv4_set_ttl(ip4, ip4->ttl - 1);
 	}
 	eth_set_macs(eth, ep->host_mac, ep->mac);
+	trace_packet(ctx, ep, TRACE_TO_ENDPOINT);
 	bpf_skb_change_type(ctx, PACKET_HOST);
 	metrics_update(ep->endpoint_id, FORWARDED, METRIC_INGRESS, ctx->len);
 	return bpf_redirect_peer(dst->ifindex, 0);

@@ -22,6 +22,8 @@ pub const ENDPOINT_F_INTERNAL: u32 = 4;
 pub const ENDPOINT_F_NO_MASQUERADE: u32 = 8;
 /// `EndpointInfo::flags`: ports of the host are published to it.
 pub const ENDPOINT_F_PUBLISHED: u32 = 16;
+/// Every packet the endpoint sends or receives is a trace event.
+pub const ENDPOINT_F_TRACE: u32 = 32;
 
 /// `IpKey::family` of an IPv4 address.
 pub const IP_FAMILY_V4: u8 = 4;
@@ -59,8 +61,13 @@ pub const MAP_NAT_IN: &str = "crs_nat_in";
 pub const MAP_PORTS: &str = "crs_ports";
 /// What the socket programs translated, LRU: socket cookie (`u64`) → [`SockRev`].
 pub const MAP_SOCK_REV: &str = "crs_sock_rev";
+/// Drops, verdicts and traces for the daemon: a ring buffer of [`Event`]s (not pinned: each
+/// loaded object has its own).
+pub const MAP_EVENTS: &str = "crs_events";
+/// Each CPU's event budget and counts: per-CPU array of one [`EventRate`].
+pub const MAP_EVENT_RATE: &str = "crs_event_rate";
 /// Every pinned map of the datapath object.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     MAP_ENDPOINTS,
     MAP_LOCAL_IPS,
     MAP_METRICS,
@@ -74,6 +81,7 @@ pub const MAP_NAMES: [&str; 13] = [
     MAP_NAT_IN,
     MAP_PORTS,
     MAP_SOCK_REV,
+    MAP_EVENT_RATE,
 ];
 
 /// `max_entries` of the maps, as declared in the C definitions.
@@ -428,7 +436,7 @@ pub struct PolicyValue {
     pub rule: u32,
 }
 
-/// Value of `crs_config` at index 0 (C `struct datapath_config`, 8 bytes).
+/// Value of `crs_config` at index 0 (C `struct datapath_config`, 32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DatapathConfig {
@@ -445,6 +453,87 @@ pub struct DatapathConfig {
     /// The host's network namespace (`SO_NETNS_COOKIE`): the socket programs translate only
     /// its sockets. 0 until configured.
     pub host_netns_cookie: u64,
+    /// Per CPU, one event every `event_interval_ns` after a burst of `event_burst`; 0: none.
+    pub event_interval_ns: u32,
+    pub event_burst: u32,
+}
+
+/// [`Event::kind`]: a dropped packet.
+pub const EVENT_DROP: u8 = 1;
+/// [`Event::kind`]: the policy verdict of a flow's check (its first packet, or the first one
+/// after a change of policy).
+pub const EVENT_VERDICT: u8 = 2;
+/// [`Event::kind`]: a packet of a traced endpoint ([`ENDPOINT_F_TRACE`]).
+pub const EVENT_TRACE: u8 = 3;
+/// [`Event::point`] of a trace: sent by the endpoint.
+pub const TRACE_FROM_ENDPOINT: u8 = 1;
+/// [`Event::point`] of a trace: on its way into the endpoint.
+pub const TRACE_TO_ENDPOINT: u8 = 2;
+/// [`Event::point`] bits of a verdict: the sender's egress policy was checked.
+pub const VERDICT_EGRESS: u8 = 1;
+/// [`Event::point`] bits of a verdict: the receiver's ingress policy was checked.
+pub const VERDICT_INGRESS: u8 = 2;
+/// Bytes of the packet an event carries at most (from its Ethernet header).
+pub const EVENT_SAMPLE: usize = 128;
+
+/// One record of `crs_events` (C `struct event`, 168 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub time: u64,
+    /// `EVENT_*`.
+    pub kind: u8,
+    /// Drop reason ([`DropReason`]); a verdict's: `Forwarded` or the policy drop reason.
+    pub reason: u8,
+    /// [`Direction`] as a number; 0 when not known.
+    pub dir: u8,
+    /// Trace: `TRACE_*`; verdict: `VERDICT_*` bits.
+    pub point: u8,
+    /// 0 when not known.
+    pub endpoint_id: u32,
+    /// 0 when not known.
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// The deny rule of a `PolicyDenyRule` verdict.
+    pub rule: u32,
+    /// The interface the program ran on.
+    pub ifindex: u32,
+    /// The packet's length.
+    pub len: u32,
+    /// Bytes of `sample` that hold the start of the packet.
+    pub sample_len: u16,
+    pub pad: u16,
+    pub sample: [u8; EVENT_SAMPLE],
+}
+
+impl Event {
+    /// Reads a ring-buffer record; `None` when it is not one (too short).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Event> {
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: `Event` is `repr(C)` plain old data for which every bit pattern is valid,
+        // and `bytes` holds at least `size_of::<Event>()` bytes; the read is unaligned.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    }
+
+    /// The packet bytes the event carries.
+    pub fn packet(&self) -> &[u8] {
+        &self.sample[..usize::from(self.sample_len).min(EVENT_SAMPLE)]
+    }
+}
+
+/// Value of `crs_event_rate` (C `struct event_rate`, 24 bytes), one per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventRate {
+    /// When this CPU's next event is due (CLOCK_MONOTONIC ns).
+    pub next: u64,
+    /// Events written to the ring.
+    pub emitted: u64,
+    /// Events the rate limit or a full ring kept back.
+    pub suppressed: u64,
 }
 
 /// Key of `crs_ports` (C `struct port_key`, 20 bytes): a published address (all zero: any
@@ -768,6 +857,8 @@ unsafe impl aya::Pod for SockRev {}
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above: `repr(C)`, `u64`s then two `u32`s, layout asserted below.
 unsafe impl aya::Pod for CtEntry {}
+// SAFETY: as above: `repr(C)`, three `u64`s, layout asserted below.
+unsafe impl aya::Pod for EventRate {}
 
 // The C layout, field by field (docs/datapath.md, "Maps").
 const _: () = assert!(size_of::<EndpointInfo>() == 56);
@@ -806,8 +897,22 @@ const _: () = assert!(offset_of!(PolicyData, port) == 10);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(offset_of!(PolicyValue, rule) == 4);
 
-const _: () = assert!(size_of::<DatapathConfig>() == 24);
+const _: () = assert!(size_of::<DatapathConfig>() == 32);
 const _: () = assert!(offset_of!(DatapathConfig, host_netns_cookie) == 16);
+const _: () = assert!(offset_of!(DatapathConfig, event_interval_ns) == 24);
+const _: () = assert!(offset_of!(DatapathConfig, event_burst) == 28);
+
+const _: () = assert!(size_of::<Event>() == 168);
+const _: () = assert!(offset_of!(Event, kind) == 8);
+const _: () = assert!(offset_of!(Event, endpoint_id) == 12);
+const _: () = assert!(offset_of!(Event, src_identity) == 16);
+const _: () = assert!(offset_of!(Event, rule) == 24);
+const _: () = assert!(offset_of!(Event, ifindex) == 28);
+const _: () = assert!(offset_of!(Event, len) == 32);
+const _: () = assert!(offset_of!(Event, sample_len) == 36);
+const _: () = assert!(offset_of!(Event, sample) == 40);
+const _: () = assert!(size_of::<EventRate>() == 24);
+const _: () = assert!(offset_of!(EventRate, suppressed) == 16);
 
 const _: () = assert!(size_of::<PortKey>() == 20);
 const _: () = assert!(offset_of!(PortKey, port) == 2);

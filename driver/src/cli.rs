@@ -8,7 +8,9 @@ use anyhow::Context;
 use hyper::Method;
 
 use crate::driver::{Deleted, Imported};
-use crate::http_unix::{get_json, send_json, HttpError};
+use crate::http_unix::{get_json, get_streaming, send_json, HttpError};
+use crate::monitor::event::MonitorEvent;
+use crate::monitor::filter::Filter;
 use crate::policy::{parse_rules, Trace};
 use crate::server::api::{
     self, DeleteRequest, PolicyRules, TraceRequest, WaitRequest, WaitResponse, POLICY, POLICY_DELETE, POLICY_TRACE,
@@ -117,4 +119,34 @@ pub async fn policy_trace(socket: &Path, request: TraceRequest, output: Output) 
     let body = serde_json::to_vec(&request)?;
     let trace: Trace = send_json(socket, Method::POST, POLICY_TRACE, body).await.map_err(explain)?;
     print(output, &trace, ToString::to_string)
+}
+
+/// Prints the daemon's events as they happen (one line each, or its JSON), until the daemon
+/// stops or the user interrupts.
+pub async fn monitor(socket: &Path, filter: Filter, json: bool) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let uri = format!("{}?{}", crate::server::monitor::MONITOR, filter.to_query());
+    let mut body = get_streaming(socket, &uri).await.map_err(explain)?;
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.context("the daemon's event stream broke off")?.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if json {
+                println!("{text}");
+            } else {
+                match serde_json::from_str::<MonitorEvent>(text) {
+                    Ok(event) => println!("{}", event.line()),
+                    Err(_) => println!("{text}"),
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -118,6 +118,7 @@ impl Endpoint {
             internal: self.internal,
             masquerade: self.masquerade,
             published: self.published.clone(),
+            trace: false,
             deliver,
         })
     }

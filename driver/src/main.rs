@@ -11,11 +11,14 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use cilium_rs::cli::{self, Output};
 use cilium_rs::datapath::bpf::AttachMode;
+use cilium_rs::datapath::events::EventRateLimit;
 use cilium_rs::datapath::linux::LinuxDatapath;
 use cilium_rs::driver::{Driver, DriverConfig};
 use cilium_rs::egress::{self, EgressChoice, PortRange};
 use cilium_rs::ipam::IpamConfig;
 use cilium_rs::labels::LabelFilter;
+use cilium_rs::monitor::event::Kind;
+use cilium_rs::monitor::filter::Filter;
 use cilium_rs::policy::EnforcementMode;
 use cilium_rs::server::api::TraceRequest;
 use cilium_rs::server::{self, Socket};
@@ -55,6 +58,22 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Live events: drops, policy verdicts and (for one endpoint) traces, with container names.
+    Monitor {
+        /// One JSON object per line, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Which events (repeat for several); default: drop and verdict. `trace` needs
+        /// `--endpoint`, and traces that endpoint while the monitor runs.
+        #[arg(long = "type", value_enum)]
+        types: Vec<MonitorType>,
+        /// Only events about this endpoint (counted or traced on it): container name or id.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only events with this endpoint at either end: container name or id.
+        #[arg(long)]
+        related_to: Option<String>,
     },
     /// Whether the daemon runs, and what it holds.
     Status {
@@ -122,6 +141,13 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MonitorType {
+    Drop,
+    Verdict,
+    Trace,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum AttachModeArg {
     Tc,
@@ -185,6 +211,13 @@ struct DaemonArgs {
     /// Container labels whose key starts with one of these do not count for identity.
     #[arg(long, env = "CILIUM_RS_LABEL_EXCLUDE", value_delimiter = ',')]
     label_exclude: Vec<String>,
+    /// Events (drops, verdicts, traces) each CPU may send the daemon per second once its burst
+    /// is spent; what is over is counted as suppressed. 0 turns events off.
+    #[arg(long, env = "CILIUM_RS_MONITOR_RATE", default_value_t = 2000)]
+    monitor_rate: u32,
+    /// Events each CPU may send at once.
+    #[arg(long, env = "CILIUM_RS_MONITOR_BURST", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    monitor_burst: u32,
     /// Seconds between reads of the host's addresses (identity host).
     #[arg(long, env = "CILIUM_RS_HOST_ADDRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     host_address_interval: u64,
@@ -221,6 +254,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => runtime.block_on(cli::networks(api, output)),
         Command::Identity { command: ListCommand::List { output } } => runtime.block_on(cli::identities(api, output)),
         Command::Status { output } => runtime.block_on(cli::status(api, output)),
+        Command::Monitor { json, types, endpoint, related_to } => {
+            let kinds = types
+                .iter()
+                .map(|t| match t {
+                    MonitorType::Drop => Kind::Drop,
+                    MonitorType::Verdict => Kind::Verdict,
+                    MonitorType::Trace => Kind::Trace,
+                })
+                .collect();
+            runtime.block_on(cli::monitor(api, Filter { kinds, endpoint, related_to }, json))
+        }
         Command::Policy { command } => match command {
             PolicyCommand::Import { file, output } => runtime.block_on(cli::policy_import(api, &file, output)),
             PolicyCommand::Get { output } => runtime.block_on(cli::policy_get(api, output)),
@@ -288,6 +332,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     if let Err(e) = driver.refresh_host_addresses().await {
         tracing::warn!(error = %e, "read the host's addresses");
     }
+    driver.start_monitor(EventRateLimit { per_second: args.monitor_rate, burst: args.monitor_burst }).await?;
     let plugin_name = docker::plugin_name(&plugin.file.path);
     let tasks = [
         tokio::spawn(docker::reconcile_forever(

@@ -18,8 +18,9 @@ use aya::maps::{HashMap, Map, MapData};
 use bpf_programs::abi::{
     CtEntry, CtKey, Direction as Dir, DropReason, EgressIface, EndpointInfo, EndpointMetrics, LocalIp, NatEntry,
     NatKey, PortKey, PortTarget, CT_F_CLOSING, CT_F_EGRESS_OK, CT_F_INGRESS_OK, CT_F_SEEN_REPLY, ENDPOINT_F_INTERNAL,
-    ENDPOINT_F_NO_MASQUERADE, ENDPOINT_F_PUBLISHED, IP_FAMILY_V4, IP_FAMILY_V6, MAP_CT, NAT_F_DNAT, NAT_F_SNAT,
-    PROG_FROM_CONTAINER, PROG_FROM_WORLD, PROG_TO_CONTAINER, PROG_TO_WORLD,
+    ENDPOINT_F_NO_MASQUERADE, ENDPOINT_F_PUBLISHED, ENDPOINT_F_TRACE, EVENT_DROP, EVENT_SAMPLE, EVENT_TRACE,
+    EVENT_VERDICT, IP_FAMILY_V4, IP_FAMILY_V6, MAP_CT, NAT_F_DNAT, NAT_F_SNAT, PROG_FROM_CONTAINER, PROG_FROM_WORLD,
+    PROG_TO_CONTAINER, PROG_TO_WORLD, TRACE_FROM_ENDPOINT, VERDICT_EGRESS,
 };
 use cilium_rs::datapath::bpf::BpfDatapath;
 use cilium_rs::datapath::policy_maps::PolicyMaps;
@@ -497,6 +498,78 @@ fn with_env(role: &'static str, test: impl FnOnce(&mut Env) + Send + 'static) {
     in_netns(move || async move {
         let mut env = Env::new(role);
         test(&mut env);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events (crs_events, crs_event_rate)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn drops_verdicts_and_traces_are_events_within_each_cpus_budget() {
+    with_env("events", |env| {
+        // Budgets are per CPU: the test runs stay on one.
+        let mut cpu = nix::sched::CpuSet::new();
+        cpu.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu).expect("pin to cpu 0");
+        let mut events = env.dp.take_event_maps().expect("event maps");
+        let a = env.endpoint(1, 1001);
+        env.allow(a.id, CID, PD::Egress, M::Port(PROTO_TCP, 80));
+        env.deny(a.id, CID, PD::Egress, M::Port(PROTO_TCP, 81));
+        let fam = Fam::V6;
+        let spoofed =
+            a.tx_from(IpAddr::V6(Ipv6Addr::new(0xfdc1, 0x99, 0, 0, 0, 0, 0, 9)), remote(fam), &L4::udp(1, 53, b"x"));
+
+        // Off until the daemon sets a budget: nothing is sent, nothing counted.
+        env.send(&a, &spoofed).expect(DROP, &[eg(a.n, SpoofedSource)], "no budget");
+        assert!(events.drain_now().is_empty(), "events are off with a zero interval");
+        assert_eq!(events.counts().expect("counts").emitted, 0);
+
+        // A burst of 3, then one a second: 5 drops at once are 3 events and 2 suppressed.
+        env.maps.set_event_rate(1_000_000_000, 3).expect("rate");
+        for _ in 0..5 {
+            env.send(&a, &spoofed).expect(DROP, &[eg(a.n, SpoofedSource)], "spoofed");
+        }
+        let drops = events.drain_now();
+        assert_eq!(drops.len(), 3, "{drops:?}");
+        for event in &drops {
+            assert_eq!((event.kind, event.reason, event.dir), (EVENT_DROP, SpoofedSource as u8, Dir::Egress as u8));
+            assert_eq!((event.endpoint_id, event.ifindex, event.len as usize), (a.n, a.ifindex, spoofed.len()));
+            assert_eq!(event.packet(), &spoofed[..spoofed.len().min(EVENT_SAMPLE)], "the packet's first bytes");
+        }
+        let counts = events.counts().expect("counts");
+        assert_eq!((counts.emitted, counts.suppressed), (3, 2), "{counts:?}");
+
+        // A new flow's verdict, once; its next packets are events no more.
+        env.maps.set_event_rate(1_000, 100).expect("rate");
+        let syn = a.tx(remote(fam), &L4::tcp(40000, 80, TCP_SYN));
+        env.send(&a, &syn).expect(PASS, &[eg(a.n, Forwarded)], "allowed");
+        env.send(&a, &a.tx(remote(fam), &L4::tcp(40000, 80, TCP_ACK))).expect(PASS, &[eg(a.n, Forwarded)], "next");
+        let verdicts = events.drain_now();
+        assert_eq!(verdicts.len(), 1, "one verdict for the flow: {verdicts:?}");
+        let v = verdicts[0];
+        assert_eq!((v.kind, v.reason, v.point, v.rule), (EVENT_VERDICT, Forwarded as u8, VERDICT_EGRESS, 0));
+        assert_eq!((v.src_identity, v.dst_identity), (a.id.0, CID.0));
+        // A deny rule: the verdict names it, and the drop follows.
+        env.send(&a, &a.tx(remote(fam), &L4::tcp(40001, 81, TCP_SYN))).expect(
+            DROP,
+            &[eg(a.n, PolicyDenyRule)],
+            "denied by rule 9",
+        );
+        let denied = events.drain_now();
+        let kinds: Vec<(u8, u8)> = denied.iter().map(|e| (e.kind, e.reason)).collect();
+        assert_eq!(kinds, [(EVENT_VERDICT, PolicyDenyRule as u8), (EVENT_DROP, PolicyDenyRule as u8)]);
+        assert_eq!((denied[0].rule, denied[0].dir), (9, Dir::Egress as u8), "{:?}", denied[0]);
+
+        // Traced: every packet it sends, whatever the verdict.
+        env.set_flags(&a, ENDPOINT_F_TRACE);
+        env.send(&a, &a.tx(remote(fam), &L4::tcp(40000, 80, TCP_ACK))).expect(PASS, &[eg(a.n, Forwarded)], "traced");
+        let traced = events.drain_now();
+        assert_eq!(traced.len(), 1, "{traced:?}");
+        assert_eq!(
+            (traced[0].kind, traced[0].point, traced[0].src_identity),
+            (EVENT_TRACE, TRACE_FROM_ENDPOINT, a.id.0)
+        );
     });
 }
 

@@ -3,6 +3,7 @@
 //! daemon, the kernel or the pins.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bpf_programs::abi::CRS_LAYOUT_VERSION;
@@ -73,6 +74,23 @@ impl Env {
         let endpoints = self.daemon.endpoints().expect("endpoints");
         let ep = endpoints.iter().find(|e| e["container_name"] == container).expect("endpoint listed");
         ep["counters"]["drops"][format!("{reason}/{dir}")]["packets"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until every named container's endpoint carries an allocated identity; returns
+    /// them by container name.
+    pub fn wait_identities(&self, containers: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut found = std::collections::BTreeMap::new();
+        crate::wait_until(Duration::from_secs(20), "identities of the containers", || {
+            let Ok(endpoints) = self.daemon.endpoints() else { return false };
+            found = endpoints
+                .iter()
+                .filter_map(|e| Some((e["container_name"].as_str()?.to_owned(), e["identity"].as_u64()?)))
+                .filter(|(_, id)| *id >= 256)
+                .collect();
+            containers.iter().all(|c| found.contains_key(*c))
+        })
+        .with_context(|| format!("{found:?}\n{}", self.daemon.log_text()))?;
+        Ok(found)
     }
 
     /// Removes containers and networks, then checks the daemon, the kernel and the pins hold

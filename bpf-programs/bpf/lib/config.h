@@ -18,9 +18,12 @@ struct datapath_config {
 	__u32 pad;
 	/* The host's network namespace: the socket programs translate only its sockets. */
 	__u64 host_netns_cookie;
+	/* Per CPU: one event every event_interval_ns after a burst of event_burst (0: none). */
+	__u32 event_interval_ns;
+	__u32 event_burst;
 };
 
-_Static_assert(sizeof(struct datapath_config) == 24,
+_Static_assert(sizeof(struct datapath_config) == 32,
 	       "datapath_config layout (abi::DatapathConfig)");
 
 struct {

@@ -153,6 +153,37 @@ static __always_inline int ct_check(struct flow *flow, __u32 missing, bool origi
 	return FORWARDED;
 }
 
+/* The VERDICT_* bits of the CT_F_*_OK checks `missing`. */
+static __always_inline __u8 verdict_checks(__u32 missing)
+{
+	return ((missing & CT_F_EGRESS_OK) ? VERDICT_EGRESS : 0) |
+	       ((missing & CT_F_INGRESS_OK) ? VERDICT_INGRESS : 0);
+}
+
+/*
+ * Reports the verdict of the policy checks crs_ct_policy made for this packet (flow->checked),
+ * with result `ret`: FORWARDED, or the drop reason of the check that failed.
+ */
+__attribute__((noinline)) int crs_verdict_event(struct __sk_buff *ctx, struct flow *flow, __u32 ret,
+						__u32 src_identity, __u32 dst_identity)
+{
+	struct event_args event = {
+		.type = EVENT_VERDICT,
+		.reason = (__u8)ret,
+		.src_identity = src_identity,
+		.dst_identity = dst_identity,
+	};
+
+	if (!ctx || !flow)
+		return 0;
+	event.point = flow->checked;
+	if (ret != FORWARDED)
+		event.dir = flow->denied_receiver ? METRIC_INGRESS : METRIC_EGRESS;
+	if (ret == DROP_POLICY_DENY_RULE)
+		event.rule = flow->rule;
+	return crs_event(ctx, &event);
+}
+
 static __always_inline bool tcp_opens(const struct flow *flow)
 {
 	return flow->proto == IPPROTO_TCP &&
@@ -288,6 +319,7 @@ __attribute__((noinline)) int crs_ct_policy(struct __sk_buff *ctx, struct flow *
 
 	if (!flow)
 		return DROP_MALFORMED;
+	flow->checked = 0;
 	now = bpf_ktime_get_coarse_ns();
 	revision = config_policy_revision();
 	if ((flow->proto == IPPROTO_ICMP || flow->proto == IPPROTO_ICMPV6) &&
@@ -305,6 +337,7 @@ __attribute__((noinline)) int crs_ct_policy(struct __sk_buff *ctx, struct flow *
 		have = entry->revision == revision ? entry->flags : 0;
 		if (need & ~have) {
 			ret = ct_check(flow, need & ~have, original, src_identity, dst_identity);
+			flow->checked = verdict_checks(need & ~have);
 			if (ret != FORWARDED) {
 				bpf_map_delete_elem(&crs_ct, &key);
 				return ret;
@@ -322,6 +355,7 @@ __attribute__((noinline)) int crs_ct_policy(struct __sk_buff *ctx, struct flow *
 
 	need = ct_needed(enforce, true);
 	ret = ct_check(flow, need, true, src_identity, dst_identity);
+	flow->checked = verdict_checks(need);
 	if (ret != FORWARDED)
 		return ret;
 	fresh.created = now;
@@ -338,6 +372,17 @@ __attribute__((noinline)) int crs_ct_policy(struct __sk_buff *ctx, struct flow *
 	}
 	bpf_map_update_elem(&crs_ct, &key, &fresh, BPF_ANY);
 	return FORWARDED;
+}
+
+/* crs_ct_policy, and the verdict event when it checked policy for this packet. */
+static __always_inline int ct_policy(struct __sk_buff *ctx, struct flow *flow, __u32 src_identity,
+				     __u32 dst_identity, __u32 enforce)
+{
+	int ret = crs_ct_policy(ctx, flow, src_identity, dst_identity, enforce);
+
+	if (flow->checked)
+		crs_verdict_event(ctx, flow, ret, src_identity, dst_identity);
+	return ret;
 }
 
 #endif /* CRS_CONNTRACK_H */

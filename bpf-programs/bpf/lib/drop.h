@@ -4,6 +4,7 @@
 #define CRS_DROP_H
 
 #include "common.h"
+#include "events.h"
 #include "metrics.h"
 
 enum drop_reason {
@@ -26,11 +27,12 @@ enum drop_reason {
 
 _Static_assert(DROP_NOT_PUBLISHED < METRICS_REASONS, "crs_metrics has a slot for every reason");
 
-/* Counts the packet under `reason` and drops it. */
+/* Counts the packet under `reason`, reports it to the daemon and drops it. */
 static __always_inline int send_drop(const struct __sk_buff *ctx, __u32 endpoint_id,
 				     enum drop_reason reason, __u8 dir)
 {
 	metrics_update(endpoint_id, (__u8)reason, dir, ctx->len);
+	crs_drop_event((struct __sk_buff *)ctx, endpoint_id, reason, dir);
 	return CTX_ACT_DROP;
 }
 

@@ -10,6 +10,7 @@
 #define ENDPOINT_F_INTERNAL	 4  /* its network is --internal: nothing to or from outside */
 #define ENDPOINT_F_NO_MASQUERADE 8  /* its network is routed: it leaves with its own address */
 #define ENDPOINT_F_PUBLISHED	 16 /* ports of the host are published to it */
+#define ENDPOINT_F_TRACE	 32 /* every packet it sends or receives is an event */
 
 struct endpoint_info {
 	__u32 endpoint_id;	 /* daemon-assigned endpoint number, key of crs_metrics */

@@ -60,10 +60,10 @@ struct flow {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 denied_receiver; /* set by crs_ct_policy: the receiver's ingress check failed */
-	__u8 pad;
-	__u32 l4_off;  /* offset of the L4 header from the start of the frame */
-	__u32 frag_id; /* IPv4 identification or IPv6 fragment identification */
-	__u32 rule;    /* set by crs_ct_policy: the deny rule that dropped the packet */
+	__u8 checked;	      /* set by crs_ct_policy: the VERDICT_* checks it made */
+	__u32 l4_off;	      /* offset of the L4 header from the start of the frame */
+	__u32 frag_id;	      /* IPv4 identification or IPv6 fragment identification */
+	__u32 rule;	      /* set by crs_ct_policy: the deny rule that dropped the packet */
 };
 
 struct frag_key {

@@ -48,6 +48,7 @@ use bpf_programs::abi::{
 };
 use bpf_programs::DATAPATH_OBJECT;
 
+use super::events::EventMaps;
 use super::policy_maps::PolicyMaps;
 use super::world_maps::WorldMaps;
 
@@ -236,6 +237,8 @@ pub struct BpfDatapath {
     policy_maps: Option<PolicyMaps>,
     /// The maps of the outside world, likewise.
     world_maps: Option<WorldMaps>,
+    /// The event ring and counters, likewise.
+    event_maps: Option<EventMaps>,
 }
 
 impl fmt::Debug for BpfDatapath {
@@ -303,6 +306,7 @@ impl BpfDatapath {
             .map_err(|error| BpfError::MapLayout { map: MAP_METRICS, error: Box::new(error) })?;
         let policy_maps = Some(PolicyMaps::take(&mut ebpf)?);
         let world_maps = Some(WorldMaps::take(&mut ebpf)?);
+        let event_maps = Some(EventMaps::take(&mut ebpf)?);
 
         let mut loaded = Self {
             maps_dir,
@@ -314,10 +318,16 @@ impl BpfDatapath {
             metrics,
             policy_maps,
             world_maps,
+            event_maps,
         };
         // What unknown interfaces see is counted under endpoint 0.
         loaded.ensure_metrics(0)?;
         Ok(loaded)
+    }
+
+    /// The event ring and counters (crs_events, crs_event_rate), once.
+    pub fn take_event_maps(&mut self) -> Result<EventMaps, BpfError> {
+        self.event_maps.take().ok_or(BpfError::Missing { kind: "map set", name: "event maps (already taken)" })
     }
 
     /// The maps policy lives in (crs_policy, crs_ipcache, crs_config, crs_ct), once.

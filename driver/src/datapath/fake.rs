@@ -11,7 +11,7 @@ use super::{
     RestoreReport, VethSpec,
 };
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct FakeKernel {
     /// Every call, as "operation argument".
     pub calls: Vec<String>,
@@ -36,6 +36,13 @@ pub struct FakeKernel {
     /// The egress interfaces as last applied.
     pub egress: Vec<EgressDesired>,
     pub nat_ports: Option<(u16, u16)>,
+    /// The event budget as last set.
+    pub event_rate: Option<super::events::EventRateLimit>,
+    /// What `event_counts` answers.
+    pub event_counts: super::events::EventCounts,
+    /// Where `start_events` hands its events from (tests send through `events_tx`).
+    pub events_rx: Option<tokio::sync::mpsc::Receiver<bpf_programs::abi::Event>>,
+    pub events_tx: Option<tokio::sync::mpsc::Sender<bpf_programs::abi::Event>>,
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +202,28 @@ impl Datapath for FakeDatapath {
     async fn sweep_nat(&self) -> Result<usize, DatapathError> {
         drop(self.enter("sweep_nat", "")?);
         Ok(0)
+    }
+
+    async fn set_event_rate(&self, limit: super::events::EventRateLimit) -> Result<(), DatapathError> {
+        self.enter("set_event_rate", &format!("{}/s burst {}", limit.per_second, limit.burst))?.event_rate =
+            Some(limit);
+        Ok(())
+    }
+
+    async fn start_events(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<bpf_programs::abi::Event>>, DatapathError> {
+        let mut kernel = self.enter("start_events", "")?;
+        if kernel.events_tx.is_none() && kernel.events_rx.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::channel(super::events::EVENT_QUEUE);
+            kernel.events_tx = Some(tx);
+            return Ok(Some(rx));
+        }
+        Ok(kernel.events_rx.take())
+    }
+
+    async fn event_counts(&self) -> Result<super::events::EventCounts, DatapathError> {
+        Ok(self.enter("event_counts", "")?.event_counts)
     }
 
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {

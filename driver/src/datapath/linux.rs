@@ -13,6 +13,7 @@ use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
+use super::events::{EventCounts, EventMaps, EventRateLimit};
 use super::host;
 use super::layouts;
 use super::link::Netlink;
@@ -63,6 +64,7 @@ pub struct LinuxDatapath {
     world: Mutex<WorldState>,
     /// What was applied for each endpoint, by endpoint number.
     applied: Mutex<HashMap<u32, EndpointDesired>>,
+    events: Mutex<EventMaps>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -93,12 +95,14 @@ impl LinuxDatapath {
         let cgroup = host::cgroup2_root().map_err(|e| DatapathError::Other(format!("find cgroup v2: {e}")))?;
         let sockets_attached = bpf.sockets_attached();
         let world = WorldState { maps: bpf.take_world_maps()?, applied: BTreeMap::new(), cgroup, sockets_attached };
+        let events = Mutex::new(bpf.take_event_maps()?);
         Ok(LinuxDatapath {
             netlink,
             bpf: Mutex::new(bpf),
             policy: Mutex::new(policy),
             world: Mutex::new(world),
             applied: Mutex::new(HashMap::new()),
+            events,
         })
     }
 
@@ -335,6 +339,9 @@ fn endpoint_info(endpoint: &EndpointDesired) -> abi::EndpointInfo {
     if !endpoint.published.is_empty() {
         info.flags |= abi::ENDPOINT_F_PUBLISHED;
     }
+    if endpoint.trace {
+        info.flags |= abi::ENDPOINT_F_TRACE;
+    }
     info
 }
 
@@ -566,6 +573,20 @@ impl Datapath for LinuxDatapath {
         Ok(self.policy().maps.set_nat_ports(min, max)?)
     }
 
+    async fn set_event_rate(&self, limit: EventRateLimit) -> Result<(), DatapathError> {
+        Ok(self.policy().maps.set_event_rate(limit.interval_ns(), limit.burst)?)
+    }
+
+    async fn start_events(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<bpf_programs::abi::Event>>, DatapathError> {
+        Ok(guard(&self.events).start_reader()?)
+    }
+
+    async fn event_counts(&self) -> Result<EventCounts, DatapathError> {
+        Ok(guard(&self.events).counts()?)
+    }
+
     async fn sweep_nat(&self) -> Result<usize, DatapathError> {
         let live: BTreeSet<IpAddr> =
             guard(&self.applied).values().flat_map(EndpointDesired::delivered_addresses).collect();
@@ -714,6 +735,7 @@ mod tests {
             internal: false,
             masquerade: true,
             published,
+            trace: false,
             deliver,
         }
     }

@@ -36,6 +36,8 @@ pub struct EndpointDesired {
     pub masquerade: bool,
     /// Host ports published to it (`-p`).
     pub published: Vec<crate::ports::PublishedPort>,
+    /// Every packet it sends or receives is reported (a monitor asked for its trace).
+    pub trace: bool,
     /// Traffic is delivered to the endpoint: host routes, neighbour entries and address
     /// entries exist. False once it left: only its own entry stays, so what its container still
     /// sends while dockerd moves the interface back is attributed to it.
@@ -169,6 +171,7 @@ impl DatapathError {
 }
 
 pub mod bpf;
+pub mod events;
 pub mod host;
 pub mod layouts;
 pub mod link;
@@ -230,6 +233,17 @@ pub trait Datapath: Send + Sync + 'static {
     /// Removes the translations of endpoint addresses that no endpoint holds any more (a full
     /// scan of the NAT maps, run in the background); returns how many entries went.
     async fn sweep_nat(&self) -> Result<usize, DatapathError>;
+
+    /// Each CPU's budget of events (drops, verdicts, traces) to the daemon.
+    async fn set_event_rate(&self, limit: events::EventRateLimit) -> Result<(), DatapathError>;
+
+    /// Starts receiving the programs' events (once: `None` after the first call).
+    async fn start_events(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<bpf_programs::abi::Event>>, DatapathError>;
+
+    /// How many events the programs sent, and how many they and the reader kept back.
+    async fn event_counts(&self) -> Result<events::EventCounts, DatapathError>;
 
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;

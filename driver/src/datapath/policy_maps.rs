@@ -203,23 +203,33 @@ impl PolicyMaps {
 
     pub fn set_revision(&mut self, revision: u32) -> Result<(), BpfError> {
         let config = DatapathConfig { policy_revision: revision, ..self.config()? };
-        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+        self.write_config(config)
     }
 
     /// The source ports (and ICMP echo ids) masquerading hands out.
     pub fn set_nat_ports(&mut self, min: u16, max: u16) -> Result<(), BpfError> {
         let config = DatapathConfig { nat_port_min: min, nat_port_max: max, ..self.config()? };
-        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+        self.write_config(config)
     }
 
     /// The host's network namespace: the socket programs translate only its sockets.
     pub fn set_host_netns(&mut self, cookie: u64) -> Result<(), BpfError> {
         let config = DatapathConfig { host_netns_cookie: cookie, ..self.config()? };
-        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
+        self.write_config(config)
+    }
+
+    /// Each CPU's event budget: one event every `interval_ns` after a burst (0: no events).
+    pub fn set_event_rate(&mut self, interval_ns: u32, burst: u32) -> Result<(), BpfError> {
+        let config = DatapathConfig { event_interval_ns: interval_ns, event_burst: burst, ..self.config()? };
+        self.write_config(config)
     }
 
     fn config(&self) -> Result<DatapathConfig, BpfError> {
         self.config.get(&0, 0).map_err(map_error("read", MAP_CONFIG, "0".to_owned()))
+    }
+
+    fn write_config(&mut self, config: DatapathConfig) -> Result<(), BpfError> {
+        self.config.set(0, config, 0).map_err(map_error("update", MAP_CONFIG, "0".to_owned()))
     }
 
     /// Every connection-tracking entry (a full scan).

@@ -8,7 +8,10 @@
 //! endpoint (or a policy change) never stalls the plugin calls of others.
 
 mod locks;
+mod monitor;
 pub mod policy;
+
+pub use monitor::TraceGuard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -175,6 +178,10 @@ pub struct Driver {
     nat_sweep: tokio::sync::Notify,
     /// The sockets holding each joined endpoint's published host ports.
     port_holds: Mutex<std::collections::HashMap<EndpointId, PortHold>>,
+    /// The datapath's events as monitor lines.
+    monitor: Arc<crate::monitor::Monitor>,
+    /// Endpoints some monitor traces.
+    traced: Mutex<monitor::Traced>,
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +222,8 @@ impl Driver {
             egress_turn: tokio::sync::Mutex::new(()),
             nat_sweep: tokio::sync::Notify::new(),
             port_holds: Mutex::new(std::collections::HashMap::new()),
+            monitor: Arc::new(crate::monitor::Monitor::new()),
+            traced: Mutex::new(monitor::Traced::default()),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
@@ -296,7 +305,7 @@ impl Driver {
     async fn restore(&self) -> Result<(), DriverError> {
         let (joined, networks, endpoints): (Vec<EndpointDesired>, usize, usize) = {
             let state = self.state();
-            let joined = state.endpoints.values().filter_map(|e| e.desired(true)).collect();
+            let joined = state.endpoints.values().filter_map(|e| self.desired_of(e, true)).collect();
             (joined, state.networks.len(), state.endpoints.len())
         };
         self.hold_published_again();
@@ -705,7 +714,7 @@ impl Driver {
         let joined =
             Joined { sandbox_key: sandbox_key.to_owned(), sandbox, host_ifindex: link.index, host_mac: link.mac, mtu };
         let with_link = Endpoint { joined: Some(joined.clone()), ..endpoint.clone() };
-        if let Some(desired) = with_link.desired(true) {
+        if let Some(desired) = self.desired_of(&with_link, true) {
             undo.push(Undo::RemoveEndpoint(endpoint.number));
             self.datapath.apply_endpoint(&desired).await?;
         }
@@ -736,7 +745,10 @@ impl Driver {
         };
         // Its published ports go with it: they are free once the container stopped.
         let unpublished = Endpoint { published: Vec::new(), ..endpoint.clone() };
-        let (Some(left), Some(joined)) = (unpublished.desired(false), endpoint.desired(true)) else { return Ok(()) };
+        let (Some(left), Some(joined)) = (self.desired_of(&unpublished, false), self.desired_of(&endpoint, true))
+        else {
+            return Ok(());
+        };
         self.datapath.apply_endpoint(&left).await?;
         let committed = {
             let mut state = self.state();
@@ -870,7 +882,7 @@ impl Driver {
             known?;
             let updated =
                 Endpoint { identity, labels: labels.clone(), container: Some(container.clone()), ..endpoint.clone() };
-            if let Some(desired) = updated.desired(true) {
+            if let Some(desired) = self.desired_of(&updated, true) {
                 self.datapath.apply_endpoint(&desired).await?;
             }
             let committed = self.update_endpoint(id, |ep| {
@@ -879,7 +891,7 @@ impl Driver {
                 ep.container = Some(container.clone());
             });
             if let Err(e) = committed {
-                if let Some(before) = endpoint.desired(true) {
+                if let Some(before) = self.desired_of(&endpoint, true) {
                     let _ = self.datapath.apply_endpoint(&before).await;
                 }
                 return Err(e);

@@ -103,6 +103,8 @@ pub struct PolicyEngine {
     inner: Mutex<Inner>,
     /// The revision the datapath enforces.
     enforced: watch::Sender<u64>,
+    /// The non-endpoint ipcache entries as last seen by [`PolicyEngine::ipcache_snapshot`].
+    ipcache_seen: std::sync::Mutex<Vec<(IpNet, Identity)>>,
 }
 
 fn rule_key(id: RuleId) -> String {
@@ -199,7 +201,13 @@ impl PolicyEngine {
         };
         inner.sync_cidrs();
         let (enforced, _) = watch::channel(revision);
-        Ok(PolicyEngine { datapath, store, inner: Mutex::new(inner), enforced })
+        Ok(PolicyEngine {
+            datapath,
+            store,
+            inner: Mutex::new(inner),
+            enforced,
+            ipcache_seen: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// Holds the policy while the daemon restores the datapath from it.
@@ -413,6 +421,16 @@ impl PolicyEngine {
         inner.rebuild_ipcache();
         self.datapath.apply_policy(inner.view()).await?;
         Ok(())
+    }
+
+    /// The host's addresses and CIDR prefixes with their identities, without waiting: while
+    /// policy is being changed, the ones seen last.
+    pub fn ipcache_snapshot(&self) -> Vec<(IpNet, Identity)> {
+        let mut seen = self.ipcache_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Ok(inner) = self.inner.try_lock() {
+            *seen = inner.ipcache.iter().map(|(net, id)| (*net, *id)).collect();
+        }
+        seen.clone()
     }
 
     /// Waits until the datapath enforces `revision` (or a later one).

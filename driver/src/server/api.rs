@@ -103,7 +103,7 @@ impl IntoResponse for Failure {
     }
 }
 
-fn failure(status: StatusCode, message: String) -> Failure {
+pub(super) fn failure(status: StatusCode, message: String) -> Failure {
     Failure { status, message }
 }
 
@@ -142,6 +142,7 @@ pub fn router(driver: Arc<Driver>) -> Router {
         .route(POLICY_VALIDATE, post(policy_validate))
         .route(POLICY_WAIT, post(policy_wait))
         .route(POLICY_TRACE, post(policy_trace))
+        .route(super::monitor::MONITOR, get(super::monitor::monitor))
         .fallback(|uri: Uri| async move {
             failure(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })

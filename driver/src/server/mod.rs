@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod body;
+pub mod monitor;
 pub mod plugin;
 
 use std::future::Future;
@@ -113,10 +114,13 @@ pub async fn serve(
     info!(plugin = %plugin.file.path.display(), api = %api.file.path.display(), "serving");
     let plugin_server =
         axum::serve(plugin.listener, plugin::router(driver.clone())).with_graceful_shutdown(stopped(rx.clone()));
+    let monitor = driver.monitor().clone();
     let api_server = axum::serve(api.listener, api::router(driver)).with_graceful_shutdown(stopped(rx));
     let stopper = tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
+        // Monitor streams never end by themselves.
+        monitor.close();
     });
     let (plugin_result, api_result) = tokio::join!(plugin_server, api_server);
     stopper.abort();

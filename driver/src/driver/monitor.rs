@@ -1,0 +1,151 @@
+//! The driver's side of the monitor: starting the event reader, naming what events refer to
+//! (the directory), and tracing an endpoint while someone watches it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use super::{Driver, DriverError};
+use crate::datapath::events::EventRateLimit;
+use crate::datapath::EndpointDesired;
+use crate::endpoint::Endpoint;
+use crate::ids::EndpointId;
+use crate::monitor::event::{names_id, Directory, Named};
+
+/// How many monitors trace each endpoint (in memory only: a restart traces nothing).
+#[derive(Debug, Default)]
+pub(super) struct Traced(HashMap<EndpointId, usize>);
+
+/// Traces an endpoint until dropped.
+#[derive(Debug)]
+pub struct TraceGuard {
+    driver: Weak<Driver>,
+    endpoint: EndpointId,
+}
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        let Some(driver) = self.driver.upgrade() else { return };
+        let endpoint = self.endpoint.clone();
+        let untraced = {
+            let mut traced = driver.traced();
+            match traced.0.get_mut(&endpoint) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    traced.0.remove(&endpoint);
+                    true
+                }
+                None => false,
+            }
+        };
+        if untraced {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = driver.reapply(&endpoint).await {
+                        tracing::warn!(endpoint = endpoint.short(), error = %e, "stop tracing");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Driver {
+    fn traced(&self) -> std::sync::MutexGuard<'_, Traced> {
+        self.traced.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the kernel must hold for `endpoint` (see [`Endpoint::desired`]), traced or not.
+    pub(super) fn desired_of(&self, endpoint: &Endpoint, deliver: bool) -> Option<EndpointDesired> {
+        let mut desired = endpoint.desired(deliver)?;
+        desired.trace = self.traced().0.contains_key(&endpoint.id);
+        Some(desired)
+    }
+
+    /// Applies an endpoint's desired state again (after a change of what is not persisted).
+    async fn reapply(&self, id: &EndpointId) -> Result<(), DriverError> {
+        let _held = self.endpoint_locks.lock(id).await;
+        let endpoint = self.state().endpoints.get(id).cloned();
+        if let Some(desired) = endpoint.as_ref().and_then(|e| self.desired_of(e, true)) {
+            self.datapath.apply_endpoint(&desired).await?;
+        }
+        Ok(())
+    }
+
+    /// The joined endpoint `who` names: its container's name, or (a prefix of) its id.
+    pub fn find_endpoint(&self, who: &str) -> Result<EndpointId, DriverError> {
+        let state = self.state();
+        let by_name: Vec<&Endpoint> =
+            state.endpoints.values().filter(|e| e.container.as_ref().is_some_and(|c| c.name == who)).collect();
+        let found: Vec<&Endpoint> = if by_name.is_empty() {
+            state.endpoints.values().filter(|e| names_id(e.id.as_str(), who)).collect()
+        } else {
+            by_name
+        };
+        match found.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(DriverError::UnknownEndpoint(format!("{who:?} (no container or endpoint id by that name)"))),
+            many => Err(DriverError::BadRequest(format!(
+                "{who:?} names {} endpoints ({}): give an endpoint id",
+                many.len(),
+                many.iter().map(|e| e.id.short()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Makes every packet of endpoint `who` an event until the guard is dropped.
+    pub async fn trace(self: &Arc<Self>, who: &str) -> Result<TraceGuard, DriverError> {
+        let id = self.find_endpoint(who)?;
+        let first = {
+            let mut traced = self.traced();
+            let n = traced.0.entry(id.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        let guard = TraceGuard { driver: Arc::downgrade(self), endpoint: id.clone() };
+        if first {
+            self.reapply(&id).await?;
+        }
+        Ok(guard)
+    }
+
+    /// Starts turning the programs' events into monitor lines (once; later calls do nothing).
+    pub async fn start_monitor(self: &Arc<Self>, limit: EventRateLimit) -> Result<(), DriverError> {
+        self.datapath.set_event_rate(limit).await?;
+        let Some(events) = self.datapath.start_events().await? else { return Ok(()) };
+        let (for_names, for_counts) = (Arc::downgrade(self), Arc::downgrade(self));
+        let directory = move || for_names.upgrade().map(|d| d.directory()).unwrap_or_default();
+        let counts = move || -> futures::future::BoxFuture<'static, _> {
+            let driver = for_counts.upgrade();
+            Box::pin(async move { driver?.datapath.event_counts().await.ok() })
+        };
+        tokio::spawn(self.monitor.clone().run(events, directory, counts));
+        Ok(())
+    }
+
+    /// The monitor's lines.
+    pub fn monitor(&self) -> &Arc<crate::monitor::Monitor> {
+        &self.monitor
+    }
+
+    /// What names the ends of packets now: endpoint addresses and numbers, and the non-endpoint
+    /// identities of policy (host addresses, CIDRs; the previous ones while policy is busy).
+    pub fn directory(&self) -> Directory {
+        let mut directory = Directory { cidrs: self.policy.ipcache_snapshot(), ..Directory::default() };
+        let state = self.state();
+        for endpoint in state.endpoints.values() {
+            let named = Named {
+                endpoint: endpoint.id.short().to_owned(),
+                container: endpoint.container.as_ref().map(|c| c.name.clone()),
+                identity: endpoint.identity,
+            };
+            for address in endpoint.addresses() {
+                directory.by_address.insert(address, named.clone());
+            }
+            directory.by_number.insert(endpoint.number, named);
+        }
+        directory
+    }
+}
