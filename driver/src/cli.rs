@@ -150,3 +150,10 @@ pub async fn monitor(socket: &Path, filter: Filter, json: bool) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// The recent flows, optionally those of one endpoint or with one at either end.
+pub async fn flows(socket: &Path, filter: Filter, output: Output) -> anyhow::Result<()> {
+    let uri = format!("{}?{}", crate::server::monitor::FLOWS, filter.to_query());
+    let list: Vec<crate::monitor::flows::Flow> = get_json(socket, &uri).await.map_err(explain)?;
+    print(output, list.as_slice(), table::flows)
+}

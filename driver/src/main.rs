@@ -19,6 +19,7 @@ use cilium_rs::ipam::IpamConfig;
 use cilium_rs::labels::LabelFilter;
 use cilium_rs::monitor::event::Kind;
 use cilium_rs::monitor::filter::Filter;
+use cilium_rs::monitor::FlowLimits;
 use cilium_rs::policy::EnforcementMode;
 use cilium_rs::server::api::TraceRequest;
 use cilium_rs::server::{self, Socket};
@@ -74,6 +75,17 @@ enum Command {
         /// Only events with this endpoint at either end: container name or id.
         #[arg(long)]
         related_to: Option<String>,
+    },
+    /// Recent flows: who talked to whom on which port, allowed or dropped, packets and bytes.
+    Flows {
+        /// Only flows with this endpoint at either end: container name or id.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Likewise (both must match when both are given).
+        #[arg(long)]
+        related_to: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Whether the daemon runs, and what it holds.
     Status {
@@ -218,6 +230,12 @@ struct DaemonArgs {
     /// Events each CPU may send at once.
     #[arg(long, env = "CILIUM_RS_MONITOR_BURST", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     monitor_burst: u32,
+    /// Flows the daemon keeps for `cilium-rs flows` at most.
+    #[arg(long, env = "CILIUM_RS_FLOW_CAPACITY", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    flow_capacity: u64,
+    /// Seconds a flow stays listed after it was last seen.
+    #[arg(long, env = "CILIUM_RS_FLOW_WINDOW", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    flow_window: u64,
     /// Seconds between reads of the host's addresses (identity host).
     #[arg(long, env = "CILIUM_RS_HOST_ADDRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     host_address_interval: u64,
@@ -254,6 +272,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => runtime.block_on(cli::networks(api, output)),
         Command::Identity { command: ListCommand::List { output } } => runtime.block_on(cli::identities(api, output)),
         Command::Status { output } => runtime.block_on(cli::status(api, output)),
+        Command::Flows { endpoint, related_to, output } => {
+            runtime.block_on(cli::flows(api, Filter { kinds: Vec::new(), endpoint, related_to }, output))
+        }
         Command::Monitor { json, types, endpoint, related_to } => {
             let kinds = types
                 .iter()
@@ -332,6 +353,10 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     if let Err(e) = driver.refresh_host_addresses().await {
         tracing::warn!(error = %e, "read the host's addresses");
     }
+    driver.monitor().set_flow_limits(FlowLimits {
+        capacity: args.flow_capacity as usize,
+        window: Duration::from_secs(args.flow_window),
+    });
     driver.start_monitor(EventRateLimit { per_second: args.monitor_rate, burst: args.monitor_burst }).await?;
     let plugin_name = docker::plugin_name(&plugin.file.path);
     let tasks = [

@@ -181,3 +181,31 @@ mod tests {
         assert_eq!(out, "A    LONG\nxyz  1\nq    22\n");
     }
 }
+
+pub fn flows(list: &[crate::monitor::flows::Flow]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|f| {
+            let end = |p: &crate::monitor::event::Peer| {
+                let name = p.label();
+                match p.identity {
+                    Some(id) => format!("{name} [{id}]"),
+                    None => name,
+                }
+            };
+            vec![
+                end(&f.source),
+                end(&f.destination),
+                f.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                f.protocol.clone(),
+                f.verdict.clone(),
+                dash(&f.reason),
+                f.packets.to_string(),
+                f.bytes.to_string(),
+                f.first_seen.get(11..19).unwrap_or(&f.first_seen).to_owned(),
+                f.last_seen.get(11..19).unwrap_or(&f.last_seen).to_owned(),
+            ]
+        })
+        .collect();
+    render(&["SOURCE", "DESTINATION", "PORT", "PROTO", "VERDICT", "REASON", "PACKETS", "BYTES", "FIRST", "LAST"], &rows)
+}

@@ -179,6 +179,24 @@ fn drops_and_verdicts_name_both_containers_and_traces_follow_one_endpoint() {
     let lines = after.collect(Duration::from_secs(1));
     assert!(!lines.iter().any(|l| l["type"] == "trace" && l["endpoint"] == web.as_str()), "web untraced: {lines:#?}");
 
+    // The flow table has both: api -> web allowed, other -> web dropped, on port 80.
+    let flows: Vec<Value> =
+        serde_json::from_str(&env.daemon.cli(&["flows", "-o", "json"]).expect("flows")).expect("flows JSON");
+    let flow = |from: &str, verdict: &str| {
+        flows.iter().find(|f| {
+            f["source"]["container"] == from
+                && f["destination"]["container"] == web.as_str()
+                && f["port"] == 80
+                && f["verdict"] == verdict
+        })
+    };
+    let allowed = flow(&api, "allowed").unwrap_or_else(|| panic!("api -> web allowed: {flows:#?}"));
+    assert!(allowed["packets"].as_u64() >= Some(1), "{allowed}");
+    let dropped = flow(&other, "dropped").unwrap_or_else(|| panic!("other -> web dropped: {flows:#?}"));
+    assert!(dropped["packets"].as_u64() >= Some(2) && dropped["reason"] == "POLICY_DENIED", "{dropped}");
+    let table = env.daemon.cli(&["flows", "--endpoint", &other]).expect("flows table");
+    assert!(table.contains("dropped") && !table.contains("allowed"), "only other's flows:\n{table}");
+
     let err = env.daemon.cli(&["monitor", "--type", "trace"]).expect_err("trace without an endpoint");
     assert!(format!("{err:#}").contains("--endpoint"), "{err:#}");
     let err = env.daemon.cli(&["monitor", "--endpoint", "no-such-container"]).expect_err("unknown endpoint");

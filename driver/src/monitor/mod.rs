@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod filter;
+pub mod flows;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +15,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::datapath::events::EventCounts;
 use event::{describe, Directory, Kind, MonitorEvent};
+use flows::{Flow, FlowTable};
 
 /// Lines a subscriber may fall behind before it loses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
@@ -30,6 +32,20 @@ pub struct Monitor {
     counts: Mutex<EventCounts>,
     /// True once the daemon stops: subscribers end their streams.
     closing: tokio::sync::watch::Sender<bool>,
+    flows: Mutex<FlowTable>,
+}
+
+/// How many flows the table keeps, and for how long since they were last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    pub capacity: usize,
+    pub window: Duration,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits { capacity: 4096, window: Duration::from_secs(300) }
+    }
 }
 
 impl Default for Monitor {
@@ -44,12 +60,29 @@ impl Monitor {
             lines: broadcast::channel(SUBSCRIBER_QUEUE).0,
             counts: Mutex::new(EventCounts::default()),
             closing: tokio::sync::watch::channel(false).0,
+            flows: Mutex::new(FlowTable::new(FlowLimits::default().capacity, FlowLimits::default().window)),
         }
     }
 
     /// Every line from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorEvent>> {
         self.lines.subscribe()
+    }
+
+    /// Sizes the flow table (its flows so far are forgotten).
+    pub fn set_flow_limits(&self, limits: FlowLimits) {
+        *self.flow_table() = FlowTable::new(limits.capacity, limits.window);
+    }
+
+    fn flow_table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
+        self.flows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The recent flows, most recent first.
+    pub fn flows(&self) -> Vec<Flow> {
+        let mut table = self.flow_table();
+        table.expire(SystemTime::now());
+        table.list()
     }
 
     /// Tells every subscriber to finish (the daemon stops).
@@ -103,11 +136,14 @@ impl Monitor {
                         clock = Clock::now();
                         named_at = Instant::now();
                     }
-                    if let Some(line) = describe(&event, clock.wall(event.time), &names) {
+                    let at = clock.wall(event.time);
+                    if let Some(line) = describe(&event, at, &names) {
+                        self.flow_table().observe(&line, at);
                         self.publish(line);
                     }
                 }
                 _ = tick.tick() => {
+                    self.flow_table().expire(SystemTime::now());
                     let Some(now) = counts().await else { continue };
                     let before = self.set_counts(now);
                     let suppressed = now.suppressed.saturating_sub(before.suppressed);

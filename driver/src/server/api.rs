@@ -143,6 +143,7 @@ pub fn router(driver: Arc<Driver>) -> Router {
         .route(POLICY_WAIT, post(policy_wait))
         .route(POLICY_TRACE, post(policy_trace))
         .route(super::monitor::MONITOR, get(super::monitor::monitor))
+        .route(super::monitor::FLOWS, get(super::monitor::flows))
         .fallback(|uri: Uri| async move {
             failure(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })

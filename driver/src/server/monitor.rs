@@ -18,9 +18,12 @@ use super::api::failure;
 use crate::driver::{Driver, DriverError, TraceGuard};
 use crate::monitor::event::{Kind, MonitorEvent};
 use crate::monitor::filter::Filter;
+use crate::monitor::flows::Flow;
 
 /// GET, query `types=drop,verdict,trace&endpoint=NAME&related_to=NAME`: the stream.
 pub const MONITOR: &str = "/v1/monitor";
+/// GET, query `endpoint=NAME&related_to=NAME`: the recent flows.
+pub const FLOWS: &str = "/v1/flows";
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -99,4 +102,20 @@ pub async fn monitor(State(driver): State<Arc<Driver>>, uri: Uri) -> Response {
         Ok(response) => response,
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The recent flows the query's filter selects (`endpoint`: either end, as `related_to`).
+pub async fn flows(State(driver): State<Arc<Driver>>, uri: Uri) -> Response {
+    let filter = match Filter::from_query(uri.query().unwrap_or("")) {
+        Ok(filter) => filter,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let wanted = |f: &Flow| {
+        [&filter.endpoint, &filter.related_to]
+            .into_iter()
+            .flatten()
+            .all(|who| f.source.is(who) || f.destination.is(who))
+    };
+    let flows: Vec<Flow> = driver.monitor().flows().into_iter().filter(wanted).collect();
+    axum::Json(flows).into_response()
 }
