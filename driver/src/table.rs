@@ -171,17 +171,6 @@ pub fn status(s: &StatusView) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_line_up() {
-        let out = render(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
-        assert_eq!(out, "A    LONG\nxyz  1\nq    22\n");
-    }
-}
-
 pub fn flows(list: &[crate::monitor::flows::Flow]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -208,4 +197,15 @@ pub fn flows(list: &[crate::monitor::flows::Flow]) -> String {
         })
         .collect();
     render(&["SOURCE", "DESTINATION", "PORT", "PROTO", "VERDICT", "REASON", "PACKETS", "BYTES", "FIRST", "LAST"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let out = render(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        assert_eq!(out, "A    LONG\nxyz  1\nq    22\n");
+    }
 }
