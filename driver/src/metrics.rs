@@ -605,4 +605,74 @@ mod tests {
             .collect();
         assert_eq!(endpoints, ["0123456789ab", "ba9876543210"].into());
     }
+
+    /// Every `cilium_rs_…` name in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("cilium_rs_") {
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            names.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_is_valid_and_shows_only_metrics_that_exist() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../contrib/grafana/cilium-rs.json")).expect("dashboard JSON");
+        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()), "a title");
+        assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()), "a uid");
+        assert!(dashboard["schemaVersion"].as_u64().is_some(), "a schemaVersion");
+        let panels: Vec<&serde_json::Value> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| std::iter::once(p).chain(p["panels"].as_array().into_iter().flatten()))
+            .collect();
+
+        let text = busy_metrics().encode(&snapshot(), true).expect("encode");
+        let scrape = parse(&text);
+        // Every series name the exposition has (histograms by their _bucket/_sum/_count).
+        let mut exposed: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for sample in &scrape.samples {
+            match sample.value {
+                prometheus_parse::Value::Histogram(_) => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        exposed.insert(format!("{}{suffix}", sample.metric));
+                    }
+                }
+                _ => {
+                    exposed.insert(sample.metric.clone());
+                }
+            }
+        }
+        let mut referenced = std::collections::BTreeSet::new();
+        for panel in panels.iter().filter(|p| p["type"] != "row") {
+            let title = panel["title"].as_str().unwrap_or_default();
+            assert!(!title.is_empty(), "every panel has a title: {panel}");
+            assert!(panel["gridPos"]["w"].as_u64().is_some(), "{title}: gridPos");
+            let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{title}: targets"));
+            assert!(!targets.is_empty(), "{title}: no query");
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{title}: expr"));
+                let names = metric_names(expr);
+                assert!(!names.is_empty(), "{title}: {expr} shows no cilium-rs metric");
+                for name in names {
+                    assert!(exposed.contains(&name), "{title}: {name} is not in the exposition:\n{text}");
+                    referenced.insert(name);
+                }
+            }
+        }
+        // And every family has a panel.
+        for family in scrape.docs.keys() {
+            let shown = referenced.iter().any(|r| {
+                r == family
+                    || r.strip_prefix(family.as_str()).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
+            });
+            assert!(shown, "no panel shows {family}");
+        }
+    }
 }
