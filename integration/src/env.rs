@@ -2,7 +2,7 @@
 //! test's networks created with it, and a clean-up that checks nothing of them is left in the
 //! daemon, the kernel or the pins.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use bpf_programs::abi::CRS_LAYOUT_VERSION;
@@ -66,6 +66,23 @@ impl Env {
         let out = self.daemon.cli(&["policy", "import", &file.path().to_string_lossy(), "-o", "json"])?;
         let reply: Value = serde_json::from_str(&out).with_context(|| format!("import reply: {out}"))?;
         reply["revision"].as_u64().context("revision in the reply")
+    }
+
+    /// Waits until every named container's endpoint carries an allocated identity; returns
+    /// the identities by container name.
+    pub fn wait_identities(&self, containers: &[&str]) -> Result<BTreeMap<String, u64>> {
+        let mut found = BTreeMap::new();
+        crate::wait_until(std::time::Duration::from_secs(20), "identities of the containers", || {
+            let Ok(endpoints) = self.daemon.endpoints() else { return false };
+            found = endpoints
+                .iter()
+                .filter_map(|e| Some((e["container_name"].as_str()?.to_owned(), e["identity"].as_u64()?)))
+                .filter(|(_, id)| *id >= 256)
+                .collect();
+            containers.iter().all(|c| found.contains_key(*c))
+        })
+        .with_context(|| format!("{found:?}\n{}", self.daemon.log_text()))?;
+        Ok(found)
     }
 
     /// The packets of `reason` an endpoint (by container name) dropped in `dir` so far.

@@ -103,17 +103,6 @@ fn listed_drops(env: &Env, key: &str) -> u64 {
         .sum()
 }
 
-fn wait_identities(env: &Env, containers: &[&str]) {
-    wait_until(Duration::from_secs(20), "the containers' identities", || {
-        env.daemon.endpoints().is_ok_and(|eps| {
-            containers.iter().all(|c| {
-                eps.iter().any(|e| e["container_name"] == *c && e["identity"].as_u64().is_some_and(|i| i >= 256))
-            })
-        })
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", env.daemon.log_text()));
-}
-
 #[test]
 fn metrics_count_what_policy_dropped_and_agree_with_the_cli() {
     let address = free_loopback();
@@ -131,7 +120,7 @@ fn metrics_count_what_policy_dropped_and_agree_with_the_cli() {
     run_container_with(&web, &["--network", &net, "-l", "app=web"], &["sh", "-c", &http_servers("web", &[80])])
         .expect("web");
     run_container(&client, &["--network", &net, "-l", "app=client"]).expect("client");
-    wait_identities(&env, &[&web, &client]);
+    env.wait_identities(&[&web, &client]).expect("identities");
 
     // client may reach web on TCP 80 only: its pings are denied at web's ingress.
     let policy = r#"[{"labels": [{"key": "name", "value": "web-80"}],
@@ -261,7 +250,7 @@ fn per_endpoint_series_carry_the_container_name_when_asked() {
     let (a, b) = (format!("{PREFIX}a"), format!("{PREFIX}b"));
     run_container(&a, &["--network", &net, "-l", "app=a"]).expect("a");
     run_container(&b, &["--network", &net, "-l", "app=b"]).expect("b");
-    wait_identities(&env, &[&a, &b]);
+    env.wait_identities(&[&a, &b]).expect("identities");
     let (_, v6) = addresses(&b, &net).expect("b's addresses");
     let (ok, out) = exec(&a, &["ping", "-c", "3", "-i", "0.1", "-W", "1", &v6]).expect("exec ping");
     assert!(ok, "a pings b: {out}");

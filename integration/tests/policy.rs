@@ -1,11 +1,9 @@
 //! End-to-end policy: a real dockerd, containers with labels, rules imported through the CLI,
 //! and real connections allowed or refused by the programs, over IPv4 and IPv6.
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use integration::env::Env;
 use integration::*;
 use serde_json::Value;
@@ -15,22 +13,6 @@ const PREFIX: &str = "crs-pol-";
 
 fn setup() -> Env {
     Env::setup(PLUGIN, PREFIX, &[])
-}
-
-/// Waits until every named container's endpoint carries an allocated identity.
-fn wait_identities(env: &Env, containers: &[&str]) -> Result<BTreeMap<String, u64>> {
-    let mut found = BTreeMap::new();
-    wait_until(Duration::from_secs(20), "identities of the containers", || {
-        let Ok(endpoints) = env.daemon.endpoints() else { return false };
-        found = endpoints
-            .iter()
-            .filter_map(|e| Some((e["container_name"].as_str()?.to_owned(), e["identity"].as_u64()?)))
-            .filter(|(_, id)| *id >= 256)
-            .collect();
-        containers.iter().all(|c| found.contains_key(*c))
-    })
-    .with_context(|| format!("{found:?}\n{}", env.daemon.log_text()))?;
-    Ok(found)
 }
 
 /// The container's addresses on `network`, IPv4 and IPv6.
@@ -59,7 +41,7 @@ fn the_classic_app1_app2_app3_scenario_on_both_families() {
     run_container_with(&app3, &["--network", &net, "-l", "id=app3"], &["sh", "-c", &http_servers("app3", &[80])])
         .expect("app3");
     run_container(&app2, &["--network", &net, "-l", "id=app2"]).expect("app2");
-    let ids = wait_identities(&env, &[&app1, &app2, &app3]).expect("identities");
+    let ids = env.wait_identities(&[&app1, &app2, &app3]).expect("identities");
     assert_eq!(ids.values().collect::<std::collections::BTreeSet<_>>().len(), 3, "three label sets: {ids:?}");
 
     // Without policy everybody reaches app1.
@@ -130,7 +112,7 @@ fn revoking_an_allow_cuts_an_established_connection_within_a_second() {
         let listen = "sleep 3600 | nc -l -p 8080 > /tmp/recv";
         run_container_with(&server, &["--network", &net, "-l", "id=server"], &["sh", "-c", listen]).expect("server");
         run_container(&client, &["--network", &net, "-l", "id=client"]).expect("client");
-        wait_identities(&env, &[&server, &client]).expect("identities");
+        env.wait_identities(&[&server, &client]).expect("identities");
         let allow = r#"[{"labels": [{"key": "name", "value": "stream"}],
             "endpointSelector": {"matchLabels": {"id": "server"}},
             "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "client"}}],
@@ -175,7 +157,7 @@ fn a_deny_rule_overrides_an_allow() {
         .expect("web");
     run_container(&good, &["--network", &net, "-l", "id=good"]).expect("good");
     run_container(&bad, &["--network", &net, "-l", "id=bad"]).expect("bad");
-    wait_identities(&env, &[&web, &good, &bad]).expect("identities");
+    env.wait_identities(&[&web, &good, &bad]).expect("identities");
     let policy = r#"[{"endpointSelector": {"matchLabels": {"id": "web"}},
         "ingress": [{"fromEndpoints": [{}]}],
         "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"id": "bad"}}]}]}]"#;
@@ -198,7 +180,7 @@ fn the_host_entity_admits_the_host_and_nobody_else() {
     run_container_with(&web, &["--network", &net, "-l", "id=hweb"], &["sh", "-c", &http_servers("hweb", &[80])])
         .expect("web");
     run_container(&peer, &["--network", &net, "-l", "id=hpeer"]).expect("peer");
-    wait_identities(&env, &[&web, &peer]).expect("identities");
+    env.wait_identities(&[&web, &peer]).expect("identities");
     env.import_policy(
         r#"[{"endpointSelector": {"matchLabels": {"id": "hweb"}}, "ingress": [{"fromEntities": ["host"]}]}]"#,
     )
@@ -230,7 +212,7 @@ fn egress_to_cidr_and_cidr_sets_with_except() {
     let (limited, free) = (format!("{PREFIX}limited"), format!("{PREFIX}free"));
     run_container(&limited, &["--network", &net, "-l", "id=limited"]).expect("limited");
     run_container(&free, &["--network", &net, "-l", "id=free"]).expect("free");
-    wait_identities(&env, &[&limited, &free]).expect("identities");
+    env.wait_identities(&[&limited, &free]).expect("identities");
     wait_until(Duration::from_secs(10), "the outside servers", || reaches(&free, outside::OUTSIDE4, 80))
         .expect("servers up, reachable without policy");
 
@@ -289,7 +271,7 @@ fn a_container_that_connects_at_once_on_start_succeeds_at_the_first_try() {
     let web = format!("{PREFIX}fweb");
     run_container_with(&web, &["--network", &net, "-l", "id=fweb"], &["sh", "-c", &http_servers("fweb", &[80])])
         .expect("web");
-    wait_identities(&env, &[&web]).expect("identity");
+    env.wait_identities(&[&web]).expect("identity");
     env.import_policy(
         r#"[{"endpointSelector": {"matchLabels": {"id": "fweb"}},
              "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "fclient"}}]}]}]"#,
@@ -335,7 +317,7 @@ fn policy_survives_kill_9_and_a_restart() {
         .expect("app1");
     run_container(&app2, &["--network", &net, "-l", "id=app2"]).expect("app2");
     run_container(&app3, &["--network", &net, "-l", "id=app3"]).expect("app3");
-    let before = wait_identities(&env, &[&app1, &app2, &app3]).expect("identities");
+    let before = env.wait_identities(&[&app1, &app2, &app3]).expect("identities");
     env.import_policy(APP2_TO_APP1_80).expect("import");
     let check = |when: &str| {
         for addr in both(&app1, &net) {
@@ -350,7 +332,7 @@ fn policy_survives_kill_9_and_a_restart() {
     let rules: Value =
         serde_json::from_str(&env.daemon.cli(&["policy", "get", "-o", "json"]).expect("get")).expect("rules json");
     assert_eq!(rules["rules"].as_array().map(Vec::len), Some(1), "{rules}");
-    let after = wait_identities(&env, &[&app1, &app2, &app3]).expect("identities after restart");
+    let after = env.wait_identities(&[&app1, &app2, &app3]).expect("identities after restart");
     assert_eq!(before, after, "the endpoints keep their identities");
     check("after the restart");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
