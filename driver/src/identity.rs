@@ -43,6 +43,17 @@ impl Identity {
         RESERVED.iter().any(|(id, _)| *id == self)
     }
 
+    /// `reserved`, `cidr` or `endpoint` (allocated for a label set).
+    pub fn kind(self) -> &'static str {
+        if self.is_cidr() {
+            "cidr"
+        } else if self.is_reserved() {
+            "reserved"
+        } else {
+            "endpoint"
+        }
+    }
+
     /// `host`, `world`, `init`, or the number.
     pub fn name(self) -> String {
         match RESERVED.iter().find(|(id, _)| *id == self) {

@@ -15,6 +15,7 @@ pub mod input;
 pub mod ipam;
 pub mod kv;
 pub mod labels;
+pub mod metrics;
 pub mod monitor;
 pub mod network;
 pub mod policy;

@@ -22,6 +22,7 @@ use cilium_rs::monitor::filter::Filter;
 use cilium_rs::monitor::FlowLimits;
 use cilium_rs::policy::EnforcementMode;
 use cilium_rs::server::api::TraceRequest;
+use cilium_rs::server::metrics::MetricsListener;
 use cilium_rs::server::{self, Socket};
 use cilium_rs::store::RedbStore;
 use cilium_rs::{docker, identity_watch};
@@ -39,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the plugin daemon in the foreground.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Container endpoints: container, identity, addresses, interfaces, counters.
     Endpoint {
         #[command(subcommand)]
@@ -248,6 +249,14 @@ struct DaemonArgs {
     /// ephemeral ports (net.ipv4.ip_local_port_range).
     #[arg(long, env = "CILIUM_RS_NAT_PORT_RANGE", default_value = "61000-65535", value_parser = str::parse::<PortRange>)]
     nat_port_range: PortRange,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. 127.0.0.1:9962 (off unless
+    /// given; anyone who reaches the address can read them).
+    #[arg(long, env = "CILIUM_RS_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Also show series per endpoint (labelled with its id and container name): one set per
+    /// endpoint, so off by default.
+    #[arg(long, env = "CILIUM_RS_METRICS_PER_ENDPOINT")]
+    metrics_per_endpoint: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug".
     #[arg(long, env = "CILIUM_RS_LOG", default_value = "info")]
     log: String,
@@ -267,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
     let api = cli.api_socket.as_path();
     match cli.command {
-        Command::Daemon(args) => runtime.block_on(run_daemon(args, cli.api_socket.clone())),
+        Command::Daemon(args) => runtime.block_on(run_daemon(*args, cli.api_socket.clone())),
         Command::Endpoint { command: ListCommand::List { output } } => runtime.block_on(cli::endpoints(api, output)),
         Command::Network { command: ListCommand::List { output } } => runtime.block_on(cli::networks(api, output)),
         Command::Identity { command: ListCommand::List { output } } => runtime.block_on(cli::identities(api, output)),
@@ -337,6 +346,10 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         None => Socket::bind(&args.plugin_socket)?,
     };
     let api = Socket::bind(&api_socket)?;
+    let metrics = match args.metrics_address {
+        Some(address) => Some(MetricsListener::bind(address, args.metrics_per_endpoint).await?),
+        None => None,
+    };
     let store = RedbStore::open(&args.state_dir)?;
     let mode = match args.attach_mode {
         AttachModeArg::Tc => AttachMode::Netlink,
@@ -370,7 +383,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
         tokio::spawn(sweep_nat(driver.clone())),
     ];
-    server::serve(driver, plugin, api, shutdown_signal()).await?;
+    server::serve(driver, plugin, api, metrics, shutdown_signal()).await?;
     for task in tasks {
         task.abort();
     }

@@ -119,14 +119,7 @@ pub fn identities(known: &BTreeMap<Identity, IdentityInfo>, endpoints: &[(Identi
         .iter()
         .map(|(identity, info)| IdentityView {
             id: identity.0,
-            kind: if identity.is_cidr() {
-                "cidr"
-            } else if identity.is_reserved() {
-                "reserved"
-            } else {
-                "endpoint"
-            }
-            .to_owned(),
+            kind: identity.kind().to_owned(),
             labels: info.labels.iter().map(ToString::to_string).collect(),
             endpoints: endpoints.iter().filter(|(id, _)| id == identity).map(|(_, name)| name.clone()).collect(),
         })

@@ -641,3 +641,86 @@ async fn a_slow_kernel_step_of_one_endpoint_does_not_stall_the_others() {
     slow.await.expect("join task");
     assert!(h.fake().kernel().links.contains_key("lxc0123456789a"));
 }
+
+/// `GET /metrics` on the metrics router, parsed by a Prometheus text-format parser.
+async fn scrape(driver: &Arc<Driver>, per_endpoint: bool) -> prometheus_parse::Scrape {
+    let router = cilium_rs::server::metrics::router(driver.clone(), per_endpoint);
+    let request = Request::get(cilium_rs::server::metrics::PATH).body(Body::empty()).expect("request");
+    let response = router.oneshot(request).await.expect("router answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], cilium_rs::metrics::CONTENT_TYPE);
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+/// The value of the sample `name` with (at least) `labels`, if there is one.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+#[tokio::test]
+async fn metrics_show_requests_endpoints_and_what_removed_endpoints_dropped() {
+    let h = harness().await;
+    let (v4_pool, _) = h.create_network(NET, false, "", "").await;
+    let (addrs, _, _) = h.start_container(NET, EP, &v4_pool, None).await;
+    h.err("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": endpoint(9), "SandboxKey": ""})).await;
+    let number = h.fake().kernel().installed["lxc0123456789a"].number;
+    let denied = "POLICY_DENIED/ingress".to_owned();
+    h.fake()
+        .kernel()
+        .counters
+        .get_mut(&number)
+        .expect("counters")
+        .drops
+        .insert(denied.clone(), cilium_rs::datapath::Traffic { packets: 5, bytes: 300 });
+    h.fake().kernel().conntrack_entries = 3;
+
+    let s = scrape(&h.driver, false).await;
+    let join = [("method", "NetworkDriver.Join")];
+    assert_eq!(sample(&s, "cilium_rs_plugin_request_duration_seconds_count", &join), Some(2.0));
+    assert_eq!(sample(&s, "cilium_rs_plugin_request_errors_total", &join), Some(1.0));
+    let create = [("method", "NetworkDriver.CreateEndpoint")];
+    assert_eq!(sample(&s, "cilium_rs_plugin_request_duration_seconds_count", &create), Some(1.0));
+    assert_eq!(sample(&s, "cilium_rs_endpoints", &[("state", "waiting-for-identity")]), Some(1.0));
+    assert_eq!(sample(&s, "cilium_rs_networks", &[]), Some(1.0));
+    assert_eq!(sample(&s, "cilium_rs_conntrack_entries", &[]), Some(3.0));
+    let policy_drops = [("reason", "POLICY_DENIED"), ("direction", "ingress")];
+    assert_eq!(sample(&s, "cilium_rs_drop_count_total", &policy_drops), Some(5.0));
+    assert_eq!(sample(&s, "cilium_rs_identity_resolution_duration_seconds_count", &[]), Some(0.0));
+    assert!(s.samples.iter().all(|s| !s.metric.starts_with("cilium_rs_endpoint_")), "per endpoint is opt-in");
+
+    // The identity arrives: the endpoint is ready and the resolution is timed.
+    let container = cilium_rs::endpoint::ContainerRef { id: "c".repeat(64), name: "web".into() };
+    h.driver
+        .assign_identity(
+            &NetworkId::parse(NET).expect("id"),
+            &EndpointId::parse(EP).expect("id"),
+            container,
+            &[("app".to_owned(), "web".to_owned())].into(),
+            "net1",
+        )
+        .await
+        .expect("assign identity");
+    let s = scrape(&h.driver, true).await;
+    assert_eq!(sample(&s, "cilium_rs_endpoints", &[("state", "ready")]), Some(1.0));
+    assert_eq!(sample(&s, "cilium_rs_identities", &[("kind", "endpoint")]), Some(1.0));
+    assert_eq!(sample(&s, "cilium_rs_identity_resolution_duration_seconds_count", &[]), Some(1.0));
+    let web = [("endpoint", &EP[..12]), ("container", "web"), ("reason", "POLICY_DENIED"), ("direction", "ingress")];
+    assert_eq!(sample(&s, "cilium_rs_endpoint_drop_count_total", &web), Some(5.0));
+
+    // The container goes with its counters; the totals keep what it dropped.
+    h.stop_container(NET, EP, &v4_pool, &addrs, None).await;
+    assert!(!h.fake().kernel().counters.contains_key(&number));
+    let s = scrape(&h.driver, true).await;
+    assert_eq!(sample(&s, "cilium_rs_drop_count_total", &policy_drops), Some(5.0));
+    assert_eq!(sample(&s, "cilium_rs_endpoints", &[("state", "ready")]), Some(0.0));
+    assert!(sample(&s, "cilium_rs_endpoint_drop_count_total", &web).is_none());
+}

@@ -2,8 +2,7 @@
 //! test's networks created with it, and a clean-up that checks nothing of them is left in the
 //! daemon, the kernel or the pins.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use bpf_programs::abi::CRS_LAYOUT_VERSION;
@@ -69,18 +68,11 @@ impl Env {
         reply["revision"].as_u64().context("revision in the reply")
     }
 
-    /// The packets of `reason` an endpoint (by container name) dropped in `dir` so far.
-    pub fn drops(&self, container: &str, reason: &str, dir: &str) -> u64 {
-        let endpoints = self.daemon.endpoints().expect("endpoints");
-        let ep = endpoints.iter().find(|e| e["container_name"] == container).expect("endpoint listed");
-        ep["counters"]["drops"][format!("{reason}/{dir}")]["packets"].as_u64().unwrap_or(0)
-    }
-
     /// Waits until every named container's endpoint carries an allocated identity; returns
-    /// them by container name.
-    pub fn wait_identities(&self, containers: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
-        let mut found = std::collections::BTreeMap::new();
-        crate::wait_until(Duration::from_secs(20), "identities of the containers", || {
+    /// the identities by container name.
+    pub fn wait_identities(&self, containers: &[&str]) -> Result<BTreeMap<String, u64>> {
+        let mut found = BTreeMap::new();
+        crate::wait_until(std::time::Duration::from_secs(20), "identities of the containers", || {
             let Ok(endpoints) = self.daemon.endpoints() else { return false };
             found = endpoints
                 .iter()
@@ -91,6 +83,13 @@ impl Env {
         })
         .with_context(|| format!("{found:?}\n{}", self.daemon.log_text()))?;
         Ok(found)
+    }
+
+    /// The packets of `reason` an endpoint (by container name) dropped in `dir` so far.
+    pub fn drops(&self, container: &str, reason: &str, dir: &str) -> u64 {
+        let endpoints = self.daemon.endpoints().expect("endpoints");
+        let ep = endpoints.iter().find(|e| e["container_name"] == container).expect("endpoint listed");
+        ep["counters"]["drops"][format!("{reason}/{dir}")]["packets"].as_u64().unwrap_or(0)
     }
 
     /// Removes containers and networks, then checks the daemon, the kernel and the pins hold

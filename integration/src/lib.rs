@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod outside;
+pub mod scrape;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

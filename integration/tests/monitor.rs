@@ -207,7 +207,17 @@ fn drops_and_verdicts_name_both_containers_and_traces_follow_one_endpoint() {
 
 #[test]
 fn a_flood_of_drops_is_rate_limited_in_the_kernel_and_the_daemon_stays_responsive() {
-    let env = Env::setup(PLUGIN, PREFIX, &[("CILIUM_RS_MONITOR_RATE", "1000"), ("CILIUM_RS_MONITOR_BURST", "100")]);
+    let metrics = integration::scrape::free_loopback();
+    let address = metrics.to_string();
+    let env = Env::setup(
+        PLUGIN,
+        PREFIX,
+        &[
+            ("CILIUM_RS_MONITOR_RATE", "1000"),
+            ("CILIUM_RS_MONITOR_BURST", "100"),
+            ("CILIUM_RS_METRICS_ADDRESS", &address),
+        ],
+    );
     let net = format!("{PREFIX}flood");
     let (web, api, other) = stack(&env, &net);
     let (web4, _) = addresses(&web, &net).expect("addresses");
@@ -245,6 +255,12 @@ fn a_flood_of_drops_is_rate_limited_in_the_kernel_and_the_daemon_stays_responsiv
     assert!(drops > 0, "some drops are shown");
     assert!(drops <= budget, "{drops} drop lines over {flood_time:?} exceed the budget {budget}");
     assert!(suppressed >= dropped.saturating_sub(2 * budget), "suppressed {suppressed} of {dropped} dropped");
+    // Metrics show the same: events read from the ring, and what the kernel held back.
+    let scrape = integration::scrape::scrape(metrics).expect("scrape");
+    let read = integration::scrape::must(&scrape, "cilium_rs_monitor_ring_events_total", &[]);
+    let held = integration::scrape::must(&scrape, "cilium_rs_monitor_suppressed_events_total", &[]);
+    assert!(read >= drops, "ring events {read} >= the {drops} drop lines");
+    assert!(held >= suppressed, "suppressed in metrics {held} >= {suppressed} reported to the monitor");
     let rss_after = rss_kib(pid);
     assert!(rss_after < rss_before + 32 * 1024, "RSS {rss_before} KiB -> {rss_after} KiB");
     // The datapath never waited for the monitor: the flood left at the sender's pace.

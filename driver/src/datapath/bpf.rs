@@ -763,18 +763,7 @@ impl BpfDatapath {
 
     /// Counters of every endpoint (and of endpoint 0, unknown interfaces), summed over CPUs.
     pub fn all_metrics(&self) -> Result<Vec<(u32, EndpointMetrics)>, BpfError> {
-        let mut rows = Vec::new();
-        for entry in self.metrics.iter() {
-            let (endpoint_id, per_cpu) =
-                entry.map_err(|error| BpfError::MapRead { map: MAP_METRICS, error: Box::new(error) })?;
-            let mut sum = EndpointMetrics::default();
-            for value in per_cpu.iter() {
-                sum.add(value);
-            }
-            rows.push((endpoint_id, sum));
-        }
-        rows.sort_by_key(|(id, _)| *id);
-        Ok(rows)
+        all_metrics(&self.metrics)
     }
 
     /// Deletes the counters of `endpoint_id`; absent is fine.
@@ -835,6 +824,24 @@ impl BpfDatapath {
     pub fn sockets_attached(&self) -> bool {
         SOCK_PROGRAMS.iter().all(|p| self.links_dir.join(p).symlink_metadata().is_ok())
     }
+}
+
+/// Every entry of a crs_metrics handle, summed over CPUs, by endpoint number.
+pub(crate) fn all_metrics(
+    map: &PerCpuHashMap<MapData, u32, EndpointMetrics>,
+) -> Result<Vec<(u32, EndpointMetrics)>, BpfError> {
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let (endpoint_id, per_cpu) =
+            entry.map_err(|error| BpfError::MapRead { map: MAP_METRICS, error: Box::new(error) })?;
+        let mut sum = EndpointMetrics::default();
+        for value in per_cpu.iter() {
+            sum.add(value);
+        }
+        rows.push((endpoint_id, sum));
+    }
+    rows.sort_by_key(|(id, _)| *id);
+    Ok(rows)
 }
 
 fn sock_program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, BpfError> {

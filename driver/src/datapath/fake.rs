@@ -6,9 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
+use super::ledger::CounterLedger;
 use super::{
-    Counters, Datapath, DatapathError, EgressDesired, EndpointDesired, HostLink, PolicyDesired, PolicyView,
-    RestoreReport, VethSpec,
+    Counters, Datapath, DatapathError, DatapathMetrics, EgressDesired, EndpointDesired, HostLink, PolicyDesired,
+    PolicyView, RestoreReport, VethSpec,
 };
 
 #[derive(Debug, Default)]
@@ -21,6 +22,12 @@ pub struct FakeKernel {
     /// Applied endpoints by host ifname.
     pub installed: BTreeMap<String, EndpointDesired>,
     pub counters: BTreeMap<u32, Counters>,
+    /// The totals metrics show (as the Linux datapath keeps them).
+    pub ledger: CounterLedger,
+    /// What `metrics` reports for crs_ct, crs_nat_out and crs_nat_in.
+    pub conntrack_entries: u64,
+    pub nat_out_entries: u64,
+    pub nat_in_entries: u64,
     /// Operations that fail until cleared, e.g. "attach".
     pub failing: BTreeSet<String>,
     pub host_prefixes: Vec<IpNet>,
@@ -160,7 +167,8 @@ impl Datapath for FakeDatapath {
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
         let mut kernel = self.enter("remove_endpoint", &number.to_string())?;
         kernel.installed.retain(|_, e| e.number != number);
-        kernel.counters.remove(&number);
+        let last = kernel.counters.remove(&number);
+        kernel.ledger.removed(number, last.as_ref());
         Ok(())
     }
 
@@ -230,12 +238,27 @@ impl Datapath for FakeDatapath {
         Ok(self.enter("counters", "")?.counters.clone())
     }
 
+    async fn metrics(&self) -> Result<DatapathMetrics, DatapathError> {
+        let mut kernel = self.enter("metrics", "")?;
+        let snapshot = kernel.ledger.snapshot();
+        let endpoints = kernel.counters.clone();
+        let totals = kernel.ledger.totals(&snapshot, &endpoints);
+        Ok(DatapathMetrics {
+            endpoints,
+            totals,
+            conntrack_entries: kernel.conntrack_entries,
+            nat_out_entries: kernel.nat_out_entries,
+            nat_in_entries: kernel.nat_in_entries,
+        })
+    }
+
     async fn restore(
         &self,
         joined: &[EndpointDesired],
         policy: PolicyView<'_>,
     ) -> Result<RestoreReport, DatapathError> {
         let mut kernel = self.enter("restore", &joined.len().to_string())?;
+        kernel.ledger = CounterLedger::start(kernel.counters.clone());
         let policy = PolicyDesired { entries: policy.entries.clone(), ipcache: policy.ipcache.clone() };
         if kernel.policy != policy {
             kernel.policy = policy;

@@ -2,12 +2,13 @@
 //! It remembers what it applied for each endpoint and for policy, so that a change writes only
 //! the difference and removing an endpoint touches only its own entries (no map scans but the
 //! ones at restore). Endpoint maps and policy maps sit behind separate locks: a policy change
-//! writing many entries never holds up a Join.
+//! writing many entries never holds up a Join; what is only read (counters, map sizes) goes
+//! through handles of its own and takes neither.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
@@ -16,12 +17,14 @@ use super::bpf::{AttachMode, BpfDatapath};
 use super::events::{EventCounts, EventMaps, EventRateLimit};
 use super::host;
 use super::layouts;
+use super::ledger::CounterLedger;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
+use super::readers::MapReaders;
 use super::world_maps::WorldMaps;
 use super::{
-    Counters, Datapath, DatapathError, EgressDesired, EndpointDesired, HostLink, PolicyDesired, PolicyView,
-    RestoreReport, Traffic, VethSpec,
+    Counters, Datapath, DatapathError, DatapathMetrics, EgressDesired, EndpointDesired, HostLink, PolicyDesired,
+    PolicyView, RestoreReport, Traffic, VethSpec,
 };
 use crate::identity::Identity;
 
@@ -65,6 +68,10 @@ pub struct LinuxDatapath {
     /// What was applied for each endpoint, by endpoint number.
     applied: Mutex<HashMap<u32, EndpointDesired>>,
     events: Mutex<EventMaps>,
+    /// Handles of their own on the maps that are only read (no lock: each read is one walk).
+    readers: Arc<MapReaders>,
+    /// The counters' totals since the start, for metrics (never held across a kernel call).
+    ledger: Mutex<CounterLedger>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -96,6 +103,7 @@ impl LinuxDatapath {
         let sockets_attached = bpf.sockets_attached();
         let world = WorldState { maps: bpf.take_world_maps()?, applied: BTreeMap::new(), cgroup, sockets_attached };
         let events = Mutex::new(bpf.take_event_maps()?);
+        let readers = Arc::new(MapReaders::open(bpf.maps_dir())?);
         Ok(LinuxDatapath {
             netlink,
             bpf: Mutex::new(bpf),
@@ -103,6 +111,8 @@ impl LinuxDatapath {
             world: Mutex::new(world),
             applied: Mutex::new(HashMap::new()),
             events,
+            readers,
+            ledger: Mutex::new(CounterLedger::default()),
         })
     }
 
@@ -116,6 +126,15 @@ impl LinuxDatapath {
 
     fn world(&self) -> MutexGuard<'_, WorldState> {
         guard(&self.world)
+    }
+
+    /// Every endpoint's counters, through the readers, on a blocking thread.
+    async fn read_counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
+        let readers = self.readers.clone();
+        let rows = tokio::task::spawn_blocking(move || readers.metrics())
+            .await
+            .map_err(|e| DatapathError::Other(format!("read crs_metrics: {e}")))??;
+        Ok(rows.into_iter().map(|(id, m)| (id, counters_of(&m))).collect())
     }
 
     /// Writes the map entries of `desired`, removing those of `old` it no longer has. A changed
@@ -406,7 +425,7 @@ fn counters_of(metrics: &abi::EndpointMetrics) -> Counters {
         for dir in [Direction::Egress, Direction::Ingress] {
             let t = metrics.get(reason, dir);
             if t.packets > 0 {
-                counters.drops.insert(format!("{}/{}", reason.name(), dir.name()), traffic(t));
+                counters.drops.insert(Counters::drop_key(reason, dir), traffic(t));
             }
         }
     }
@@ -476,7 +495,13 @@ impl Datapath for LinuxDatapath {
                     Err(e) => errors.push(e.into()),
                 }
             }
+            // What it counted stays in the totals.
+            let last = bpf.metrics(number);
             errors.extend(bpf.remove_metrics(number).err().map(DatapathError::from));
+            match last {
+                Ok(last) => guard(&self.ledger).removed(number, last.map(|m| counters_of(&m)).as_ref()),
+                Err(e) => errors.push(e.into()),
+            }
         }
         if let Some(old) = &old {
             let mut policy = self.policy();
@@ -594,7 +619,25 @@ impl Datapath for LinuxDatapath {
     }
 
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
-        Ok(self.bpf().all_metrics()?.into_iter().map(|(id, m)| (id, counters_of(&m))).collect())
+        self.read_counters().await
+    }
+
+    async fn metrics(&self) -> Result<DatapathMetrics, DatapathError> {
+        // The ledger before the counters: an endpoint removed in between is in neither.
+        let snapshot = guard(&self.ledger).snapshot();
+        let endpoints = self.read_counters().await?;
+        let totals = guard(&self.ledger).totals(&snapshot, &endpoints);
+        let readers = self.readers.clone();
+        let sizes = tokio::task::spawn_blocking(move || readers.sizes())
+            .await
+            .map_err(|e| DatapathError::Other(format!("count conntrack and NAT entries: {e}")))??;
+        Ok(DatapathMetrics {
+            endpoints,
+            totals,
+            conntrack_entries: sizes.conntrack,
+            nat_out_entries: sizes.nat_out,
+            nat_in_entries: sizes.nat_in,
+        })
     }
 
     async fn restore(
@@ -695,6 +738,9 @@ impl Datapath for LinuxDatapath {
         }
         // A restarted daemon puts its own socket programs in place of the pinned ones.
         self.refresh_sockets(true)?;
+        // Metrics count from here: what the pinned counters hold was counted by earlier runs.
+        let current = self.readers.metrics()?.into_iter().map(|(id, m)| (id, counters_of(&m))).collect();
+        *guard(&self.ledger) = CounterLedger::start(current);
         let bpf = self.bpf();
         // This layout's programs are attached everywhere now: earlier layouts can go.
         for tree in layouts::other_layouts(bpf.bpf_root())? {

@@ -8,6 +8,7 @@ pub mod fake;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use bpf_programs::abi::{Direction, DropReason};
 use ipnet::IpNet;
 
 use crate::identity::Identity;
@@ -131,6 +132,33 @@ impl Counters {
     pub fn dropped_packets(&self) -> u64 {
         self.drops.values().map(|t| t.packets).sum()
     }
+
+    /// The key of `drops` for `reason` in `dir`, e.g. `POLICY_DENIED/ingress`.
+    pub fn drop_key(reason: DropReason, dir: Direction) -> String {
+        format!("{}/{}", reason.name(), dir.name())
+    }
+
+    /// What was dropped for `reason` in `dir` (zero when nothing was).
+    pub fn dropped(&self, reason: DropReason, dir: Direction) -> Traffic {
+        self.drops.get(&Self::drop_key(reason, dir)).copied().unwrap_or_default()
+    }
+}
+
+/// What metrics read from the kernel when they are scraped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatapathMetrics {
+    /// Every endpoint's counters as [`Datapath::counters`] has them (since the endpoint was
+    /// created), by endpoint number; 0 counts interfaces no endpoint owns.
+    pub endpoints: BTreeMap<u32, Counters>,
+    /// Summed over every endpoint, present or gone, since the daemon started; never lower than
+    /// in an earlier reading while the daemon runs.
+    pub totals: Counters,
+    /// Entries of the conntrack map (crs_ct).
+    pub conntrack_entries: u64,
+    /// Entries of the NAT maps: crs_nat_out (by the endpoint's side of a flow) and crs_nat_in
+    /// (by the translated side).
+    pub nat_out_entries: u64,
+    pub nat_in_entries: u64,
 }
 
 /// What a restore found and fixed.
@@ -174,9 +202,11 @@ pub mod bpf;
 pub mod events;
 pub mod host;
 pub mod layouts;
+pub mod ledger;
 pub mod link;
 pub mod linux;
 pub mod policy_maps;
+pub mod readers;
 pub mod world_maps;
 
 /// The kernel operations the driver needs; the driver holds it as `Arc<dyn Datapath>`.
@@ -247,6 +277,11 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// Counters of every endpoint, by endpoint number.
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError>;
+
+    /// The counters and map sizes metrics show, read without taking any lock that the other
+    /// operations take (a scan of crs_metrics, and of the keys of crs_ct, crs_nat_out and
+    /// crs_nat_in: one system call per entry).
+    async fn metrics(&self) -> Result<DatapathMetrics, DatapathError>;
 
     /// At start (once): attaches this daemon's programs to the joined endpoints, applies their
     /// desired state and the policy, and removes what belongs to none of them (the only full

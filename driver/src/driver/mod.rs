@@ -32,6 +32,7 @@ use crate::input::quoted;
 use crate::ipam::{self, AllocationKind, IpamConfig, IpamError, PoolId, PoolRequest};
 use crate::kv::{EmbeddedKv, KvError};
 use crate::labels::{LabelFilter, Labels};
+use crate::metrics::{EndpointSample, EndpointState, Metrics, Snapshot};
 use crate::network::{Network, NetworkOptions};
 use crate::policy::EnforcementMode;
 use crate::ports::{self, PortHold, PortRequest};
@@ -182,6 +183,8 @@ pub struct Driver {
     monitor: Arc<crate::monitor::Monitor>,
     /// Endpoints some monitor traces.
     traced: Mutex<monitor::Traced>,
+    /// What the daemon counts for Prometheus (the plugin server records its requests here).
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +227,7 @@ impl Driver {
             port_holds: Mutex::new(std::collections::HashMap::new()),
             monitor: Arc::new(crate::monitor::Monitor::new()),
             traced: Mutex::new(monitor::Traced::default()),
+            metrics: Arc::new(Metrics::new()),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
@@ -911,6 +915,9 @@ impl Driver {
             }
             after
         };
+        if let Some(after) = after {
+            self.metrics.observe_identity_resolution(after);
+        }
         self.release_identity(endpoint.identity, &endpoint.labels).await?;
         info!(
             endpoint = id.short(),
@@ -1109,6 +1116,39 @@ impl Driver {
 
     pub async fn networks(&self) -> Vec<NetworkView> {
         views::networks(&self.state())
+    }
+
+    /// The registry of what the daemon counts (request and resolution latencies, the
+    /// monitor's events).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What metrics show, read when they are scraped: the state's counts under its lock, then
+    /// the policy's, then the kernel's (no lock of the driver held meanwhile).
+    pub async fn metrics_snapshot(&self) -> Result<Snapshot, DriverError> {
+        let (networks, endpoints) = {
+            let state = self.state();
+            let endpoints = state
+                .endpoints
+                .values()
+                .map(|e| EndpointSample {
+                    number: e.number,
+                    id: e.id.short().to_owned(),
+                    container: e.container.as_ref().map(|c| c.name.clone()),
+                    state: match (&e.joined, e.identity) {
+                        (None, _) => EndpointState::Created,
+                        (Some(_), Identity::INIT) => EndpointState::WaitingForIdentity,
+                        (Some(_), _) => EndpointState::Ready,
+                    },
+                })
+                .collect();
+            (state.networks.len(), endpoints)
+        };
+        let (policy_revision, policy_rules, policy_entries, _) = self.policy.summary().await;
+        let identities = self.policy.identity_kinds().await;
+        let datapath = self.datapath.metrics().await?;
+        Ok(Snapshot { networks, endpoints, identities, policy_revision, policy_rules, policy_entries, datapath })
     }
 
     pub async fn status(&self) -> StatusView {

@@ -117,9 +117,20 @@ impl Driver {
         let Some(events) = self.datapath.start_events().await? else { return Ok(()) };
         let (for_names, for_counts) = (Arc::downgrade(self), Arc::downgrade(self));
         let directory = move || for_names.upgrade().map(|d| d.directory()).unwrap_or_default();
+        // The pinned counts go back to before this daemon: metrics count from the first reading.
+        let emitted_before = Arc::new(std::sync::Mutex::new(None::<u64>));
         let counts = move || -> futures::future::BoxFuture<'static, _> {
-            let driver = for_counts.upgrade();
-            Box::pin(async move { driver?.datapath.event_counts().await.ok() })
+            let (driver, emitted_before) = (for_counts.upgrade(), emitted_before.clone());
+            Box::pin(async move {
+                let driver = driver?;
+                let counts = driver.datapath.event_counts().await.ok()?;
+                let before = emitted_before.lock().unwrap_or_else(|p| p.into_inner()).replace(counts.emitted);
+                if let Some(before) = before {
+                    driver.metrics().add_ring_events(counts.emitted.saturating_sub(before));
+                }
+                driver.metrics().set_suppressed_events(counts.suppressed);
+                Some(counts)
+            })
         };
         tokio::spawn(self.monitor.clone().run(events, directory, counts));
         Ok(())

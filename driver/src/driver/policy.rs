@@ -463,6 +463,15 @@ impl PolicyEngine {
     }
 
     /// Identity → labels of every identity policy knows (reserved, endpoint and CIDR ones).
+    /// How many identities policy knows, by [`Identity::kind`].
+    pub async fn identity_kinds(&self) -> BTreeMap<&'static str, usize> {
+        let mut kinds = BTreeMap::new();
+        for identity in self.inner.lock().await.resolver.identities().keys() {
+            *kinds.entry(identity.kind()).or_default() += 1;
+        }
+        kinds
+    }
+
     pub async fn identities(&self) -> BTreeMap<Identity, IdentityInfo> {
         self.inner.lock().await.resolver.identities().clone()
     }

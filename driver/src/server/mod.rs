@@ -1,13 +1,15 @@
-//! The daemon's two unix sockets: the Docker plugin socket and the CLI's API socket
-//! (decode → call the driver → encode; no logic here).
+//! The daemon's two unix sockets — the Docker plugin socket and the CLI's API socket — and
+//! the optional metrics address (decode → call the driver → encode; no logic here).
 
 pub mod api;
 pub mod body;
+pub mod metrics;
 pub mod monitor;
 pub mod plugin;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,10 @@ pub enum ServerError {
     Activated { fd: RawFd, source: io::Error },
     #[error("serve {path}: {source}")]
     Serve { path: PathBuf, source: io::Error },
+    #[error("bind metrics address {address}: {source}")]
+    BindTcp { address: SocketAddr, source: io::Error },
+    #[error("serve metrics on {address}: {source}")]
+    ServeTcp { address: SocketAddr, source: io::Error },
 }
 
 /// A listening socket and the file it lives at.
@@ -100,11 +106,13 @@ impl Socket {
     }
 }
 
-/// Serves both sockets until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves both sockets (and the metrics address when there is one) until `shutdown` resolves,
+/// then lets in-flight requests finish.
 pub async fn serve(
     driver: Arc<Driver>,
     plugin: Socket,
     api: Socket,
+    metrics: Option<metrics::MetricsListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -115,18 +123,26 @@ pub async fn serve(
     let plugin_server =
         axum::serve(plugin.listener, plugin::router(driver.clone())).with_graceful_shutdown(stopped(rx.clone()));
     let monitor = driver.monitor().clone();
-    let api_server = axum::serve(api.listener, api::router(driver)).with_graceful_shutdown(stopped(rx));
+    let api_server = axum::serve(api.listener, api::router(driver.clone())).with_graceful_shutdown(stopped(rx.clone()));
+    let metrics_server = async {
+        let Some(m) = metrics else { return Ok(()) };
+        info!(address = %m.address, path = metrics::PATH, "serving metrics");
+        axum::serve(m.listener, metrics::router(driver, m.per_endpoint))
+            .with_graceful_shutdown(stopped(rx))
+            .await
+            .map_err(|source| ServerError::ServeTcp { address: m.address, source })
+    };
     let stopper = tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
         // Monitor streams never end by themselves.
         monitor.close();
     });
-    let (plugin_result, api_result) = tokio::join!(plugin_server, api_server);
+    let (plugin_result, api_result, metrics_result) = tokio::join!(plugin_server, api_server, metrics_server);
     stopper.abort();
     plugin_result.map_err(|source| ServerError::Serve { path: plugin.file.path.clone(), source })?;
     api_result.map_err(|source| ServerError::Serve { path: api.file.path.clone(), source })?;
-    Ok(())
+    metrics_result
 }
 
 #[cfg(test)]

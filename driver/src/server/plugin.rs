@@ -25,6 +25,7 @@ use crate::endpoint::{format_mac, parse_mac, CONTAINER_IFNAME_PREFIX};
 use crate::ids::{EndpointId, NetworkId};
 use crate::input::quoted;
 use crate::ipam::{self, parse_addr, parse_cidr, IpamError, PoolId, PoolRequest};
+use crate::metrics::Metrics;
 use crate::network::parse_options;
 use crate::ports::parse_portmap;
 
@@ -132,8 +133,9 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// Decodes the body, runs the call inside the request's span, and logs the outcome once.
-async fn call<Req, Resp, F, Fut>(method: &'static str, body: Body, handler: F) -> Response
+/// Decodes the body, runs the call inside the request's span, logs the outcome once, and
+/// records its latency (and failure) under `method` in the metrics.
+async fn call<Req, Resp, F, Fut>(metrics: Arc<Metrics>, method: &'static str, body: Body, handler: F) -> Response
 where
     Req: DeserializeOwned + Ids,
     Resp: Serialize,
@@ -163,7 +165,9 @@ where
             handler(request).await
         }
         .await;
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        metrics.observe_plugin_request(method, elapsed, result.is_err());
+        let elapsed_us = elapsed.as_micros() as u64;
         match result {
             Ok(response) => {
                 debug!(elapsed_us, "ok");
@@ -180,10 +184,13 @@ where
 }
 
 /// Calls without a payload: the body (empty, per the protocol) is ignored.
-async fn call_empty<Resp: Serialize>(method: &'static str, response: Resp) -> Response {
+async fn call_empty<Resp: Serialize>(metrics: &Metrics, method: &'static str, response: Resp) -> Response {
+    let started = Instant::now();
     let _span = info_span!("plugin", method).entered();
     debug!("ok");
-    reply(StatusCode::OK, &response)
+    let reply = reply(StatusCode::OK, &response);
+    metrics.observe_plugin_request(method, started.elapsed(), false);
+    reply
 }
 
 pub fn router(driver: Shared) -> Router {
@@ -223,30 +230,34 @@ async fn unknown_method(uri: Uri) -> Response {
 async fn activate(State(driver): State<Shared>) -> Response {
     driver.request_reconcile();
     call_empty(
+        driver.metrics(),
         "Plugin.Activate",
         spec::ActivateResponse { implements: vec!["NetworkDriver".to_owned(), "IpamDriver".to_owned()] },
     )
     .await
 }
 
-async fn network_capabilities() -> Response {
+async fn network_capabilities(State(driver): State<Shared>) -> Response {
     call_empty(
+        driver.metrics(),
         "NetworkDriver.GetCapabilities",
         spec::CapabilitiesResponse { scope: "local".to_owned(), connectivity_scope: "local".to_owned() },
     )
     .await
 }
 
-async fn ipam_capabilities() -> Response {
+async fn ipam_capabilities(State(driver): State<Shared>) -> Response {
     call_empty(
+        driver.metrics(),
         "IpamDriver.GetCapabilities",
         spec::IpamCapabilitiesResponse { requires_mac_address: false, requires_request_replay: false },
     )
     .await
 }
 
-async fn address_spaces() -> Response {
+async fn address_spaces(State(driver): State<Shared>) -> Response {
     call_empty(
+        driver.metrics(),
         "IpamDriver.GetDefaultAddressSpaces",
         spec::AddressSpacesResponse {
             local_default_address_space: ipam::LOCAL_ADDRESS_SPACE.to_owned(),
@@ -285,7 +296,7 @@ fn pool_data(entries: &[spec::IpamData], family: &str) -> Result<Vec<PoolData>, 
 }
 
 async fn create_network(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.CreateNetwork", body, |r: spec::CreateNetworkRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.CreateNetwork", body, |r: spec::CreateNetworkRequest| async move {
         let request = CreateNetwork {
             id: network_id(&r.network_id)?,
             options: parse_options(&r.options).map_err(PluginError::bad_request)?,
@@ -299,7 +310,7 @@ async fn create_network(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.DeleteNetwork", body, |r: spec::DeleteNetworkRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.DeleteNetwork", body, |r: spec::DeleteNetworkRequest| async move {
         driver.delete_network(&network_id(&r.network_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -307,7 +318,7 @@ async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
         // Ports are published at Join, once per container (dockerd sends the map to every
         // endpoint); a malformed map is refused here already.
         parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
@@ -337,7 +348,7 @@ async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.EndpointOperInfo", body, |r: spec::EndpointRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.EndpointOperInfo", body, |r: spec::EndpointRequest| async move {
         let info = driver.endpoint_info(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         let value: Map<String, Value> = info.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         Ok(spec::EndpointOperInfoResponse { value })
@@ -346,7 +357,7 @@ async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Respons
 }
 
 async fn join(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
         let ports = parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
         let plan =
             driver.join(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?, &r.sandbox_key, &ports).await?;
@@ -373,7 +384,7 @@ async fn join(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn leave(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.Leave", body, |r: spec::EndpointRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.Leave", body, |r: spec::EndpointRequest| async move {
         driver.leave(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -381,7 +392,7 @@ async fn leave(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn delete_endpoint(State(driver): State<Shared>, body: Body) -> Response {
-    call("NetworkDriver.DeleteEndpoint", body, |r: spec::EndpointRequest| async move {
+    call(driver.metrics().clone(), "NetworkDriver.DeleteEndpoint", body, |r: spec::EndpointRequest| async move {
         driver.delete_endpoint(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -389,30 +400,46 @@ async fn delete_endpoint(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 /// Swarm node discovery: nothing to do for a local driver.
-async fn discover_new(body: Body) -> Response {
-    call("NetworkDriver.DiscoverNew", body, |_: spec::DiscoveryRequest| async { Ok(spec::EmptyResponse {}) }).await
-}
-
-async fn discover_delete(body: Body) -> Response {
-    call("NetworkDriver.DiscoverDelete", body, |_: spec::DiscoveryRequest| async { Ok(spec::EmptyResponse {}) }).await
-}
-
-/// Routing is set up at Join (no NAT, no port publishing): nothing more to program here.
-async fn program_external_connectivity(body: Body) -> Response {
-    call("NetworkDriver.ProgramExternalConnectivity", body, |r: spec::ProgramExternalConnectivityRequest| async move {
-        network_id(&r.network_id)?;
-        endpoint_id(&r.endpoint_id)?;
+async fn discover_new(State(driver): State<Shared>, body: Body) -> Response {
+    call(driver.metrics().clone(), "NetworkDriver.DiscoverNew", body, |_: spec::DiscoveryRequest| async {
         Ok(spec::EmptyResponse {})
     })
     .await
 }
 
-async fn revoke_external_connectivity(body: Body) -> Response {
-    call("NetworkDriver.RevokeExternalConnectivity", body, |r: spec::EndpointRequest| async move {
-        network_id(&r.network_id)?;
-        endpoint_id(&r.endpoint_id)?;
+async fn discover_delete(State(driver): State<Shared>, body: Body) -> Response {
+    call(driver.metrics().clone(), "NetworkDriver.DiscoverDelete", body, |_: spec::DiscoveryRequest| async {
         Ok(spec::EmptyResponse {})
     })
+    .await
+}
+
+/// Routing is set up at Join (no NAT, no port publishing): nothing more to program here.
+async fn program_external_connectivity(State(driver): State<Shared>, body: Body) -> Response {
+    call(
+        driver.metrics().clone(),
+        "NetworkDriver.ProgramExternalConnectivity",
+        body,
+        |r: spec::ProgramExternalConnectivityRequest| async move {
+            network_id(&r.network_id)?;
+            endpoint_id(&r.endpoint_id)?;
+            Ok(spec::EmptyResponse {})
+        },
+    )
+    .await
+}
+
+async fn revoke_external_connectivity(State(driver): State<Shared>, body: Body) -> Response {
+    call(
+        driver.metrics().clone(),
+        "NetworkDriver.RevokeExternalConnectivity",
+        body,
+        |r: spec::EndpointRequest| async move {
+            network_id(&r.network_id)?;
+            endpoint_id(&r.endpoint_id)?;
+            Ok(spec::EmptyResponse {})
+        },
+    )
     .await
 }
 
@@ -424,7 +451,7 @@ fn pool_id(text: &str) -> Result<PoolId, PluginError> {
 }
 
 async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
-    call("IpamDriver.RequestPool", body, |r: spec::RequestPoolRequest| async move {
+    call(driver.metrics().clone(), "IpamDriver.RequestPool", body, |r: spec::RequestPoolRequest| async move {
         let request = PoolRequest {
             v6: r.v6,
             subnet: optional_cidr(&r.pool, "--subnet")?,
@@ -442,7 +469,7 @@ async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn release_pool(State(driver): State<Shared>, body: Body) -> Response {
-    call("IpamDriver.ReleasePool", body, |r: spec::ReleasePoolRequest| async move {
+    call(driver.metrics().clone(), "IpamDriver.ReleasePool", body, |r: spec::ReleasePoolRequest| async move {
         driver.release_pool(&pool_id(&r.pool_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -450,7 +477,7 @@ async fn release_pool(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn request_address(State(driver): State<Shared>, body: Body) -> Response {
-    call("IpamDriver.RequestAddress", body, |r: spec::RequestAddressRequest| async move {
+    call(driver.metrics().clone(), "IpamDriver.RequestAddress", body, |r: spec::RequestAddressRequest| async move {
         let preferred = if r.address.is_empty() {
             None
         } else {
@@ -464,7 +491,7 @@ async fn request_address(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn release_address(State(driver): State<Shared>, body: Body) -> Response {
-    call("IpamDriver.ReleaseAddress", body, |r: spec::ReleaseAddressRequest| async move {
+    call(driver.metrics().clone(), "IpamDriver.ReleaseAddress", body, |r: spec::ReleaseAddressRequest| async move {
         let address = parse_addr(&r.address, "address").map_err(PluginError::bad_request)?;
         driver.release_address(&pool_id(&r.pool_id)?, address).await?;
         Ok(spec::EmptyResponse {})
