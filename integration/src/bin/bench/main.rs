@@ -209,6 +209,8 @@ fn docker_runs(daemon: &Daemon) -> Result<RunLatency> {
 
 fn main() -> Result<()> {
     integration::require_root_and_dockerd();
+    // No test drives dockerd meanwhile (their leak checks, and the figures, would suffer).
+    let _serial = integration::serial();
     let outside = integration::outside::Outside::new(&format!("{PREFIX}out"))?;
     let daemon = Daemon::start_with(PLUGIN, &[("CILIUM_RS_EGRESS_INTERFACE", integration::outside::OUTSIDE_IF)])?;
     remove_docker_leftovers(PREFIX);
