@@ -13,16 +13,19 @@ use bpf_programs::abi::{self, Direction, DropReason};
 use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
+use super::features;
 use super::host;
 use super::layouts;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
+use super::rows::{self, monotonic_coarse_ns};
 use super::world_maps::WorldMaps;
 use super::{
-    Counters, Datapath, DatapathError, EgressDesired, EndpointDesired, HostLink, PolicyDesired, PolicyView,
-    RestoreReport, Traffic, VethSpec,
+    Counters, CtDump, Datapath, DatapathError, DatapathInfo, EgressDesired, EndpointDesired, EndpointRow, HostLink,
+    MapCounts, NatRow, NatSide, PolicyDesired, PolicyView, RestoreReport, Traffic, VethSpec,
 };
 use crate::identity::Identity;
+use crate::policy::{PolicyEntry, PolicyKey};
 
 /// MTU used when the host has no default route to copy it from.
 const FALLBACK_MTU: u32 = 1500;
@@ -63,6 +66,9 @@ pub struct LinuxDatapath {
     world: Mutex<WorldState>,
     /// What was applied for each endpoint, by endpoint number.
     applied: Mutex<HashMap<u32, EndpointDesired>>,
+    /// Kernel features probed at load, and the kernel's release.
+    features: BTreeMap<String, bool>,
+    kernel: Option<String>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -99,6 +105,8 @@ impl LinuxDatapath {
             policy: Mutex::new(policy),
             world: Mutex::new(world),
             applied: Mutex::new(HashMap::new()),
+            features: features::probe(),
+            kernel: features::kernel_release(),
         })
     }
 
@@ -574,6 +582,78 @@ impl Datapath for LinuxDatapath {
 
     async fn counters(&self) -> Result<BTreeMap<u32, Counters>, DatapathError> {
         Ok(self.bpf().all_metrics()?.into_iter().map(|(id, m)| (id, counters_of(&m))).collect())
+    }
+
+    async fn info(&self) -> DatapathInfo {
+        let (mode, root, maps_dir) = {
+            let bpf = self.bpf();
+            (bpf.attach_mode(), bpf.bpf_root().to_path_buf(), bpf.maps_dir().to_path_buf())
+        };
+        let missing_pins = abi::MAP_NAMES
+            .iter()
+            .filter(|map| maps_dir.join(map).symlink_metadata().is_err())
+            .map(|map| (*map).to_owned())
+            .collect();
+        DatapathInfo {
+            kind: "linux".to_owned(),
+            attach_mode: match mode {
+                AttachMode::Tcx => "tcx",
+                AttachMode::Netlink => "tc",
+            }
+            .to_owned(),
+            kernel: self.kernel.clone(),
+            features: self.features.clone(),
+            bpf_root: Some(root),
+            loaded: true,
+            missing_pins,
+        }
+    }
+
+    async fn map_counts(&self) -> Result<MapCounts, DatapathError> {
+        let conntrack = self.policy().maps.ct_count()?;
+        let (nat_out, nat_in) = self.world().maps.nat_counts()?;
+        Ok(MapCounts { conntrack, nat_out, nat_in })
+    }
+
+    async fn dump_endpoints(&self) -> Result<Vec<EndpointRow>, DatapathError> {
+        Ok(self.bpf().endpoints()?.iter().map(|(ifindex, info)| rows::endpoint_row(*ifindex, info)).collect())
+    }
+
+    async fn dump_ipcache(&self) -> Result<Vec<(IpNet, Identity)>, DatapathError> {
+        Ok(self.policy().maps.ipcache_entries()?)
+    }
+
+    async fn dump_policy(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>, DatapathError> {
+        let mut entries: Vec<(PolicyKey, PolicyEntry)> = self
+            .policy()
+            .maps
+            .policy_entries()?
+            .into_iter()
+            .filter_map(|(key, entry)| Some((key.ok()?, entry)))
+            .collect();
+        entries.sort_by_key(|(key, _)| *key);
+        Ok(entries)
+    }
+
+    async fn dump_ct(&self) -> Result<CtDump, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let policy = self.policy();
+        let rows = policy.maps.ct_entries()?.iter().filter_map(|(key, entry)| rows::ct_row(key, entry, now)).collect();
+        Ok(CtDump { revision: policy.revision, rows })
+    }
+
+    async fn dump_nat(&self) -> Result<Vec<NatRow>, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let world = self.world();
+        let out = world.maps.nat_out()?;
+        let inn = world.maps.nat_in()?;
+        drop(world);
+        let sides = out.iter().map(|row| (NatSide::Out, row)).chain(inn.iter().map(|row| (NatSide::In, row)));
+        Ok(sides.filter_map(|(side, (key, entry))| rows::nat_row(side, key, entry, now)).collect())
+    }
+
+    async fn flush_ct(&self) -> Result<usize, DatapathError> {
+        Ok(self.policy().maps.flush_ct()?)
     }
 
     async fn restore(

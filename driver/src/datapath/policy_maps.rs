@@ -229,6 +229,44 @@ impl PolicyMaps {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| BpfError::MapRead { map: MAP_CT, error: Box::new(error) })
     }
+
+    /// How many connection-tracking entries there are (a scan of the keys).
+    pub fn ct_count(&self) -> Result<u64, BpfError> {
+        count_keys(self.ct.keys(), MAP_CT)
+    }
+
+    /// Removes every connection-tracking entry there is when it starts (flows the programs
+    /// add meanwhile stay); returns how many went.
+    pub fn flush_ct(&mut self) -> Result<usize, BpfError> {
+        let keys = self
+            .ct
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| BpfError::MapRead { map: MAP_CT, error: Box::new(error) })?;
+        let mut removed = 0;
+        for key in keys {
+            match self.ct.remove(&key) {
+                Ok(()) => removed += 1,
+                // Evicted or expired and replaced meanwhile.
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(map_error("delete", MAP_CT, format!("{key:?}"))(error)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Counts the keys of a map (one system call each).
+pub(crate) fn count_keys<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    map: &'static str,
+) -> Result<u64, BpfError> {
+    let mut n = 0;
+    for key in keys {
+        key.map_err(|error| BpfError::MapRead { map, error: Box::new(error) })?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use bpf_programs::abi::{
 };
 
 use super::bpf::{is_not_found, take_map, BpfError};
+use super::policy_maps::count_keys;
 
 pub struct WorldMaps {
     egress: HashMap<MapData, u32, EgressIface>,
@@ -106,6 +107,11 @@ impl WorldMaps {
     /// Every entry of crs_nat_in (a full scan).
     pub fn nat_in(&self) -> Result<Vec<NatRow>, BpfError> {
         self.nat_in.iter().collect::<Result<Vec<_>, _>>().map_err(read_error(MAP_NAT_IN))
+    }
+
+    /// How many entries crs_nat_out and crs_nat_in have (a scan of their keys).
+    pub fn nat_counts(&self) -> Result<(u64, u64), BpfError> {
+        Ok((count_keys(self.nat_out.keys(), MAP_NAT_OUT)?, count_keys(self.nat_in.keys(), MAP_NAT_IN)?))
     }
 
     /// Removes the translations of every endpoint address not in `live` (their endpoints are
