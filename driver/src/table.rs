@@ -258,8 +258,11 @@ pub fn status(s: &StatusView, verbose: bool) -> String {
         c.networks, c.endpoints, c.pools, c.identities
     ));
     out.push_str(&format!(
-        "policy:    revision {}, {} rules, {} entries, enforcement {:?}\n",
-        c.policy_revision, c.policy_rules, c.policy_entries, s.enforcement
+        "policy:    revision {}, {} rules, {} entries, enforcement {}\n",
+        c.policy_revision,
+        c.policy_rules,
+        c.policy_entries,
+        mode(s.enforcement)
     ));
     out.push_str(&format!(
         "kernel:    {} conntrack entries, NAT {} out / {} in\n",
