@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(human_ms(850), "850ms");
         assert_eq!(human_ms(12_400), "12s");
         assert_eq!(human_ms(200_000), "3m20s");
-        assert_eq!(human_ms(5 * 3600_000 + 120_000), "5h02m");
-        assert_eq!(human_ms(2 * 86_400_000 + 3 * 3600_000), "2d03h");
+        assert_eq!(human_ms(5 * 3_600_000 + 120_000), "5h02m");
+        assert_eq!(human_ms(2 * 86_400_000 + 3 * 3_600_000), "2d03h");
     }
 }

@@ -76,7 +76,7 @@ pub fn init(flag: Option<&str>, errors: ErrorRing) -> Result<(), LoggingError> {
         if journal { Box::new(lines.without_time()) } else { Box::new(lines) };
     tracing_subscriber::registry()
         .with(lines.with_filter(filter))
-        .with(ErrorLayer::new(errors))
+        .with(ErrorLayer::filtered(errors))
         .try_init()
         .map_err(|e| LoggingError::Init(e.to_string()))?;
     tracing::debug!(filter = %text, from, journal, "logging");
@@ -93,7 +93,7 @@ pub struct ErrorLayer {
 impl ErrorLayer {
     /// The layer with its own filter: spans down to info (for the context), events at warn
     /// and error.
-    pub fn new<S>(ring: ErrorRing) -> impl Layer<S>
+    pub fn filtered<S>(ring: ErrorRing) -> impl Layer<S>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn errors_at_the_boundaries_are_kept_with_their_spans() {
         let ring = ErrorRing::default();
-        let subscriber = tracing_subscriber::registry().with(ErrorLayer::new(ring.clone()));
+        let subscriber = tracing_subscriber::registry().with(ErrorLayer::filtered(ring.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("plugin", method = "NetworkDriver.Join", endpoint = tracing::field::Empty);
             let _entered = span.enter();
@@ -238,9 +238,12 @@ mod tests {
             tracing::info!(error = "not kept: info", "fine");
             tracing::debug!("nothing");
         });
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(ErrorLayer::new(ring.clone())), || {
-            tracing::error!("cannot install signal handlers");
-        });
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(ErrorLayer::filtered(ring.clone())),
+            || {
+                tracing::error!("cannot install signal handlers");
+            },
+        );
         let (kept, total) = ring.recent();
         assert_eq!(total, 2, "{kept:?}");
         assert_eq!(kept[0].level, "WARN");

@@ -2,106 +2,27 @@
 //! the in-memory store: the status and its verdict, names from Docker's API, one endpoint in
 //! full, and the kernel maps with identities and addresses named.
 
-use std::collections::BTreeMap;
+mod routers;
+
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use bpf_programs::abi;
-use cilium_rs::datapath::fake::FakeDatapath;
 use cilium_rs::datapath::{CtRow, NatRow, NatSide};
 use cilium_rs::driver::{Driver, DriverConfig};
-use cilium_rs::endpoint::ContainerRef;
-use cilium_rs::health::{ErrorRing, LoggedError};
-use cilium_rs::ids::{EndpointId, NetworkId};
-use cilium_rs::server::{api, plugin};
-use cilium_rs::store::MemoryStore;
+use cilium_rs::health::LoggedError;
+use cilium_rs::server::api;
 
-const NET: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-
-fn endpoint(n: u32) -> String {
-    format!("{n:02x}{}", "e".repeat(62))
-}
-
-struct Harness {
-    driver: Arc<Driver>,
-    plugin: Router,
-    api: Router,
-    store: Arc<MemoryStore>,
-    kernel: Arc<FakeDatapath>,
-    errors: ErrorRing,
-}
-
-async fn harness() -> Harness {
-    let (store, kernel, errors) = (Arc::new(MemoryStore::new()), Arc::new(FakeDatapath::new()), ErrorRing::default());
-    let config = DriverConfig { errors: errors.clone(), ..DriverConfig::default() };
-    let driver = Arc::new(Driver::start(config, kernel.clone(), store.clone()).await.expect("driver starts"));
-    Harness { plugin: plugin::router(driver.clone()), api: api::router(driver.clone()), driver, store, kernel, errors }
-}
-
-async fn send(router: &Router, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-    let request = Request::builder().method(method).uri(uri).body(body.into()).expect("request");
-    let response = router.clone().oneshot(request).await.expect("router answers");
-    let status = response.status();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {bytes:?}"));
-    (status, value)
-}
+use routers::{endpoint, harness, send, Harness, NET};
 
 impl Harness {
-    async fn plugin_ok(&self, method: &str, body: Value) -> Value {
-        let (status, value) = send(&self.plugin, "POST", &format!("/{method}"), format!("{body}\n")).await;
-        assert_eq!(status, StatusCode::OK, "{method}: {value}");
-        value
-    }
-
-    async fn get(&self, uri: &str) -> Value {
-        let (status, value) = send(&self.api, "GET", uri, Body::empty()).await;
-        assert_eq!(status, StatusCode::OK, "{uri}: {value}");
-        value
-    }
-
-    /// A network with an IPv4 pool; returns the pool.
-    async fn network(&self) -> String {
-        let v4 = self
-            .plugin_ok("IpamDriver.RequestPool", json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}))
-            .await;
-        self.plugin_ok(
-            "NetworkDriver.CreateNetwork",
-            json!({"NetworkID": NET, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v4["Pool"]}]}),
-        )
-        .await;
-        v4["PoolID"].as_str().expect("pool").to_owned()
-    }
-
-    /// RequestAddress + CreateEndpoint + Join, then the identity resolution naming its
-    /// container `name` with `labels`.
+    /// A container named `name` with `labels` started on NET, its identity resolved.
     async fn container(&self, pool: &str, ep: &str, name: &str, labels: &[(&str, &str)]) {
-        let v4 = self.plugin_ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": ""})).await;
-        self.plugin_ok(
-            "NetworkDriver.CreateEndpoint",
-            json!({"NetworkID": NET, "EndpointID": ep, "Interface": {"Address": v4["Address"]}}),
-        )
-        .await;
-        self.plugin_ok("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": ""})).await;
-        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let container = ContainerRef { id: format!("c0{ep}"), name: name.to_owned() };
-        self.driver
-            .assign_identity(
-                &NetworkId::parse(NET).expect("id"),
-                &EndpointId::parse(ep).expect("id"),
-                container,
-                &labels,
-                "net1",
-            )
-            .await
-            .expect("assign identity");
+        self.start(pool, ep).await;
+        self.label_as(ep, name, labels).await;
     }
 
     async fn status(&self) -> Value {
@@ -220,15 +141,11 @@ async fn one_endpoint_is_found_by_name_id_or_prefix_and_shown_in_full() {
     h.driver.name_networks(&[(NET.into(), "net1".into())]);
     h.container(&pool, &endpoint(1), "web", &[("app", "web")]).await;
     h.container(&pool, &endpoint(2), "api", &[("app", "api")]).await;
-    let (status, _) = send(
-        &h.api,
-        "PUT",
-        api::POLICY,
+    h.import(
         r#"[{"endpointSelector": {"matchLabels": {"app": "web"}},
              "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "api"}}]}]}]"#,
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
 
     let web = h.get(&api::endpoint_path("web")).await;
     assert_eq!(web["id"], endpoint(1));
@@ -241,7 +158,7 @@ async fn one_endpoint_is_found_by_name_id_or_prefix_and_shown_in_full() {
     assert_eq!(h.get(&api::endpoint_path("api")).await["policy"]["ingress_enforced"], false);
     assert_eq!(h.get(&api::endpoint_path(&endpoint(2))).await["container_name"], "api", "by endpoint id");
     assert_eq!(h.get(&api::endpoint_path("01ee")).await["container_name"], "web", "by endpoint id prefix");
-    assert_eq!(h.get(&api::endpoint_path("c001")).await["container_name"], "web", "by container id prefix");
+    assert_eq!(h.get(&api::endpoint_path("c1e")).await["container_name"], "web", "by container id prefix");
 
     let (status, value) = send(&h.api, "GET", &api::endpoint_path("0"), Body::empty()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{value}");

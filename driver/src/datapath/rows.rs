@@ -132,15 +132,10 @@ mod tests {
 
     #[test]
     fn nat_rows_read_ipv4_from_the_first_bytes() {
-        let mut saddr = [0; 16];
-        saddr[..4].copy_from_slice(&[10, 220, 0, 5]);
-        let mut daddr = [0; 16];
-        daddr[..4].copy_from_slice(&[198, 51, 100, 7]);
-        let mut out = [0; 16];
-        out[..4].copy_from_slice(&[203, 0, 113, 1]);
+        let v4 = |a, b, c, d| abi::IpKey::from(Ipv4Addr::new(a, b, c, d)).addr;
         let key = NatKey {
-            saddr,
-            daddr,
+            saddr: v4(10, 220, 0, 5),
+            daddr: v4(198, 51, 100, 7),
             sport: 5000u16.to_be_bytes(),
             dport: 53u16.to_be_bytes(),
             family: abi::IP_FAMILY_V4,
@@ -148,7 +143,7 @@ mod tests {
             pad: 0,
         };
         let entry = NatEntry {
-            addr: out,
+            addr: v4(203, 0, 113, 1),
             port: 61001u16.to_be_bytes(),
             flags: abi::NAT_F_SNAT,
             pad: 0,
