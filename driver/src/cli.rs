@@ -8,6 +8,7 @@ use anyhow::Context;
 use hyper::Method;
 
 use crate::driver::{Deleted, Imported};
+use crate::dumps::Flushed;
 use crate::http_unix::{get_json, get_streaming, send_json, HttpError};
 use crate::monitor::event::MonitorEvent;
 use crate::monitor::filter::Filter;
@@ -51,24 +52,65 @@ fn print<T: serde::Serialize + ?Sized>(output: Output, value: &T, render: impl F
     Ok(())
 }
 
+/// GETs `path` and prints the answer.
+async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
+    socket: &Path,
+    path: &str,
+    output: Output,
+    render: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let value: T = get_json(socket, path).await.map_err(explain)?;
+    print(output, &value, render)
+}
+
 pub async fn endpoints(socket: &Path, output: Output) -> anyhow::Result<()> {
-    let list: Vec<EndpointView> = get_json(socket, api::ENDPOINTS).await.map_err(explain)?;
-    print(output, list.as_slice(), table::endpoints)
+    show(socket, api::ENDPOINTS, output, |l: &Vec<EndpointView>| table::endpoints(l)).await
+}
+
+pub async fn endpoint_get(socket: &Path, query: &str, output: Output) -> anyhow::Result<()> {
+    show(socket, &api::endpoint_path(query), output, table::endpoint_detail).await
 }
 
 pub async fn networks(socket: &Path, output: Output) -> anyhow::Result<()> {
-    let list: Vec<NetworkView> = get_json(socket, api::NETWORKS).await.map_err(explain)?;
-    print(output, list.as_slice(), table::networks)
+    show(socket, api::NETWORKS, output, |l: &Vec<NetworkView>| table::networks(l)).await
 }
 
-pub async fn status(socket: &Path, output: Output) -> anyhow::Result<()> {
+/// Prints the status; returns whether the daemon is healthy.
+pub async fn status(socket: &Path, output: Output, verbose: bool) -> anyhow::Result<bool> {
     let status: StatusView = get_json(socket, api::STATUS).await.map_err(explain)?;
-    print(output, &status, table::status)
+    print(output, &status, |s| table::status(s, verbose))?;
+    Ok(status.healthy)
 }
 
 pub async fn identities(socket: &Path, output: Output) -> anyhow::Result<()> {
-    let list: Vec<IdentityView> = get_json(socket, api::IDENTITIES).await.map_err(explain)?;
-    print(output, list.as_slice(), table::identities)
+    show(socket, api::IDENTITIES, output, |l: &Vec<IdentityView>| table::identities(l)).await
+}
+
+/// A kernel map for `cilium-rs bpf … list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfMap {
+    Endpoints,
+    Ipcache,
+    Policy,
+    Ct,
+    Nat,
+}
+
+pub async fn bpf_list(socket: &Path, map: BpfMap, output: Output) -> anyhow::Result<()> {
+    match map {
+        BpfMap::Endpoints => show(socket, api::BPF_ENDPOINTS, output, |l: &Vec<_>| table::bpf_endpoints(l)).await,
+        BpfMap::Ipcache => show(socket, api::BPF_IPCACHE, output, |l: &Vec<_>| table::bpf_ipcache(l)).await,
+        BpfMap::Policy => show(socket, api::BPF_POLICY, output, |l: &Vec<_>| table::bpf_policy(l)).await,
+        BpfMap::Ct => show(socket, api::BPF_CT, output, table::bpf_ct).await,
+        BpfMap::Nat => show(socket, api::BPF_NAT, output, |l: &Vec<_>| table::bpf_nat(l)).await,
+    }
+}
+
+pub async fn bpf_ct_flush(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let flushed: Flushed = send_json(socket, Method::POST, api::BPF_CT_FLUSH, Vec::new()).await.map_err(explain)?;
+    print(output, &flushed, |f| {
+        format!("{} conntrack entries removed: each flow's next packet is checked by policy again\n", f.removed)
+    })
 }
 
 /// A policy file's bytes; `-` reads standard input.

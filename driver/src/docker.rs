@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use crate::driver::Driver;
-use crate::http_unix::{get_json_within, HttpError};
+use crate::http_unix::{get_json_within, percent_encode, HttpError};
 use crate::ids::{EndpointId, NetworkId};
 use crate::reconcile::{DockerNetwork, DockerSnapshot};
 use crate::state::now;
@@ -43,6 +43,8 @@ pub fn plugin_name(socket: &Path) -> String {
 struct NetworkSummary {
     #[serde(rename = "Id")]
     id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
     #[serde(rename = "Driver", default)]
     driver: String,
     #[serde(rename = "IPAM", default)]
@@ -131,6 +133,21 @@ pub async fn snapshot(docker: &Path, name: &str) -> Result<DockerSnapshot, HttpE
     Ok(snap)
 }
 
+/// Every network dockerd knows, as (id, name): what `network list` shows by name.
+pub async fn network_names(docker: &Path) -> Result<Vec<(String, String)>, HttpError> {
+    let all: Vec<NetworkSummary> = get_json(docker, &format!("{API}/networks")).await?;
+    Ok(all.into_iter().map(|n| (n.id, n.name)).collect())
+}
+
+/// `GET /_ping`: whether dockerd answers at all.
+pub async fn ping(docker: &Path) -> Result<(), HttpError> {
+    let uri = format!("{API}/_ping");
+    tokio::time::timeout(CALL_TIMEOUT, crate::http_unix::request(docker, hyper::Method::GET, &uri, None))
+        .await
+        .map_err(|_| HttpError::Timeout { uri, path: docker.to_owned(), after: CALL_TIMEOUT })??;
+    Ok(())
+}
+
 /// Reconciles at start (as soon as Docker answers) and then periodically, in the background.
 pub async fn reconcile_forever(driver: Arc<Driver>, docker: PathBuf, name: String, period: Duration) {
     let mut reachable = true;
@@ -174,30 +191,11 @@ mod tests {
     }
 
     #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(query_value(r#"{"id":["ab"]}"#), "%7B%22id%22%3A%5B%22ab%22%5D%7D");
-        assert_eq!(query_value("a-b_c.d~"), "a-b_c.d~");
-    }
-
-    #[test]
     fn addresses_parse_with_or_without_prefix() {
         assert_eq!(address_of("10.1.0.5/32"), Some("10.1.0.5".parse().expect("ip")));
         assert_eq!(address_of("fdc1::5"), Some("fdc1::5".parse().expect("ip")));
         assert_eq!(address_of(""), None);
     }
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn query_value(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// One endpoint of a network, as `GET /networks/{id}` lists it.
@@ -261,7 +259,7 @@ pub struct ContainerInfo {
 /// container lock); `None` when dockerd does not know the container.
 pub async fn container(docker: &Path, id: &str) -> Result<Option<ContainerInfo>, HttpError> {
     let filters = serde_json::json!({ "id": [id] }).to_string();
-    let uri = format!("{API}/containers/json?all=1&filters={}", query_value(&filters));
+    let uri = format!("{API}/containers/json?all=1&filters={}", percent_encode(&filters));
     let list: Vec<ContainerSummary> = get_json(docker, &uri).await?;
     Ok(list.into_iter().find(|c| c.id == id).map(|c| ContainerInfo {
         id: c.id,
@@ -304,15 +302,16 @@ impl std::fmt::Debug for EventStream {
 /// Largest event accepted (Docker's are a few hundred bytes plus labels).
 const MAX_EVENT: usize = 1 << 20;
 
-/// Subscribes to network connect/disconnect and container rename/destroy events.
+/// Subscribes to network create/destroy/connect/disconnect and container rename/destroy
+/// events.
 pub async fn events(docker: &Path) -> Result<EventStream, HttpError> {
     let filters = serde_json::json!({
         "type": ["network", "container"],
-        "event": ["connect", "disconnect", "rename", "destroy"],
+        "event": ["create", "connect", "disconnect", "rename", "destroy"],
     })
     .to_string();
     let body =
-        crate::http_unix::get_streaming(docker, &format!("{API}/events?filters={}", query_value(&filters))).await?;
+        crate::http_unix::get_streaming(docker, &format!("{API}/events?filters={}", percent_encode(&filters))).await?;
     Ok(EventStream { body, buffer: Vec::new() })
 }
 

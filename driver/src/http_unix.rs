@@ -116,3 +116,28 @@ pub async fn send_json<T: DeserializeOwned>(
     let bytes = request(socket, method.clone(), uri, Some(body)).await?;
     serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode { method, uri: uri.to_owned(), source })
 }
+
+/// Percent-encodes a query value or path segment (everything but unreserved characters).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_percent_encoded() {
+        assert_eq!(percent_encode(r#"{"id":["ab"]}"#), "%7B%22id%22%3A%5B%22ab%22%5D%7D");
+        assert_eq!(percent_encode("a-b_c.d~"), "a-b_c.d~");
+        assert_eq!(percent_encode("web/1 x"), "web%2F1%20x");
+    }
+}

@@ -6,6 +6,9 @@
 //!
 //! The match is by endpoint id, so it is never ambiguous: until dockerd lists the endpoint
 //! under a container, the endpoint stays `init`.
+//!
+//! The same event follower names networks (dockerd never sends a driver their names) and
+//! records how the Docker connection is for the status.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::docker::{self, NetworkView};
 use crate::driver::Driver;
 use crate::endpoint::ContainerRef;
+use crate::health::DOCKER_PING;
 use crate::ids::{EndpointId, NetworkId};
 
 /// Delays between attempts for one endpoint: dockerd stores the endpoint right after Join
@@ -139,32 +143,78 @@ async fn resolve(
     Ok(resolved)
 }
 
-/// Follows Docker's events: a network connect (sent right after Join) wakes the resolution, a
-/// rename updates the endpoints' container names.
+/// Follows Docker's events and keeps the connection's health: at each (re)connect the network
+/// names are read again; a network create names a network, a connect (sent right after Join)
+/// wakes the resolution, a rename updates the endpoints' container names, and a network of ours
+/// destroyed behind our back asks for a reconciliation. While nothing happens dockerd is
+/// pinged, so the status knows how long ago it last answered.
 async fn follow_events(driver: Arc<Driver>, docker: PathBuf, wake: Arc<Notify>) {
+    let health = driver.health();
+    health.docker_socket(&docker);
     loop {
         match docker::events(&docker).await {
             Ok(mut stream) => {
+                if health.docker().connects > 0 {
+                    info!(docker = %docker.display(), "docker connection back");
+                }
+                health.docker_connected();
                 debug!("following docker events");
+                match docker::network_names(&docker).await {
+                    Ok(names) => {
+                        driver.name_networks(&names);
+                    }
+                    Err(e) => health.docker_error(&format!("list networks: {e}")),
+                }
                 // Whatever happened while we were not listening.
                 wake.notify_one();
-                while let Some(event) = stream.next().await {
-                    match (event.kind.as_str(), event.action.as_str()) {
-                        ("network", "connect") => wake.notify_one(),
-                        ("container", "rename") => {
-                            if let Some(name) = event.actor.attributes.get("name") {
-                                let name = name.trim_start_matches('/');
-                                info!(container = %event.actor.id, %name, "container renamed");
-                                driver.container_renamed(&event.actor.id, name);
+                let mut ping = tokio::time::interval(DOCKER_PING);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let ended = loop {
+                    tokio::select! {
+                        event = stream.next() => match event {
+                            Some(event) => {
+                                health.docker_heard();
+                                handle_event(&driver, &event, &wake);
                             }
-                        }
-                        _ => {}
+                            None => break "dockerd closed the event stream".to_owned(),
+                        },
+                        _ = ping.tick() => match docker::ping(&docker).await {
+                            Ok(()) => health.docker_heard(),
+                            Err(e) => health.docker_error(&format!("ping: {e}")),
+                        },
                     }
-                }
-                debug!("docker event stream ended");
+                };
+                warn!(docker = %docker.display(), error = %ended, "docker connection lost; reconnecting");
+                health.docker_lost(&ended);
             }
-            Err(e) => debug!(error = %e, "docker events unavailable"),
+            Err(e) => {
+                debug!(error = %e, "docker events unavailable");
+                health.docker_lost(&e.to_string());
+            }
         }
         tokio::time::sleep(EVENTS_RETRY).await;
+    }
+}
+
+fn handle_event(driver: &Driver, event: &docker::DockerEvent, wake: &Notify) {
+    let name = || event.actor.attributes.get("name").map(|n| n.trim_start_matches('/').to_owned());
+    match (event.kind.as_str(), event.action.as_str()) {
+        ("network", "connect") => wake.notify_one(),
+        ("network", "create") => {
+            if let Some(name) = name() {
+                driver.name_networks(&[(event.actor.id.clone(), name)]);
+            }
+        }
+        ("network", "destroy") if driver.has_network(&event.actor.id) => {
+            info!(network = %event.actor.id, "docker removed a network of ours without telling us: reconciling");
+            driver.request_reconcile();
+        }
+        ("container", "rename") => {
+            if let Some(name) = name() {
+                info!(container = %event.actor.id, %name, "container renamed");
+                driver.container_renamed(&event.actor.id, &name);
+            }
+        }
+        _ => {}
     }
 }

@@ -9,12 +9,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use cilium_rs::cli::{self, Output};
+use cilium_rs::cli::{self, BpfMap, Output};
 use cilium_rs::datapath::bpf::AttachMode;
 use cilium_rs::datapath::events::EventRateLimit;
 use cilium_rs::datapath::linux::LinuxDatapath;
 use cilium_rs::driver::{Driver, DriverConfig};
 use cilium_rs::egress::{self, EgressChoice, PortRange};
+use cilium_rs::health::ErrorRing;
 use cilium_rs::ipam::IpamConfig;
 use cilium_rs::labels::LabelFilter;
 use cilium_rs::monitor::event::Kind;
@@ -25,7 +26,7 @@ use cilium_rs::server::api::TraceRequest;
 use cilium_rs::server::metrics::MetricsListener;
 use cilium_rs::server::{self, Socket};
 use cilium_rs::store::RedbStore;
-use cilium_rs::{docker, identity_watch};
+use cilium_rs::{docker, identity_watch, logging};
 
 #[derive(Debug, Parser)]
 #[command(name = "cilium-rs", version, about = "Docker network + IPAM plugin with a routed IPv6 eBPF datapath")]
@@ -44,7 +45,7 @@ enum Command {
     /// Container endpoints: container, identity, addresses, interfaces, counters.
     Endpoint {
         #[command(subcommand)]
-        command: ListCommand,
+        command: EndpointCommand,
     },
     /// Networks and their pools.
     Network {
@@ -88,8 +89,78 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Whether the daemon runs, and what it holds.
+    /// Whether the daemon is healthy (exit status 1 when not, or when it cannot be reached),
+    /// and what it holds.
     Status {
+        /// Every subsystem's detail and the last errors logged.
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The kernel maps in readable form.
+    Bpf {
+        #[command(subcommand)]
+        map: BpfCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// List them.
+    #[command(alias = "ls")]
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// One endpoint in full: addresses, interface, identity and labels, policy, counters.
+    Get {
+        /// A container name, an endpoint id, or a unique prefix of an endpoint or container id.
+        endpoint: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BpfCommand {
+    /// crs_endpoints: the endpoint behind each host-side interface.
+    Endpoints {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// crs_ipcache: the identity of each address and prefix.
+    Ipcache {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// crs_policy: the entries rules resolved into.
+    Policy {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// crs_ct: tracked flows.
+    Ct {
+        #[command(subcommand)]
+        command: CtCommand,
+    },
+    /// crs_nat_out and crs_nat_in: translated flows.
+    Nat {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtCommand {
+    /// List them.
+    #[command(alias = "ls")]
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove every entry: each flow's next packet is checked by policy as a new flow's.
+    Flush {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -257,14 +328,15 @@ struct DaemonArgs {
     /// endpoint, so off by default.
     #[arg(long, env = "CILIUM_RS_METRICS_PER_ENDPOINT")]
     metrics_per_endpoint: bool,
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug".
-    #[arg(long, env = "CILIUM_RS_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "cilium_rs=debug". When neither
+    /// this nor CILIUM_RS_LOG is given, RUST_LOG is used, else "info".
+    #[arg(long, env = "CILIUM_RS_LOG")]
+    log: Option<String>,
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("cilium-rs: {e:#}");
             ExitCode::FAILURE
@@ -272,17 +344,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
     let api = cli.api_socket.as_path();
+    if let Command::Status { verbose, output } = cli.command {
+        let healthy = runtime.block_on(cli::status(api, output, verbose))?;
+        return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    runtime.block_on(run_command(cli))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
+    let api = cli.api_socket.as_path();
     match cli.command {
-        Command::Daemon(args) => runtime.block_on(run_daemon(*args, cli.api_socket.clone())),
-        Command::Endpoint { command: ListCommand::List { output } } => runtime.block_on(cli::endpoints(api, output)),
-        Command::Network { command: ListCommand::List { output } } => runtime.block_on(cli::networks(api, output)),
-        Command::Identity { command: ListCommand::List { output } } => runtime.block_on(cli::identities(api, output)),
-        Command::Status { output } => runtime.block_on(cli::status(api, output)),
         Command::Flows { endpoint, related_to, output } => {
-            runtime.block_on(cli::flows(api, Filter { kinds: Vec::new(), endpoint, related_to }, output))
+            cli::flows(api, Filter { kinds: Vec::new(), endpoint, related_to }, output).await
         }
         Command::Monitor { json, types, endpoint, related_to } => {
             let kinds = types
@@ -293,31 +370,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     MonitorType::Trace => Kind::Trace,
                 })
                 .collect();
-            runtime.block_on(cli::monitor(api, Filter { kinds, endpoint, related_to }, json))
+            cli::monitor(api, Filter { kinds, endpoint, related_to }, json).await
+        }
+        Command::Daemon(args) => run_daemon(*args, cli.api_socket.clone()).await,
+        Command::Endpoint { command: EndpointCommand::List { output } } => cli::endpoints(api, output).await,
+        Command::Endpoint { command: EndpointCommand::Get { endpoint, output } } => {
+            cli::endpoint_get(api, &endpoint, output).await
+        }
+        Command::Network { command: ListCommand::List { output } } => cli::networks(api, output).await,
+        Command::Identity { command: ListCommand::List { output } } => cli::identities(api, output).await,
+        Command::Status { verbose, output } => cli::status(api, output, verbose).await.map(drop),
+        Command::Bpf { map } => {
+            let (map, output) = match map {
+                BpfCommand::Ct { command: CtCommand::Flush { output } } => return cli::bpf_ct_flush(api, output).await,
+                BpfCommand::Ct { command: CtCommand::List { output } } => (BpfMap::Ct, output),
+                BpfCommand::Endpoints { command: ListCommand::List { output } } => (BpfMap::Endpoints, output),
+                BpfCommand::Ipcache { command: ListCommand::List { output } } => (BpfMap::Ipcache, output),
+                BpfCommand::Policy { command: ListCommand::List { output } } => (BpfMap::Policy, output),
+                BpfCommand::Nat { command: ListCommand::List { output } } => (BpfMap::Nat, output),
+            };
+            cli::bpf_list(api, map, output).await
         }
         Command::Policy { command } => match command {
-            PolicyCommand::Import { file, output } => runtime.block_on(cli::policy_import(api, &file, output)),
-            PolicyCommand::Get { output } => runtime.block_on(cli::policy_get(api, output)),
-            PolicyCommand::Delete { all, labels, output } => {
-                runtime.block_on(cli::policy_delete(api, all, labels, output))
-            }
+            PolicyCommand::Import { file, output } => cli::policy_import(api, &file, output).await,
+            PolicyCommand::Get { output } => cli::policy_get(api, output).await,
+            PolicyCommand::Delete { all, labels, output } => cli::policy_delete(api, all, labels, output).await,
             PolicyCommand::Validate { file } => cli::policy_validate(&file),
-            PolicyCommand::Wait { revision, timeout } => runtime.block_on(cli::policy_wait(api, revision, timeout)),
+            PolicyCommand::Wait { revision, timeout } => cli::policy_wait(api, revision, timeout).await,
             PolicyCommand::Trace { src, dst, dport, output } => {
-                runtime.block_on(cli::policy_trace(api, TraceRequest { src, dst, dport }, output))
+                cli::policy_trace(api, TraceRequest { src, dst, dport }, output).await
             }
         },
     }
 }
 
 async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only, not for journald or log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let errors = ErrorRing::default();
+    logging::init(args.log.as_deref(), errors.clone())?;
     let config = DriverConfig {
         ipam: IpamConfig {
             ipv4_range: args.ipv4_pool_range,
@@ -335,6 +424,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         labels: LabelFilter::new(&args.label_include, &args.label_exclude),
         egress: args.egress_interface.clone(),
         nat_ports: args.nat_port_range,
+        errors,
     };
     config.ipam.validate()?;
     egress::check_nat_ports(args.nat_port_range, egress::host_ephemeral_ports().map_err(anyhow::Error::msg)?)

@@ -30,6 +30,10 @@ pub struct Network {
     /// From `-o mtu=`; `None` means the host's default-route MTU at Join time.
     pub mtu: Option<u32>,
     pub created_at: u64,
+    /// The name Docker knows it by (dockerd never sends it to a driver: the event follower
+    /// learns it from Docker's API); `None` until then.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn masquerade_by_default() -> bool {

@@ -158,6 +158,7 @@ mod tests {
                 internal: false,
                 masquerade: true,
                 mtu: None,
+                name: None,
                 created_at: 0,
             },
         );

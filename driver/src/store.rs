@@ -71,6 +71,14 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Records, StoreError>;
     /// Applies all changes or none.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Where the records are, for people (a path, or `memory`).
+    fn location(&self) -> String {
+        "memory".to_owned()
+    }
+    /// A cheap check that the store can still be read.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl<S: Store> Store for std::sync::Arc<S> {
@@ -81,11 +89,87 @@ impl<S: Store> Store for std::sync::Arc<S> {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).commit(changes)
     }
+
+    fn location(&self) -> String {
+        (**self).location()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        (**self).check()
+    }
+}
+
+/// The store for the status: where it is, and whether it works (it can be read, and its last
+/// commit went through).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreHealth {
+    pub location: String,
+    pub ok: bool,
+    /// The error that makes it fail, and when it happened (ms since the epoch).
+    pub error: Option<String>,
+    pub error_at: Option<u64>,
+}
+
+/// A store that remembers how its last commit went.
+pub struct WatchedStore {
+    inner: std::sync::Arc<dyn Store>,
+    /// The last commit's failure (cleared by a commit that succeeds).
+    failed: Mutex<Option<(String, u64)>>,
+}
+
+impl std::fmt::Debug for WatchedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchedStore").field("location", &self.inner.location()).finish_non_exhaustive()
+    }
+}
+
+impl WatchedStore {
+    pub fn new(inner: std::sync::Arc<dyn Store>) -> Self {
+        WatchedStore { inner, failed: Mutex::new(None) }
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, Option<(String, u64)>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        let failure = match self.inner.check() {
+            Err(e) => Some((e.to_string(), crate::health::unix_ms())),
+            Ok(()) => self.failed().clone(),
+        };
+        StoreHealth {
+            location: self.inner.location(),
+            ok: failure.is_none(),
+            error: failure.as_ref().map(|(e, _)| e.clone()),
+            error_at: failure.map(|(_, at)| at),
+        }
+    }
+}
+
+impl Store for WatchedStore {
+    fn load(&self) -> Result<Records, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let result = self.inner.commit(changes);
+        *self.failed() = result.as_ref().err().map(|e| (e.to_string(), crate::health::unix_ms()));
+        result
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.check()
+    }
 }
 
 /// The embedded default: one redb file under the state directory, durable on every commit.
 pub struct RedbStore {
     db: redb::Database,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -109,8 +193,8 @@ impl RedbStore {
             txn.open_table(table.definition())
                 .map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
         }
-        txn.commit().map_err(|e| StoreError::Open { path, source: boxed(e) })?;
-        Ok(RedbStore { db })
+        txn.commit().map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+        Ok(RedbStore { db, path })
     }
 }
 
@@ -145,6 +229,16 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(|e| StoreError::Commit(boxed(e)))
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| StoreError::Read(boxed(e)))?;
+        txn.open_table(Table::Meta.definition()).map_err(|e| StoreError::Read(boxed(e)))?;
+        Ok(())
     }
 }
 
@@ -213,6 +307,25 @@ mod tests {
         assert_eq!(records[&Table::Networks]["n1"], b"a");
         assert_eq!(records[&Table::Pools]["p1"], b"b");
         assert!(records[&Table::Endpoints].is_empty());
+    }
+
+    #[test]
+    fn a_watched_store_reports_its_last_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redb = RedbStore::open(dir.path()).expect("open");
+        assert!(redb.check().is_ok());
+        assert!(redb.location().ends_with("state.redb"), "{}", redb.location());
+
+        let memory = std::sync::Arc::new(MemoryStore::new());
+        let watched = WatchedStore::new(memory.clone());
+        assert!(watched.health().ok);
+        memory.fail_commits(true);
+        assert!(watched.commit(&[put(Table::Meta, "k", "v")]).is_err());
+        let health = watched.health();
+        assert!(!health.ok && health.error.as_deref().is_some_and(|e| e.contains("injected failure")), "{health:?}");
+        memory.fail_commits(false);
+        watched.commit(&[put(Table::Meta, "k", "v")]).expect("commit");
+        assert_eq!(watched.health(), StoreHealth { location: "memory".into(), ok: true, error: None, error_at: None });
     }
 
     #[test]

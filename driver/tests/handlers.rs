@@ -249,7 +249,7 @@ async fn network_without_ipv6_still_gives_ipv6_and_takes_it_back() {
     assert_eq!(networks[0].pools.iter().find(|p| p.taken_by_driver).expect("pool").used, 0);
     h.ok("IpamDriver.ReleasePool", json!({"PoolID": v4_pool})).await;
     h.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": NET})).await;
-    assert_eq!(h.driver.status().await.pools, 0, "the driver's own IPv6 pool goes with the network");
+    assert_eq!(h.driver.status().await.counts.pools, 0, "the driver's own IPv6 pool goes with the network");
 }
 
 #[tokio::test]
@@ -331,9 +331,9 @@ async fn failed_commit_rolls_back_the_kernel_and_the_state() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(msg.starts_with("persist state"), "{msg}");
     assert!(h.fake().kernel().links.is_empty());
-    let before = h.driver.status().await;
+    let before = h.driver.status().await.counts;
     let (_, _) = h.err("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
-    assert_eq!(h.driver.status().await, before);
+    assert_eq!(h.driver.status().await.counts, before);
     h.store.fail_commits(false);
     let again = h.ok("IpamDriver.RequestAddress", json!({"PoolID": v4_pool, "Address": "", "Options": null})).await;
     assert_ne!(again["Address"], v4["Address"]);
@@ -343,7 +343,7 @@ async fn failed_commit_rolls_back_the_kernel_and_the_state() {
 async fn bad_input_gets_a_precise_error_and_changes_nothing() {
     let h = harness().await;
     let (v4_pool, _) = h.create_network(NET, false, "", "").await;
-    let before = h.driver.status().await;
+    let before = h.driver.status().await.counts;
     let cases: Vec<(&str, Body, &str)> = vec![
         ("NetworkDriver.CreateNetwork", Body::from("{\"NetworkID\": "), "malformed request body"),
         ("NetworkDriver.CreateNetwork", Body::empty(), "empty request body"),
@@ -409,7 +409,7 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
     let (status, value) = h.raw("NetworkDriver.NoSuchMethod", Body::from("{}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(value["Err"].as_str().expect("Err").contains("NoSuchMethod"));
-    assert_eq!(h.driver.status().await, before, "state changed by bad input");
+    assert_eq!(h.driver.status().await.counts, before, "state changed by bad input");
 }
 
 #[tokio::test]
@@ -536,7 +536,7 @@ async fn reconcile_removes_what_dockerd_forgot_and_keeps_the_rest() {
     let report = h.driver.reconcile(&snapshot_at(later())).await.expect("reconcile");
     assert_eq!((report.endpoints_removed, report.networks_removed), (1, 1), "{report:?}");
     assert!(h.driver.endpoints().await.expect("list").is_empty());
-    assert_eq!(h.driver.status().await.pools, 0);
+    assert_eq!(h.driver.status().await.counts.pools, 0);
     let k = h.fake().kernel();
     assert!(k.links.is_empty() && k.attached.is_empty() && k.installed.is_empty(), "{k:?}");
 }
@@ -635,7 +635,7 @@ async fn a_slow_kernel_step_of_one_endpoint_does_not_stall_the_others() {
     })
     .await
     .expect("the state lock is not held across another endpoint's kernel call");
-    assert_eq!(started.endpoints, 2);
+    assert_eq!(started.counts.endpoints, 2);
     assert!(!slow.is_finished(), "EP's join is still waiting for its veth");
     gate.add_permits(1);
     slow.await.expect("join task");

@@ -2,129 +2,21 @@
 //! and the in-memory store: allocation and release, import/get/delete/wait/trace, refusals
 //! that change nothing, rollback of failed applies and commits, persistence across restarts.
 
-use std::collections::BTreeMap;
+mod routers;
+
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use serde_json::json;
 
 use cilium_rs::datapath::fake::FakeDatapath;
-use cilium_rs::driver::{Driver, DriverConfig};
-use cilium_rs::endpoint::ContainerRef;
 use cilium_rs::identity::Identity;
-use cilium_rs::ids::{EndpointId, NetworkId};
 use cilium_rs::policy::{Direction, PolicyKey, PROTO_ANY, PROTO_TCP};
-use cilium_rs::server::{api, plugin};
+use cilium_rs::server::api;
 use cilium_rs::store::MemoryStore;
 
-const NET: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-
-/// Endpoint ids whose first 11 digits (the interface name) differ.
-fn endpoint(n: u32) -> String {
-    format!("{n:02x}{}", "e".repeat(62))
-}
-
-struct Harness {
-    driver: Arc<Driver>,
-    plugin: Router,
-    api: Router,
-    store: Arc<MemoryStore>,
-    kernel: Arc<FakeDatapath>,
-}
-
-async fn harness_with(store: Arc<MemoryStore>, kernel: Arc<FakeDatapath>) -> Harness {
-    let driver =
-        Arc::new(Driver::start(DriverConfig::default(), kernel.clone(), store.clone()).await.expect("driver starts"));
-    Harness { plugin: plugin::router(driver.clone()), api: api::router(driver.clone()), driver, store, kernel }
-}
-
-async fn harness() -> Harness {
-    harness_with(Arc::new(MemoryStore::new()), Arc::new(FakeDatapath::new())).await
-}
-
-async fn send(router: &Router, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-    let request = Request::builder().method(method).uri(uri).body(body.into()).expect("request");
-    let response = router.clone().oneshot(request).await.expect("router answers");
-    let status = response.status();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {bytes:?}"));
-    (status, value)
-}
-
-impl Harness {
-    async fn plugin_ok(&self, method: &str, body: Value) -> Value {
-        let (status, value) = send(&self.plugin, "POST", &format!("/{method}"), format!("{body}\n")).await;
-        assert_eq!(status, StatusCode::OK, "{method}: {value}");
-        value
-    }
-
-    async fn network(&self) -> String {
-        let v4 = self
-            .plugin_ok("IpamDriver.RequestPool", json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}))
-            .await;
-        self.plugin_ok(
-            "NetworkDriver.CreateNetwork",
-            json!({"NetworkID": NET, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v4["Pool"]}]}),
-        )
-        .await;
-        v4["PoolID"].as_str().expect("pool").to_owned()
-    }
-
-    /// RequestAddress + CreateEndpoint + Join, as `docker run` does.
-    async fn start(&self, pool: &str, ep: &str) {
-        let v4 = self.plugin_ok("IpamDriver.RequestAddress", json!({"PoolID": pool, "Address": ""})).await;
-        self.plugin_ok(
-            "NetworkDriver.CreateEndpoint",
-            json!({"NetworkID": NET, "EndpointID": ep, "Interface": {"Address": v4["Address"]}}),
-        )
-        .await;
-        self.plugin_ok("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": ""})).await;
-    }
-
-    async fn stop(&self, ep: &str) {
-        self.plugin_ok("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": ep})).await;
-        self.plugin_ok("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET, "EndpointID": ep})).await;
-    }
-
-    /// What the identity resolution does once Docker named the container.
-    async fn label(&self, ep: &str, labels: &[(&str, &str)]) -> Identity {
-        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let container = ContainerRef { id: format!("c{}", &ep[1..]), name: format!("box-{}", &ep[..2]) };
-        self.driver
-            .assign_identity(
-                &NetworkId::parse(NET).expect("id"),
-                &EndpointId::parse(ep).expect("id"),
-                container,
-                &labels,
-                "net1",
-            )
-            .await
-            .expect("assign identity")
-    }
-
-    async fn api(&self, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-        send(&self.api, method, uri, body).await
-    }
-
-    async fn import(&self, policy: &str) -> Value {
-        let (status, value) = self.api("PUT", api::POLICY, policy.to_owned()).await;
-        assert_eq!(status, StatusCode::OK, "import: {value}");
-        value
-    }
-
-    fn installed_identity(&self, ep: &str) -> Identity {
-        let ifname = format!("lxc{}", &ep[..11]);
-        self.kernel.kernel().installed[&ifname].identity
-    }
-
-    fn policy(&self) -> cilium_rs::datapath::PolicyDesired {
-        self.kernel.kernel().policy.clone()
-    }
-}
+use routers::{endpoint, harness, harness_with, Harness};
 
 const APP1_FROM_APP2: &str = r#"[{"labels": [{"key": "name", "value": "app1"}],
   "endpointSelector": {"matchLabels": {"id": "app1"}},

@@ -111,7 +111,7 @@ impl Env {
             anyhow::ensure!(endpoints.is_empty(), "endpoints left: {endpoints:?}");
             let networks = daemon.networks()?;
             anyhow::ensure!(networks.is_empty(), "networks left: {networks:?}");
-            let status: Value = serde_json::from_str(&daemon.cli(&["status", "-o", "json"])?)?;
+            let (_, status) = daemon.status()?;
             anyhow::ensure!(status["pools"] == 0, "pools left: {status}");
             // Endpoint links, and the egress interface's once no network needs it.
             let pins = pinned_links(daemon);

@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests and the bench: dockerd, the cilium-rs daemon under
 //! test, containers, and clean-up that also tolerates what an earlier run left behind.
 
+pub mod dockerd;
 pub mod env;
 pub mod outside;
 pub mod scrape;
@@ -226,14 +227,19 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Runs the CLI against this daemon.
-    pub fn cli(&self, args: &[&str]) -> Result<String> {
+    /// The command line of the CLI against this daemon.
+    fn cli_argv(&self, args: &[&str]) -> Vec<String> {
         let mut argv: Vec<String> = vec![binary().to_string_lossy().into_owned()];
         argv.push("--api-socket".into());
         argv.push(self.api_socket.to_string_lossy().into_owned());
         argv.extend(args.iter().map(|a| a.to_string()));
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        run(&argv)
+        argv
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let argv = self.cli_argv(args);
+        run(&argv.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Calls the plugin socket directly, as dockerd would (for what dockerd must not know).
@@ -250,6 +256,16 @@ impl Daemon {
 
     pub fn endpoints(&self) -> Result<Vec<Value>> {
         Ok(serde_json::from_str(&self.cli(&["endpoint", "list", "-o", "json"])?)?)
+    }
+
+    /// `status -o json`, and whether it exited 0 (it does not when the daemon is unhealthy).
+    pub fn status(&self) -> Result<(bool, Value)> {
+        let argv = self.cli_argv(&["status", "-o", "json"]);
+        let out = output(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let status = serde_json::from_str(&text)
+            .with_context(|| format!("status: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.success(), status))
     }
 
     pub fn networks(&self) -> Result<Vec<Value>> {

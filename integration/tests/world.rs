@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use integration::dockerd::{restart_dockerd, LiveRestore};
 use integration::env::{map_entries, Env};
 use integration::outside::*;
 use integration::*;
@@ -441,70 +442,4 @@ fn translations_survive_a_daemon_kill_9_and_a_dockerd_restart() {
     }
     let _ = std::fs::remove_file(&file);
     env.finish(&[&c, &web], &[&net]);
-}
-
-/// `live-restore` in /etc/docker/daemon.json (reloaded with SIGHUP) until dropped, when the
-/// file is put back as it was.
-struct LiveRestore {
-    before: Option<String>,
-}
-
-const DAEMON_JSON: &str = "/etc/docker/daemon.json";
-
-impl LiveRestore {
-    fn enable() -> LiveRestore {
-        let before = std::fs::read_to_string(DAEMON_JSON).ok();
-        let mut config: serde_json::Value =
-            before.as_deref().map_or(serde_json::json!({}), |t| serde_json::from_str(t).expect("daemon.json is JSON"));
-        config["live-restore"] = serde_json::Value::Bool(true);
-        std::fs::create_dir_all("/etc/docker").expect("mkdir /etc/docker");
-        std::fs::write(DAEMON_JSON, config.to_string()).expect("write daemon.json");
-        reload_dockerd();
-        LiveRestore { before }
-    }
-}
-
-impl Drop for LiveRestore {
-    fn drop(&mut self) {
-        // A reload only changes what the file sets: set it back before the file goes back.
-        let mut config: serde_json::Value =
-            self.before.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::json!({}));
-        if config.get("live-restore").is_none() {
-            config["live-restore"] = serde_json::Value::Bool(false);
-        }
-        let _ = std::fs::write(DAEMON_JSON, config.to_string());
-        reload_dockerd();
-        match &self.before {
-            Some(text) => {
-                let _ = std::fs::write(DAEMON_JSON, text);
-            }
-            None => {
-                let _ = std::fs::remove_file(DAEMON_JSON);
-            }
-        }
-    }
-}
-
-fn dockerd_pid() -> String {
-    run(&["pidof", "dockerd"]).expect("dockerd runs").split_whitespace().next().expect("a pid").to_owned()
-}
-
-fn reload_dockerd() {
-    run(&["kill", "-HUP", &dockerd_pid()]).expect("SIGHUP dockerd");
-    wait_until(Duration::from_secs(10), "dockerd's live restore setting", || {
-        docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).is_ok()
-    })
-    .expect("dockerd answers");
-}
-
-/// Stops dockerd and starts it again as `make test` does (scripts/setup.sh).
-fn restart_dockerd() {
-    let live = docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).expect("info");
-    assert_eq!(live.trim(), "true", "live restore is on before dockerd restarts");
-    let pid = dockerd_pid();
-    run(&["kill", "-TERM", &pid]).expect("stop dockerd");
-    wait_until(Duration::from_secs(30), "dockerd to exit", || !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .expect("dockerd stopped");
-    run(&["sh", "-c", "setsid nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &"]).expect("start dockerd");
-    wait_until(Duration::from_secs(60), "dockerd to answer", || docker(&["info"]).is_ok()).expect("dockerd back");
 }

@@ -8,9 +8,11 @@ use ipnet::IpNet;
 
 use super::ledger::CounterLedger;
 use super::{
-    Counters, Datapath, DatapathError, DatapathMetrics, EgressDesired, EndpointDesired, HostLink, PolicyDesired,
-    PolicyView, RestoreReport, VethSpec,
+    Counters, CtDump, CtRow, Datapath, DatapathError, DatapathInfo, DatapathMetrics, EgressDesired, EndpointDesired,
+    EndpointRow, HostLink, MapCounts, NatRow, NatSide, PolicyDesired, PolicyView, RestoreReport, VethSpec,
 };
+use crate::identity::Identity;
+use crate::policy::{PolicyEntry, PolicyKey};
 
 #[derive(Debug, Default)]
 pub struct FakeKernel {
@@ -50,6 +52,13 @@ pub struct FakeKernel {
     /// Where `start_events` hands its events from (tests send through `events_tx`).
     pub events_rx: Option<tokio::sync::mpsc::Receiver<bpf_programs::abi::Event>>,
     pub events_tx: Option<tokio::sync::mpsc::Sender<bpf_programs::abi::Event>>,
+    /// What `dump_ct` and `dump_nat` find (the programs would have written them).
+    pub ct: Vec<CtRow>,
+    pub nat: Vec<NatRow>,
+    /// The programs are not loaded (`info` says so).
+    pub unloaded: bool,
+    /// Pins `info` reports missing.
+    pub missing_pins: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +259,78 @@ impl Datapath for FakeDatapath {
             nat_out_entries: kernel.nat_out_entries,
             nat_in_entries: kernel.nat_in_entries,
         })
+    }
+
+    async fn info(&self) -> DatapathInfo {
+        let kernel = self.kernel();
+        DatapathInfo {
+            kind: "fake".to_owned(),
+            attach_mode: "tc".to_owned(),
+            kernel: None,
+            features: BTreeMap::new(),
+            bpf_root: None,
+            loaded: !kernel.unloaded,
+            missing_pins: kernel.missing_pins.clone(),
+        }
+    }
+
+    async fn map_counts(&self) -> Result<MapCounts, DatapathError> {
+        let kernel = self.enter("map_counts", "")?;
+        let side = |side| kernel.nat.iter().filter(|n| n.side == side).count() as u64;
+        Ok(MapCounts { conntrack: kernel.ct.len() as u64, nat_out: side(NatSide::Out), nat_in: side(NatSide::In) })
+    }
+
+    async fn dump_endpoints(&self) -> Result<Vec<EndpointRow>, DatapathError> {
+        let kernel = self.enter("dump_endpoints", "")?;
+        let mut rows: Vec<EndpointRow> = kernel
+            .installed
+            .values()
+            .map(|e| EndpointRow {
+                ifindex: e.host_ifindex,
+                number: e.number,
+                sandbox: e.sandbox,
+                identity: e.identity,
+                ipv6: e.ipv6,
+                ipv4: e.ipv4,
+                gateway_ipv4: e.gateway_ipv4,
+                mac: e.mac,
+                host_mac: e.host_mac,
+                internal: e.internal,
+                masquerade: e.masquerade,
+                published: !e.published.is_empty(),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.ifindex);
+        Ok(rows)
+    }
+
+    async fn dump_ipcache(&self) -> Result<Vec<(IpNet, Identity)>, DatapathError> {
+        let kernel = self.enter("dump_ipcache", "")?;
+        let mut entries = kernel.policy.ipcache.clone();
+        for e in kernel.installed.values() {
+            for ip in e.delivered_addresses() {
+                entries.insert(IpNet::from(ip), e.identity);
+            }
+        }
+        Ok(entries.into_iter().collect())
+    }
+
+    async fn dump_policy(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>, DatapathError> {
+        Ok(self.enter("dump_policy", "")?.policy.entries.iter().map(|(k, e)| (*k, *e)).collect())
+    }
+
+    async fn dump_ct(&self) -> Result<CtDump, DatapathError> {
+        let kernel = self.enter("dump_ct", "")?;
+        Ok(CtDump { revision: kernel.policy_revision, rows: kernel.ct.clone() })
+    }
+
+    async fn dump_nat(&self) -> Result<Vec<NatRow>, DatapathError> {
+        Ok(self.enter("dump_nat", "")?.nat.clone())
+    }
+
+    async fn flush_ct(&self) -> Result<usize, DatapathError> {
+        let mut kernel = self.enter("flush_ct", "")?;
+        Ok(std::mem::take(&mut kernel.ct).len())
     }
 
     async fn restore(

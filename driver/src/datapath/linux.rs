@@ -15,18 +15,21 @@ use ipnet::IpNet;
 
 use super::bpf::{AttachMode, BpfDatapath};
 use super::events::{EventCounts, EventMaps, EventRateLimit};
+use super::features;
 use super::host;
 use super::layouts;
 use super::ledger::CounterLedger;
 use super::link::Netlink;
 use super::policy_maps::PolicyMaps;
 use super::readers::MapReaders;
+use super::rows::{self, monotonic_coarse_ns};
 use super::world_maps::WorldMaps;
 use super::{
-    Counters, Datapath, DatapathError, DatapathMetrics, EgressDesired, EndpointDesired, HostLink, PolicyDesired,
-    PolicyView, RestoreReport, Traffic, VethSpec,
+    Counters, CtDump, Datapath, DatapathError, DatapathInfo, DatapathMetrics, EgressDesired, EndpointDesired,
+    EndpointRow, HostLink, MapCounts, NatRow, NatSide, PolicyDesired, PolicyView, RestoreReport, Traffic, VethSpec,
 };
 use crate::identity::Identity;
+use crate::policy::{PolicyEntry, PolicyKey};
 
 /// MTU used when the host has no default route to copy it from.
 const FALLBACK_MTU: u32 = 1500;
@@ -72,6 +75,9 @@ pub struct LinuxDatapath {
     readers: Arc<MapReaders>,
     /// The counters' totals since the start, for metrics (never held across a kernel call).
     ledger: Mutex<CounterLedger>,
+    /// Kernel features probed at load, and the kernel's release.
+    features: BTreeMap<String, bool>,
+    kernel: Option<String>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -113,6 +119,8 @@ impl LinuxDatapath {
             events,
             readers,
             ledger: Mutex::new(CounterLedger::default()),
+            features: features::probe(),
+            kernel: features::kernel_release(),
         })
     }
 
@@ -627,10 +635,7 @@ impl Datapath for LinuxDatapath {
         let snapshot = guard(&self.ledger).snapshot();
         let endpoints = self.read_counters().await?;
         let totals = guard(&self.ledger).totals(&snapshot, &endpoints);
-        let readers = self.readers.clone();
-        let sizes = tokio::task::spawn_blocking(move || readers.sizes())
-            .await
-            .map_err(|e| DatapathError::Other(format!("count conntrack and NAT entries: {e}")))??;
+        let sizes = self.map_counts().await?;
         Ok(DatapathMetrics {
             endpoints,
             totals,
@@ -638,6 +643,81 @@ impl Datapath for LinuxDatapath {
             nat_out_entries: sizes.nat_out,
             nat_in_entries: sizes.nat_in,
         })
+    }
+
+    async fn info(&self) -> DatapathInfo {
+        let (mode, root, maps_dir) = {
+            let bpf = self.bpf();
+            (bpf.attach_mode(), bpf.bpf_root().to_path_buf(), bpf.maps_dir().to_path_buf())
+        };
+        let missing_pins = abi::MAP_NAMES
+            .iter()
+            .filter(|map| maps_dir.join(map).symlink_metadata().is_err())
+            .map(|map| (*map).to_owned())
+            .collect();
+        DatapathInfo {
+            kind: "linux".to_owned(),
+            attach_mode: match mode {
+                AttachMode::Tcx => "tcx",
+                AttachMode::Netlink => "tc",
+            }
+            .to_owned(),
+            kernel: self.kernel.clone(),
+            features: self.features.clone(),
+            bpf_root: Some(root),
+            loaded: true,
+            missing_pins,
+        }
+    }
+
+    async fn map_counts(&self) -> Result<MapCounts, DatapathError> {
+        // Through the read-only handles, on a blocking thread: no lock the other calls take.
+        let readers = self.readers.clone();
+        let sizes = tokio::task::spawn_blocking(move || readers.sizes())
+            .await
+            .map_err(|e| DatapathError::Other(format!("count conntrack and NAT entries: {e}")))??;
+        Ok(MapCounts { conntrack: sizes.conntrack, nat_out: sizes.nat_out, nat_in: sizes.nat_in })
+    }
+
+    async fn dump_endpoints(&self) -> Result<Vec<EndpointRow>, DatapathError> {
+        Ok(self.bpf().endpoints()?.iter().map(|(ifindex, info)| rows::endpoint_row(*ifindex, info)).collect())
+    }
+
+    async fn dump_ipcache(&self) -> Result<Vec<(IpNet, Identity)>, DatapathError> {
+        Ok(self.policy().maps.ipcache_entries()?)
+    }
+
+    async fn dump_policy(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>, DatapathError> {
+        let mut entries: Vec<(PolicyKey, PolicyEntry)> = self
+            .policy()
+            .maps
+            .policy_entries()?
+            .into_iter()
+            .filter_map(|(key, entry)| Some((key.ok()?, entry)))
+            .collect();
+        entries.sort_by_key(|(key, _)| *key);
+        Ok(entries)
+    }
+
+    async fn dump_ct(&self) -> Result<CtDump, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let policy = self.policy();
+        let rows = policy.maps.ct_entries()?.iter().filter_map(|(key, entry)| rows::ct_row(key, entry, now)).collect();
+        Ok(CtDump { revision: policy.revision, rows })
+    }
+
+    async fn dump_nat(&self) -> Result<Vec<NatRow>, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let world = self.world();
+        let out = world.maps.nat_out()?;
+        let inn = world.maps.nat_in()?;
+        drop(world);
+        let sides = out.iter().map(|row| (NatSide::Out, row)).chain(inn.iter().map(|row| (NatSide::In, row)));
+        Ok(sides.filter_map(|(side, (key, entry))| rows::nat_row(side, key, entry, now)).collect())
+    }
+
+    async fn flush_ct(&self) -> Result<usize, DatapathError> {
+        Ok(self.policy().maps.flush_ct()?)
     }
 
     async fn restore(

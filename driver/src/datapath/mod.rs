@@ -161,6 +161,108 @@ pub struct DatapathMetrics {
     pub nat_in_entries: u64,
 }
 
+/// What the datapath is and what the kernel offers it, found once when it was loaded, and
+/// whether it is still whole (its pinned maps are where they were).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatapathInfo {
+    /// `linux`, or `fake` in tests.
+    pub kind: String,
+    /// How endpoint programs are attached: `tc` (clsact filters) or `tcx` (links).
+    pub attach_mode: String,
+    /// The running kernel's release, e.g. `6.18.44`.
+    pub kernel: Option<String>,
+    /// Kernel features probed at start (`btf`, `tcx`, `netkit`, `ringbuf`): found or not.
+    pub features: BTreeMap<String, bool>,
+    /// Where maps (and tcx links) are pinned.
+    pub bpf_root: Option<std::path::PathBuf>,
+    /// The programs are loaded (false: nothing enforces anything).
+    pub loaded: bool,
+    /// Maps whose pin is gone: the programs still use them, but a restarted daemon would not
+    /// find them (connection tracking and counters would start afresh).
+    pub missing_pins: Vec<String>,
+}
+
+/// Entries of the maps the programs fill themselves (the daemon knows its own maps' sizes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapCounts {
+    pub conntrack: u64,
+    pub nat_out: u64,
+    pub nat_in: u64,
+}
+
+/// One entry of crs_endpoints: the endpoint behind a host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub ifindex: u32,
+    pub number: u32,
+    pub sandbox: u32,
+    pub identity: Identity,
+    pub ipv6: Option<Ipv6Addr>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub gateway_ipv4: Option<Ipv4Addr>,
+    pub mac: [u8; 6],
+    pub host_mac: [u8; 6],
+    pub internal: bool,
+    pub masquerade: bool,
+    pub published: bool,
+}
+
+/// One side of a flow: an address and a port (for ICMP echo the identifier, for other ICMP
+/// messages the type; 0 for protocols without ports).
+pub type Peer = (std::net::IpAddr, u16);
+
+/// One entry of crs_ct: a tracked flow, oriented from its initiator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtRow {
+    pub proto: u8,
+    pub initiator: Peer,
+    pub responder: Peer,
+    /// `CT_F_*` of `bpf_programs::abi`.
+    pub flags: u32,
+    /// The datapath's policy revision the checks were made at.
+    pub revision: u32,
+    /// `[original, reply]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Milliseconds until the entry expires (negative: expired, not yet evicted).
+    pub expires_in_ms: i64,
+    /// Milliseconds since the flow was first seen.
+    pub age_ms: u64,
+}
+
+/// The conntrack map and the revision the datapath enforces now (entries checked at another
+/// one are checked again at their next packet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CtDump {
+    pub revision: u32,
+    pub rows: Vec<CtRow>,
+}
+
+/// Which of the NAT maps an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NatSide {
+    /// crs_nat_out: the flow as the endpoint sends it; gives the source it leaves with.
+    Out,
+    /// crs_nat_in: the flow as it arrives from outside; gives the endpoint's address.
+    In,
+}
+
+/// One entry of crs_nat_out or crs_nat_in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRow {
+    pub side: NatSide,
+    pub proto: u8,
+    pub source: Peer,
+    pub destination: Peer,
+    /// Out: the source the flow leaves with; in: the endpoint's address and port.
+    pub translated: Peer,
+    /// A published-port connection (`NAT_F_DNAT`) rather than masquerading.
+    pub published: bool,
+    /// The egress interface of the mapping.
+    pub ifindex: u32,
+    pub age_ms: u64,
+}
+
 /// What a restore found and fixed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -200,6 +302,7 @@ impl DatapathError {
 
 pub mod bpf;
 pub mod events;
+pub mod features;
 pub mod host;
 pub mod layouts;
 pub mod ledger;
@@ -207,6 +310,7 @@ pub mod link;
 pub mod linux;
 pub mod policy_maps;
 pub mod readers;
+pub mod rows;
 pub mod world_maps;
 
 /// The kernel operations the driver needs; the driver holds it as `Arc<dyn Datapath>`.
@@ -282,6 +386,31 @@ pub trait Datapath: Send + Sync + 'static {
     /// operations take (a scan of crs_metrics, and of the keys of crs_ct, crs_nat_out and
     /// crs_nat_in: one system call per entry).
     async fn metrics(&self) -> Result<DatapathMetrics, DatapathError>;
+    /// What the datapath is, the kernel features found when it was loaded, and whether its
+    /// pins are all there.
+    async fn info(&self) -> DatapathInfo;
+
+    /// Entries of crs_ct, crs_nat_out and crs_nat_in (a scan of their keys).
+    async fn map_counts(&self) -> Result<MapCounts, DatapathError>;
+
+    /// Every entry of crs_endpoints, by ifindex.
+    async fn dump_endpoints(&self) -> Result<Vec<EndpointRow>, DatapathError>;
+
+    /// Every entry of crs_ipcache, by prefix.
+    async fn dump_ipcache(&self) -> Result<Vec<(IpNet, Identity)>, DatapathError>;
+
+    /// Every entry of crs_policy this daemon can read back (others are removed at restore).
+    async fn dump_policy(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>, DatapathError>;
+
+    /// Every entry of crs_ct, with the revision the datapath enforces.
+    async fn dump_ct(&self) -> Result<CtDump, DatapathError>;
+
+    /// Every entry of crs_nat_out and crs_nat_in.
+    async fn dump_nat(&self) -> Result<Vec<NatRow>, DatapathError>;
+
+    /// Removes every entry of crs_ct there is when it starts; returns how many went. The next
+    /// packet of each flow is checked by policy as a new flow's.
+    async fn flush_ct(&self) -> Result<usize, DatapathError>;
 
     /// At start (once): attaches this daemon's programs to the joined endpoints, applies their
     /// desired state and the policy, and removes what belongs to none of them (the only full

@@ -239,6 +239,26 @@ impl PolicyMaps {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| BpfError::MapRead { map: MAP_CT, error: Box::new(error) })
     }
+
+    /// Removes every connection-tracking entry there is when it starts (flows the programs
+    /// add meanwhile stay); returns how many went.
+    pub fn flush_ct(&mut self) -> Result<usize, BpfError> {
+        let keys = self
+            .ct
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| BpfError::MapRead { map: MAP_CT, error: Box::new(error) })?;
+        let mut removed = 0;
+        for key in keys {
+            match self.ct.remove(&key) {
+                Ok(()) => removed += 1,
+                // Evicted or expired and replaced meanwhile.
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(map_error("delete", MAP_CT, format!("{key:?}"))(error)),
+            }
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod locks;
 mod monitor;
+mod observe;
 pub mod policy;
 
 pub use monitor::TraceGuard;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::datapath::{Datapath, DatapathError, EndpointDesired, VethSpec};
 use crate::egress::{EgressChoice, PortRange, DEFAULT_NAT_PORTS};
 use crate::endpoint::{host_ifname, ContainerRef, Endpoint, JoinPlan, Joined};
+use crate::health::{ErrorRing, Health};
 use crate::identity::Identity;
 use crate::identity_alloc::{AllocError, IdentityAllocator};
 use crate::ids::{BadId, EndpointId, NetworkId};
@@ -38,8 +40,8 @@ use crate::policy::EnforcementMode;
 use crate::ports::{self, PortHold, PortRequest};
 use crate::reconcile::{self, DockerSnapshot, ReconcileReport};
 use crate::state::{now, State, StateError, Txn};
-use crate::store::Store;
-use crate::views::{self, EndpointView, IdentityView, NetworkView, StatusView};
+use crate::store::{Store, WatchedStore};
+use crate::views::{self, IdentityView};
 
 pub use policy::{DeleteWhich, Deleted, Imported, PolicyEngine, PolicyEngineError};
 
@@ -59,6 +61,8 @@ pub struct DriverConfig {
     pub egress: EgressChoice,
     /// `--nat-port-range`.
     pub nat_ports: PortRange,
+    /// Where the log layer keeps the errors the daemon logged (the status shows them).
+    pub errors: ErrorRing,
 }
 
 impl Default for DriverConfig {
@@ -71,6 +75,7 @@ impl Default for DriverConfig {
             labels: LabelFilter::default(),
             egress: EgressChoice::default(),
             nat_ports: DEFAULT_NAT_PORTS,
+            errors: ErrorRing::default(),
         }
     }
 }
@@ -157,8 +162,11 @@ enum Undo {
 pub struct Driver {
     config: DriverConfig,
     datapath: Arc<dyn Datapath>,
-    store: Arc<dyn Store>,
+    /// Remembers how its last commit went, for the status.
+    store: Arc<WatchedStore>,
     state: Mutex<State>,
+    /// Uptime, the Docker connection, the last errors logged.
+    health: Health,
     /// Serialises the calls of one endpoint (their kernel steps run outside the state lock).
     endpoint_locks: locks::KeyedLocks<EndpointId>,
     /// Wakes the background reconciliation early (a new dockerd started talking to us).
@@ -206,15 +214,18 @@ impl Driver {
         store: Arc<dyn Store>,
     ) -> Result<Self, DriverError> {
         config.ipam.validate()?;
+        let store = Arc::new(WatchedStore::new(store));
         let records = store.load().map_err(StateError::from)?;
         let state = State::decode(&records)?;
         let policy = PolicyEngine::load(&records, config.enforcement, datapath.clone(), store.clone())?;
         let identities = IdentityAllocator::new(Arc::new(EmbeddedKv::open(store.clone())?));
+        let health = Health::new(config.errors.clone());
         let driver = Driver {
             config,
             datapath,
             store,
             state: Mutex::new(state),
+            health,
             endpoint_locks: locks::KeyedLocks::default(),
             reconcile_soon: tokio::sync::Notify::new(),
             policy,
@@ -485,6 +496,7 @@ impl Driver {
             masquerade: request.options.masquerade,
             mtu: request.options.mtu,
             created_at: now(),
+            name: None,
         };
         txn.touch_network(&request.id).insert(request.id.clone(), network);
         txn.commit(self.store.as_ref())?;
@@ -1093,31 +1105,6 @@ impl Driver {
         Ok(ReconcileReport { endpoints_removed: gone.len(), ..plan.report() })
     }
 
-    // ---- views ----
-
-    pub async fn endpoints(&self) -> Result<Vec<EndpointView>, DriverError> {
-        let mut views: Vec<EndpointView> = self.state().endpoints.values().map(views::endpoint).collect();
-        {
-            let timing = self.timing();
-            for v in &mut views {
-                let after = EndpointId::parse(&v.id).ok().and_then(|id| timing.resolved_after.get(&id).copied());
-                v.identity_after_join_us = after.map(|d| d.as_micros() as u64);
-            }
-        }
-        let mut counters = self.datapath.counters().await?;
-        Ok(views
-            .into_iter()
-            .map(|mut v| {
-                v.counters = counters.remove(&v.number).unwrap_or_default();
-                v
-            })
-            .collect())
-    }
-
-    pub async fn networks(&self) -> Vec<NetworkView> {
-        views::networks(&self.state())
-    }
-
     /// The registry of what the daemon counts (request and resolution latencies, the
     /// monitor's events).
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -1149,16 +1136,6 @@ impl Driver {
         let identities = self.policy.identity_kinds().await;
         let datapath = self.datapath.metrics().await?;
         Ok(Snapshot { networks, endpoints, identities, policy_revision, policy_rules, policy_entries, datapath })
-    }
-
-    pub async fn status(&self) -> StatusView {
-        let mut status = views::status(&self.state());
-        let (revision, rules, entries, identities) = self.policy.summary().await;
-        status.policy_revision = revision;
-        status.policy_rules = rules;
-        status.policy_entries = entries;
-        status.identities = identities;
-        status
     }
 }
 

@@ -9,7 +9,7 @@ use crate::datapath::events::EventRateLimit;
 use crate::datapath::EndpointDesired;
 use crate::endpoint::Endpoint;
 use crate::ids::EndpointId;
-use crate::monitor::event::{names_id, Directory, Named};
+use crate::monitor::event::{Directory, Named};
 
 /// How many monitors trace each endpoint (in memory only: a restart traces nothing).
 #[derive(Debug, Default)]
@@ -74,24 +74,13 @@ impl Driver {
         Ok(())
     }
 
-    /// The joined endpoint `who` names: its container's name, or (a prefix of) its id.
+    /// The endpoint `who` names: its container's name, an endpoint id or a unique prefix of an
+    /// endpoint or container id.
     pub fn find_endpoint(&self, who: &str) -> Result<EndpointId, DriverError> {
-        let state = self.state();
-        let by_name: Vec<&Endpoint> =
-            state.endpoints.values().filter(|e| e.container.as_ref().is_some_and(|c| c.name == who)).collect();
-        let found: Vec<&Endpoint> = if by_name.is_empty() {
-            state.endpoints.values().filter(|e| names_id(e.id.as_str(), who)).collect()
-        } else {
-            by_name
-        };
-        match found.as_slice() {
-            [one] => Ok(one.id.clone()),
-            [] => Err(DriverError::UnknownEndpoint(format!("{who:?} (no container or endpoint id by that name)"))),
-            many => Err(DriverError::BadRequest(format!(
-                "{who:?} names {} endpoints ({}): give an endpoint id",
-                many.len(),
-                many.iter().map(|e| e.id.short()).collect::<Vec<_>>().join(", ")
-            ))),
+        match crate::views::find_endpoint(&self.state(), who) {
+            Ok(endpoint) => Ok(endpoint.id.clone()),
+            Err(e @ crate::views::FindError::NotFound(_)) => Err(DriverError::UnknownEndpoint(e.to_string())),
+            Err(e) => Err(DriverError::BadRequest(e.to_string())),
         }
     }
 

@@ -462,6 +462,19 @@ impl PolicyEngine {
         trace(&inner.resolver, &known(src), &known(dst), proto, port)
     }
 
+    /// Whether an endpoint with this identity and these labels is default-deny at ingress and
+    /// at egress, and the rules whose endpoint selector selects it.
+    pub async fn enforcement(&self, identity: Identity, labels: &Labels) -> (bool, bool, Vec<RuleId>) {
+        let inner = self.inner.lock().await;
+        let (ingress, egress) = inner.resolver.enforced(identity);
+        (ingress, egress, inner.resolver.selecting(identity, labels))
+    }
+
+    /// The host's own addresses (identity host).
+    pub async fn host_addresses(&self) -> BTreeSet<IpAddr> {
+        self.inner.lock().await.host.clone()
+    }
+
     /// Identity → labels of every identity policy knows (reserved, endpoint and CIDR ones).
     /// How many identities policy knows, by [`Identity::kind`].
     pub async fn identity_kinds(&self) -> BTreeMap<&'static str, usize> {

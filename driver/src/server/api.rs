@@ -1,11 +1,12 @@
-//! The API socket the CLI talks to: endpoints, networks, identities and status as JSON, and
-//! the policy operations (import, get, delete, validate, wait, trace).
+//! The API socket the CLI talks to: endpoints, networks, identities, status and the kernel
+//! maps as JSON, the policy operations (import, get, delete, validate, wait, trace) and the
+//! conntrack flush.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,13 +15,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::body::{read_body, MAX_API_BODY_BYTES};
-use crate::driver::{DeleteWhich, Deleted, Driver, Imported, PolicyEngineError};
+use crate::driver::{DeleteWhich, Deleted, Driver, DriverError, Imported, PolicyEngineError};
+use crate::dumps::{BpfEndpointView, CtList, Flushed, IpcacheView, NatView, PolicyEntryView};
 use crate::labels::{Labels, SOURCE_ANY, SOURCE_UNSPEC};
 use crate::policy::trace::parse_dport;
 use crate::policy::{parse_rules, RuleId, Trace};
-use crate::views::{EndpointView, IdentityView, NetworkView, StatusView};
+use crate::views::{EndpointDetail, EndpointView, IdentityView, NetworkView, StatusView};
 
 pub const ENDPOINTS: &str = "/v1/endpoints";
+/// GET: one endpoint in full, by container name, endpoint id or unique id prefix.
+pub const ENDPOINT: &str = "/v1/endpoints/{query}";
 pub const NETWORKS: &str = "/v1/networks";
 pub const STATUS: &str = "/v1/status";
 pub const IDENTITIES: &str = "/v1/identities";
@@ -30,6 +34,19 @@ pub const POLICY_DELETE: &str = "/v1/policy/delete";
 pub const POLICY_VALIDATE: &str = "/v1/policy/validate";
 pub const POLICY_WAIT: &str = "/v1/policy/wait";
 pub const POLICY_TRACE: &str = "/v1/policy/trace";
+/// GET: the kernel maps in readable form.
+pub const BPF_ENDPOINTS: &str = "/v1/bpf/endpoints";
+pub const BPF_IPCACHE: &str = "/v1/bpf/ipcache";
+pub const BPF_POLICY: &str = "/v1/bpf/policy";
+pub const BPF_CT: &str = "/v1/bpf/ct";
+pub const BPF_NAT: &str = "/v1/bpf/nat";
+/// POST: removes every conntrack entry.
+pub const BPF_CT_FLUSH: &str = "/v1/bpf/ct/flush";
+
+/// The path of one endpoint (`query` percent-encoded).
+pub fn endpoint_path(query: &str) -> String {
+    format!("{ENDPOINTS}/{}", crate::http_unix::percent_encode(query))
+}
 
 /// Error body of the API socket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,11 +146,27 @@ impl From<PolicyEngineError> for Failure {
     }
 }
 
+impl From<DriverError> for Failure {
+    fn from(e: DriverError) -> Self {
+        let status = match &e {
+            DriverError::UnknownEndpoint(_) | DriverError::UnknownNetwork(_) => StatusCode::NOT_FOUND,
+            DriverError::Conflict(_) => StatusCode::CONFLICT,
+            DriverError::BadRequest(_) | DriverError::BadId(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "API request failed");
+        }
+        failure(status, e.to_string())
+    }
+}
+
 type Reply<T> = Result<Json<T>, Failure>;
 
 pub fn router(driver: Arc<Driver>) -> Router {
     Router::new()
         .route(ENDPOINTS, get(endpoints))
+        .route(ENDPOINT, get(endpoint))
         .route(NETWORKS, get(networks))
         .route(STATUS, get(status))
         .route(IDENTITIES, get(identities))
@@ -144,6 +177,12 @@ pub fn router(driver: Arc<Driver>) -> Router {
         .route(POLICY_TRACE, post(policy_trace))
         .route(super::monitor::MONITOR, get(super::monitor::monitor))
         .route(super::monitor::FLOWS, get(super::monitor::flows))
+        .route(BPF_ENDPOINTS, get(bpf_endpoints))
+        .route(BPF_IPCACHE, get(bpf_ipcache))
+        .route(BPF_POLICY, get(bpf_policy))
+        .route(BPF_CT, get(bpf_ct))
+        .route(BPF_CT_FLUSH, post(bpf_ct_flush))
+        .route(BPF_NAT, get(bpf_nat))
         .fallback(|uri: Uri| async move {
             failure(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })
@@ -151,10 +190,35 @@ pub fn router(driver: Arc<Driver>) -> Router {
 }
 
 async fn endpoints(State(driver): State<Arc<Driver>>) -> Reply<Vec<EndpointView>> {
-    driver.endpoints().await.map(Json).map_err(|e| {
-        tracing::warn!(error = %e, "list endpoints");
-        failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    })
+    Ok(Json(driver.endpoints().await?))
+}
+
+async fn endpoint(State(driver): State<Arc<Driver>>, Path(query): Path<String>) -> Reply<EndpointDetail> {
+    Ok(Json(driver.endpoint_detail(&query).await?))
+}
+
+async fn bpf_endpoints(State(driver): State<Arc<Driver>>) -> Reply<Vec<BpfEndpointView>> {
+    Ok(Json(driver.bpf_endpoints().await?))
+}
+
+async fn bpf_ipcache(State(driver): State<Arc<Driver>>) -> Reply<Vec<IpcacheView>> {
+    Ok(Json(driver.bpf_ipcache().await?))
+}
+
+async fn bpf_policy(State(driver): State<Arc<Driver>>) -> Reply<Vec<PolicyEntryView>> {
+    Ok(Json(driver.bpf_policy().await?))
+}
+
+async fn bpf_ct(State(driver): State<Arc<Driver>>) -> Reply<CtList> {
+    Ok(Json(driver.bpf_ct().await?))
+}
+
+async fn bpf_ct_flush(State(driver): State<Arc<Driver>>) -> Reply<Flushed> {
+    Ok(Json(Flushed { removed: driver.flush_ct().await? }))
+}
+
+async fn bpf_nat(State(driver): State<Arc<Driver>>) -> Reply<Vec<NatView>> {
+    Ok(Json(driver.bpf_nat().await?))
 }
 
 async fn networks(State(driver): State<Arc<Driver>>) -> Json<Vec<NetworkView>> {

@@ -58,6 +58,6 @@ pub fn one_rule_changes(daemon: &Daemon, server: &str, client: &str, rounds: usi
 
 /// Entries of the policy map, from the daemon's status.
 pub fn entries(daemon: &Daemon) -> Result<u64> {
-    let status: Value = serde_json::from_str(&daemon.cli(&["status", "-o", "json"])?)?;
+    let (_, status) = daemon.status()?;
     status["policy_entries"].as_u64().context("policy_entries in the status")
 }
