@@ -10,7 +10,7 @@ need_root() {
 	fi
 }
 
-PACKAGES="clang clang-format llvm libbpf-dev bpftool docker.io docker-compose busybox-static iperf3 iproute2 iputils-ping procps util-linux systemd tcpdump"
+PACKAGES="clang clang-format llvm libbpf-dev bpftool docker.io docker-compose busybox-static iperf3 iproute2 iputils-ping procps util-linux systemd tcpdump chromium fonts-dejavu-core"
 
 missing=""
 for pkg in $PACKAGES; do

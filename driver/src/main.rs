@@ -24,6 +24,7 @@ use cilium_rs::monitor::FlowLimits;
 use cilium_rs::policy::EnforcementMode;
 use cilium_rs::server::api::TraceRequest;
 use cilium_rs::server::metrics::MetricsListener;
+use cilium_rs::server::ui::UiListener;
 use cilium_rs::server::{self, Socket};
 use cilium_rs::store::RedbStore;
 use cilium_rs::{docker, identity_watch, logging};
@@ -320,6 +321,10 @@ struct DaemonArgs {
     /// ephemeral ports (net.ipv4.ip_local_port_range).
     #[arg(long, env = "CILIUM_RS_NAT_PORT_RANGE", default_value = "61000-65535", value_parser = str::parse::<PortRange>)]
     nat_port_range: PortRange,
+    /// Serve the service map page at http://ADDRESS/, e.g. 127.0.0.1:9963 (off unless given;
+    /// anyone who reaches the address sees the containers and their flows).
+    #[arg(long, env = "CILIUM_RS_UI_ADDRESS")]
+    ui_address: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. 127.0.0.1:9962 (off unless
     /// given; anyone who reaches the address can read them).
     #[arg(long, env = "CILIUM_RS_METRICS_ADDRESS")]
@@ -436,6 +441,10 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         None => Socket::bind(&args.plugin_socket)?,
     };
     let api = Socket::bind(&api_socket)?;
+    let page = match args.ui_address {
+        Some(address) => Some(UiListener::bind(address).await?),
+        None => None,
+    };
     let metrics = match args.metrics_address {
         Some(address) => Some(MetricsListener::bind(address, args.metrics_per_endpoint).await?),
         None => None,
@@ -473,7 +482,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
         tokio::spawn(sweep_nat(driver.clone())),
     ];
-    server::serve(driver, plugin, api, metrics, shutdown_signal()).await?;
+    server::serve(driver, plugin, api, metrics, page, shutdown_signal()).await?;
     for task in tasks {
         task.abort();
     }

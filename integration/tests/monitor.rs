@@ -268,3 +268,65 @@ fn a_flood_of_drops_is_rate_limited_in_the_kernel_and_the_daemon_stays_responsiv
     drop(monitor);
     env.finish(&[&web, &api, &other], &[&net]);
 }
+
+/// The page as headless Chromium renders it (its DOM after the script ran), and a screenshot.
+fn render_page(url: &str, screenshot: &std::path::Path) -> String {
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("run chromium (scripts/setup.sh installs it)")
+    };
+    let shot = format!("--screenshot={}", screenshot.display());
+    let out = chromium(&[&shot, "--window-size=1280,900"]);
+    assert!(out.status.success(), "chromium --screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let out = chromium(&["--dump-dom"]);
+    assert!(out.status.success(), "chromium --dump-dom: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_service_map_page_shows_the_containers_and_an_allowed_and_a_dropped_edge() {
+    let address = integration::scrape::free_loopback();
+    let env = Env::setup(PLUGIN, PREFIX, &[("CILIUM_RS_UI_ADDRESS", &address.to_string())]);
+    let net = format!("{PREFIX}map");
+    let (web, api, other) = stack(&env, &net);
+    let (_, web6) = addresses(&web, &net).expect("addresses");
+    wait_until(Duration::from_secs(10), "both flows in the table", || {
+        assert!(http_get(&api, &web6, 80, 2).expect("exec").is_some(), "api reaches web");
+        let _ = http_get(&other, &web6, 80, 1);
+        let flows = env.daemon.cli(&["flows", "-o", "json"]).unwrap_or_default();
+        flows.contains("\"allowed\"") && flows.contains("\"dropped\"")
+    })
+    .expect("flows");
+
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifact directory");
+    let screenshot = artifacts.join("service-map.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let dom = render_page(&format!("http://{address}/"), &screenshot);
+    for name in [&web, &api, &other] {
+        assert!(dom.contains(&format!("class=\"node\" data-name=\"{name}\"")), "node {name} on the page:\n{dom}");
+    }
+    assert!(dom.contains(&format!("data-network=\"{net}\"")), "grouped by the network's name:\n{dom}");
+    let edge = |verdict: &str, from: &str| {
+        dom.lines().any(|l| {
+            l.contains(&format!("class=\"edge {verdict}\""))
+                && l.contains(&format!("data-source=\"{from}\""))
+                && l.contains(&format!("data-target=\"{web}\""))
+                && l.contains("data-label=\"80/tcp\"")
+        }) || dom.split("<path").any(|p| {
+            p.contains(&format!("class=\"edge {verdict}\""))
+                && p.contains(&format!("data-source=\"{from}\""))
+                && p.contains(&format!("data-target=\"{web}\""))
+                && p.contains("data-label=\"80/tcp\"")
+        })
+    };
+    assert!(edge("allowed", &api), "an allowed edge api -> web on 80/tcp:\n{dom}");
+    assert!(edge("dropped", &other), "a dropped edge other -> web on 80/tcp:\n{dom}");
+    let size = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "a screenshot at {} ({size} bytes)", screenshot.display());
+    env.finish(&[&web, &api, &other], &[&net]);
+}

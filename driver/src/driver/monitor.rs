@@ -10,6 +10,7 @@ use crate::datapath::EndpointDesired;
 use crate::endpoint::Endpoint;
 use crate::ids::EndpointId;
 use crate::monitor::event::{Directory, Named};
+use crate::monitor::service_map::{self, MapEndpoint, ServiceMap};
 
 /// How many monitors trace each endpoint (in memory only: a restart traces nothing).
 #[derive(Debug, Default)]
@@ -147,5 +148,27 @@ impl Driver {
             directory.by_number.insert(endpoint.number, named);
         }
         directory
+    }
+
+    /// The service map: every endpoint (named, grouped by network) and the recent flows.
+    pub fn service_map(&self) -> ServiceMap {
+        let endpoints: Vec<MapEndpoint> = {
+            let state = self.state();
+            state
+                .endpoints
+                .values()
+                .map(|e| MapEndpoint {
+                    id: e.id.short().to_owned(),
+                    name: e.container.as_ref().map_or_else(|| e.id.short().to_owned(), |c| c.name.clone()),
+                    network: state
+                        .networks
+                        .get(&e.network)
+                        .and_then(|n| n.name.clone())
+                        .unwrap_or_else(|| e.network.short().to_owned()),
+                    identity: e.identity,
+                })
+                .collect()
+        };
+        service_map::build(&endpoints, &self.monitor.flows())
     }
 }

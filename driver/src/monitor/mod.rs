@@ -5,6 +5,7 @@
 pub mod event;
 pub mod filter;
 pub mod flows;
+pub mod service_map;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};

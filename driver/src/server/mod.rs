@@ -6,6 +6,7 @@ pub mod body;
 pub mod metrics;
 pub mod monitor;
 pub mod plugin;
+pub mod ui;
 
 use std::future::Future;
 use std::io;
@@ -106,13 +107,14 @@ impl Socket {
     }
 }
 
-/// Serves both sockets (and the metrics address when there is one) until `shutdown` resolves,
-/// then lets in-flight requests finish.
+/// Serves both sockets (and the metrics address and the web page when there are) until
+/// `shutdown` resolves, then lets in-flight requests finish.
 pub async fn serve(
     driver: Arc<Driver>,
     plugin: Socket,
     api: Socket,
     metrics: Option<metrics::MetricsListener>,
+    page: Option<ui::UiListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -124,13 +126,22 @@ pub async fn serve(
         axum::serve(plugin.listener, plugin::router(driver.clone())).with_graceful_shutdown(stopped(rx.clone()));
     let monitor = driver.monitor().clone();
     let api_server = axum::serve(api.listener, api::router(driver.clone())).with_graceful_shutdown(stopped(rx.clone()));
-    let metrics_server = async {
+    let (metrics_driver, metrics_rx) = (driver.clone(), rx.clone());
+    let metrics_server = async move {
         let Some(m) = metrics else { return Ok(()) };
         info!(address = %m.address, path = metrics::PATH, "serving metrics");
-        axum::serve(m.listener, metrics::router(driver, m.per_endpoint))
-            .with_graceful_shutdown(stopped(rx))
+        axum::serve(m.listener, metrics::router(metrics_driver, m.per_endpoint))
+            .with_graceful_shutdown(stopped(metrics_rx))
             .await
             .map_err(|source| ServerError::ServeTcp { address: m.address, source })
+    };
+    let page_server = async move {
+        let Some(p) = page else { return Ok(()) };
+        info!(address = %p.address, "serving the service map page");
+        axum::serve(p.listener, ui::router(driver))
+            .with_graceful_shutdown(stopped(rx))
+            .await
+            .map_err(|source| ServerError::ServeTcp { address: p.address, source })
     };
     let stopper = tokio::spawn(async move {
         shutdown.await;
@@ -138,11 +149,13 @@ pub async fn serve(
         // Monitor streams never end by themselves.
         monitor.close();
     });
-    let (plugin_result, api_result, metrics_result) = tokio::join!(plugin_server, api_server, metrics_server);
+    let (plugin_result, api_result, metrics_result, page_result) =
+        tokio::join!(plugin_server, api_server, metrics_server, page_server);
     stopper.abort();
     plugin_result.map_err(|source| ServerError::Serve { path: plugin.file.path.clone(), source })?;
     api_result.map_err(|source| ServerError::Serve { path: api.file.path.clone(), source })?;
-    metrics_result
+    metrics_result?;
+    page_result
 }
 
 #[cfg(test)]
