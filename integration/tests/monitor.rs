@@ -179,9 +179,15 @@ fn drops_and_verdicts_name_both_containers_and_traces_follow_one_endpoint() {
     let lines = after.collect(Duration::from_secs(1));
     assert!(!lines.iter().any(|l| l["type"] == "trace" && l["endpoint"] == web.as_str()), "web untraced: {lines:#?}");
 
-    // The flow table has both: api -> web allowed, other -> web dropped, on port 80.
-    let flows: Vec<Value> =
-        serde_json::from_str(&env.daemon.cli(&["flows", "-o", "json"]).expect("flows")).expect("flows JSON");
+    // The flow table has both: api -> web allowed, other -> web dropped, on port 80; the
+    // allowed one counts its connections' packets both ways, from connection tracking.
+    let mut flows: Vec<Value> = Vec::new();
+    let counted = wait_until(Duration::from_secs(12), "the allowed flow's packets from conntrack", || {
+        flows = serde_json::from_str(&env.daemon.cli(&["flows", "-o", "json"]).expect("flows")).expect("flows JSON");
+        flows.iter().any(|f| {
+            f["source"]["container"] == api.as_str() && f["verdict"] == "allowed" && f["packets"].as_u64() >= Some(6)
+        })
+    });
     let flow = |from: &str, verdict: &str| {
         flows.iter().find(|f| {
             f["source"]["container"] == from
@@ -191,7 +197,7 @@ fn drops_and_verdicts_name_both_containers_and_traces_follow_one_endpoint() {
         })
     };
     let allowed = flow(&api, "allowed").unwrap_or_else(|| panic!("api -> web allowed: {flows:#?}"));
-    assert!(allowed["packets"].as_u64() >= Some(1), "{allowed}");
+    assert!(counted.is_ok() && allowed["bytes"].as_u64() > Some(300), "{allowed}");
     let dropped = flow(&other, "dropped").unwrap_or_else(|| panic!("other -> web dropped: {flows:#?}"));
     assert!(dropped["packets"].as_u64() >= Some(2) && dropped["reason"] == "POLICY_DENIED", "{dropped}");
     let table = env.daemon.cli(&["flows", "--endpoint", &other]).expect("flows table");

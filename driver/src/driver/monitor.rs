@@ -9,7 +9,8 @@ use crate::datapath::events::EventRateLimit;
 use crate::datapath::EndpointDesired;
 use crate::endpoint::Endpoint;
 use crate::ids::EndpointId;
-use crate::monitor::event::{Directory, Named};
+use crate::monitor::event::{protocol_name, Directory, Named};
+use crate::monitor::flows::Tracked;
 use crate::monitor::service_map::{self, MapEndpoint, ServiceMap};
 
 /// How many monitors trace each endpoint (in memory only: a restart traces nothing).
@@ -123,6 +124,7 @@ impl Driver {
             })
         };
         tokio::spawn(self.monitor.clone().run(events, directory, counts));
+        tokio::spawn(account_flows(Arc::downgrade(self)));
         Ok(())
     }
 
@@ -170,5 +172,31 @@ impl Driver {
                 .collect()
         };
         service_map::build(&endpoints, &self.monitor.flows())
+    }
+}
+
+/// How often the allowed flows' packets and bytes are taken from connection tracking.
+const ACCOUNT_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the allowed flows' packets and bytes from connection tracking, every few seconds
+/// while the driver lives (one scan of crs_ct each time).
+async fn account_flows(driver: Weak<Driver>) {
+    loop {
+        tokio::time::sleep(ACCOUNT_PERIOD).await;
+        let Some(driver) = driver.upgrade() else { return };
+        let Ok(ct) = driver.datapath.dump_ct().await else { continue };
+        let tracked: Vec<Tracked> = ct
+            .rows
+            .iter()
+            .map(|row| Tracked {
+                initiator: row.initiator.0,
+                responder: row.responder.0,
+                port: (row.proto == 6 || row.proto == 17).then_some(row.responder.1),
+                protocol: protocol_name(row.proto),
+                packets: row.packets[0] + row.packets[1],
+                bytes: row.bytes[0] + row.bytes[1],
+            })
+            .collect();
+        driver.monitor.account(&tracked);
     }
 }

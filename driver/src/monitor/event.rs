@@ -307,13 +307,7 @@ pub fn summarize(frame: &[u8]) -> PacketSummary {
         }
         None => return summary,
     };
-    summary.protocol = Some(match ip_number {
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        1 => "icmp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        n => n.to_string(),
-    });
+    summary.protocol = Some(protocol_name(ip_number));
     match &packet.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             summary.source_port = Some(tcp.source_port());
@@ -339,6 +333,17 @@ pub fn summarize(frame: &[u8]) -> PacketSummary {
         _ => {}
     }
     summary
+}
+
+/// How lines name an IP protocol: "tcp", "udp", "icmp", "icmpv6", else its number.
+pub fn protocol_name(number: u8) -> String {
+    match number {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        n => n.to_string(),
+    }
 }
 
 /// RFC 3339 in UTC with milliseconds.

@@ -86,6 +86,11 @@ impl Monitor {
         table.list()
     }
 
+    /// Takes the allowed flows' packets and bytes from these tracked connections.
+    pub fn account(&self, tracked: &[flows::Tracked]) {
+        self.flow_table().account(tracked, SystemTime::now());
+    }
+
     /// Tells every subscriber to finish (the daemon stops).
     pub fn close(&self) {
         self.closing.send_replace(true);
