@@ -173,6 +173,8 @@ pub async fn monitor(socket: &Path, filter: Filter, json: bool) -> anyhow::Resul
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.context("the daemon's event stream broke off")?.into_data() else { continue };
         pending.extend_from_slice(&data);
+        // One write for all the lines of a chunk, not one per line.
+        let mut out = String::new();
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line);
@@ -181,13 +183,19 @@ pub async fn monitor(socket: &Path, filter: Filter, json: bool) -> anyhow::Resul
                 continue;
             }
             if json {
-                println!("{text}");
+                out.push_str(text);
             } else {
                 match serde_json::from_str::<MonitorEvent>(text) {
-                    Ok(event) => println!("{}", event.line()),
-                    Err(_) => println!("{text}"),
+                    Ok(event) => out.push_str(&event.line()),
+                    Err(_) => out.push_str(text),
                 }
             }
+            out.push('\n');
+        }
+        if !out.is_empty() {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()).context("write to standard output")?;
         }
     }
     Ok(())

@@ -29,6 +29,13 @@
 
 #define EVENT_RING_BYTES (1 << 20) /* the daemon may set another size at load */
 
+/*
+ * The reader is woken only once this much waits in the ring; it also drains the ring every
+ * few milliseconds by itself, so a lone event waits at most that long and a stream of events
+ * costs one wakeup per batch, not one per event.
+ */
+#define EVENT_WAKEUP_BYTES (64 * 1024)
+
 struct event {
 	__u64 time;	    /* bpf_ktime_get_ns() */
 	__u8 type;	    /* EVENT_* */
@@ -136,7 +143,10 @@ __attribute__((noinline)) int crs_event(struct __sk_buff *ctx, struct event_args
 	event->sample_len = 0;
 	if (len > 0 && len <= EVENT_SAMPLE && bpf_skb_load_bytes(ctx, 0, event->sample, len) == 0)
 		event->sample_len = len;
-	bpf_ringbuf_submit(event, 0);
+	bpf_ringbuf_submit(event,
+			   bpf_ringbuf_query(&crs_events, BPF_RB_AVAIL_DATA) >= EVENT_WAKEUP_BYTES
+				   ? BPF_RB_FORCE_WAKEUP
+				   : BPF_RB_NO_WAKEUP);
 	return 1;
 }
 

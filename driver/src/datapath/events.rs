@@ -111,18 +111,28 @@ impl EventMaps {
     }
 }
 
-/// Moves every record of the ring into `tx` as it arrives; what does not fit is counted in
-/// `lost`. Ends when the receiver is gone.
+/// How often the ring is drained without a wakeup: the programs wake the reader only when a
+/// batch has piled up (`EVENT_WAKEUP_BYTES` in events.h), so this bounds how late an event is.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Moves every record of the ring into `tx`, woken by the kernel for a batch or every
+/// [`DRAIN_PERIOD`]; what does not fit is counted in `lost`. Ends when the receiver is gone.
 async fn drain(mut ring: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Event>, lost: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(DRAIN_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut ready = match ring.readable_mut().await {
-            Ok(ready) => ready,
-            Err(e) => {
-                tracing::error!(error = %e, "event ring: poll failed; no more events");
-                return;
-            }
-        };
-        let buffer = ready.get_inner_mut();
+        tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                // Cleared before draining: what arrives meanwhile wakes the reader again.
+                Ok(mut ready) => ready.clear_ready(),
+                Err(e) => {
+                    tracing::error!(error = %e, "event ring: poll failed; no more events");
+                    return;
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
             let Some(event) = Event::from_bytes(&record) else { continue };
             match tx.try_send(event) {
@@ -133,7 +143,6 @@ async fn drain(mut ring: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Event>, los
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
-        ready.clear_ready();
     }
 }
 

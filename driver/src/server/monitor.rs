@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
 
 use super::api::failure;
@@ -38,29 +38,51 @@ struct Subscription {
 }
 
 impl Subscription {
-    /// The next chunk to send; `None` when the stream ends.
+    /// The next chunk to send: the lines waiting now (one write for a burst, not one per
+    /// line); `None` when the stream ends.
     async fn next(&mut self) -> Option<Bytes> {
+        let mut chunk = Vec::new();
         loop {
             tokio::select! {
                 line = self.lines.recv() => match line {
-                    Ok(line) if self.filter.matches(&line) => return Some(ndjson(&line)),
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(missed)) => {
-                        return Some(ndjson(&MonitorEvent::tally(Kind::Lost, missed, SystemTime::now())));
-                    }
+                    Ok(line) => self.add(&mut chunk, &line),
+                    Err(RecvError::Lagged(missed)) => self.add_lost(&mut chunk, missed),
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b"\n")),
                 _ = &mut self.closed => return None,
             }
+            while chunk.len() < CHUNK_BYTES {
+                match self.lines.try_recv() {
+                    Ok(line) => self.add(&mut chunk, &line),
+                    Err(TryRecvError::Lagged(missed)) => self.add_lost(&mut chunk, missed),
+                    Err(_) => break,
+                }
+            }
+            if !chunk.is_empty() {
+                return Some(Bytes::from(chunk));
+            }
         }
+    }
+
+    fn add(&self, chunk: &mut Vec<u8>, line: &MonitorEvent) {
+        if self.filter.matches(line) {
+            ndjson(chunk, line);
+        }
+    }
+
+    fn add_lost(&self, chunk: &mut Vec<u8>, missed: u64) {
+        ndjson(chunk, &MonitorEvent::tally(Kind::Lost, missed, SystemTime::now()));
     }
 }
 
-fn ndjson(line: &MonitorEvent) -> Bytes {
-    let mut text = serde_json::to_vec(line).unwrap_or_default();
-    text.push(b'\n');
-    Bytes::from(text)
+/// Lines gathered into one chunk at most (about this many bytes).
+const CHUNK_BYTES: usize = 64 * 1024;
+
+fn ndjson(chunk: &mut Vec<u8>, line: &MonitorEvent) {
+    if serde_json::to_writer(&mut *chunk, line).is_ok() {
+        chunk.push(b'\n');
+    }
 }
 
 fn refused(e: DriverError) -> Response {

@@ -2,6 +2,7 @@
 //! one run, as medians of interleaved rounds and ratios; the table goes to stdout and
 //! target/bench/results.json.
 
+mod monitor;
 mod netns;
 mod plugin;
 mod policy;
@@ -218,6 +219,7 @@ fn main() -> Result<()> {
 
     let dp = datapaths(&daemon)?;
     let world = world::outside(&outside)?;
+    let monitored = monitor::monitored()?;
     let runs = docker_runs(&daemon)?;
     drop(daemon);
     let latency = plugin::plugin_latency()?;
@@ -345,6 +347,28 @@ fn main() -> Result<()> {
         format!("{:.2}× docker-proxy", lc / lb),
         "≥ 2×",
     );
+    let mmed = |key: &str| median(&mut monitored.rows.get(key).cloned().unwrap_or_default());
+    let (toff, tmon) = (mmed("tcp_v4_events_off"), mmed("tcp_v4_monitored"));
+    row(
+        "TCP IPv4, events off | monitor (Gbit/s)",
+        [nan, nan, nan, toff, tmon],
+        format!("{:.2}× events off", tmon / toff),
+        "≥ 0.97×",
+    );
+    let (coff, cmon) = (mmed("crr_v4_events_off"), mmed("crr_v4_monitored"));
+    row(
+        "new conn/s IPv4, events off | monitor (k)",
+        [nan, nan, nan, coff / 1e3, cmon / 1e3],
+        format!("{:.2}× events off", cmon / coff),
+        "≥ 0.97×",
+    );
+    let lps = median(&mut monitored.lines_per_second.clone());
+    row(
+        "monitor lines read per second (k)",
+        [nan, nan, nan, nan, lps / 1e3],
+        format!("{} lost/suppressed", monitored.lost),
+        "",
+    );
     println!();
     println!("(took {:.0} s)", started.elapsed().as_secs_f64());
 
@@ -358,6 +382,7 @@ fn main() -> Result<()> {
         "create_endpoint_join_ms": {"p50": p50, "p99": p99, "endpoints_present": plugin::ENDPOINTS_PRESENT,
                                     "rules_loaded": policy::RULES, "samples": latency.create_join_ms},
         "daemon_rss_mb": rss_mb,
+        "monitor": {"rounds": monitored.rows, "lines_per_second": monitored.lines_per_second, "lost": monitored.lost},
         "outside_world": {"rounds": world, "medians": world.keys().map(|k| (k.to_string(), wmed(k))).collect::<BTreeMap<_, _>>()},
     });
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
