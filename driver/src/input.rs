@@ -1,4 +1,5 @@
-//! Quoting untrusted input in error messages: bounded, escaped, never the whole of a hostile string.
+//! Untrusted input in error messages: quoted (bounded, escaped, never the whole of a hostile
+//! string) and named by kind.
 
 /// Longest excerpt of an input echoed back in an error message.
 const MAX_ECHO: usize = 64;
@@ -10,6 +11,19 @@ pub fn quoted(text: &str) -> String {
     }
     let head: String = text.chars().take(MAX_ECHO).collect();
     format!("{:?} ({} bytes)", format!("{head}…"), text.len())
+}
+
+/// What a JSON value is, for "expected X, found Y" messages.
+pub fn kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
 use crate::egress::PortRange;
+use crate::input::kind;
 
 /// The transport protocols a port can be published for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,17 +83,6 @@ pub fn parse_portmap(value: Option<&Value>) -> Result<Vec<PortRequest>, String> 
         .enumerate()
         .map(|(i, entry)| parse_entry(entry).map_err(|e| format!("port map entry {i}: {e}")))
         .collect()
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn parse_entry(entry: &Value) -> Result<PortRequest, String> {

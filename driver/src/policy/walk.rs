@@ -33,17 +33,7 @@ pub(crate) fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-/// What a value is, for "expected X, found Y" messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+pub(crate) use crate::input::kind;
 
 fn expected<T>(path: &str, what: &str, value: &Value) -> Walk<T> {
     fail(path, format!("expected {what}, found {}", kind(value)))
