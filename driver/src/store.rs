@@ -56,6 +56,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: Box<redb::Error> },
     #[error("create state directory {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("restrict {path} to its owner: {source}")]
+    Permissions { path: PathBuf, source: std::io::Error },
     #[error("read state: {0}")]
     Read(Box<redb::Error>),
     #[error("commit state: {0}")]
@@ -184,9 +186,12 @@ impl RedbStore {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::CreateDir { path: state_dir.to_owned(), source })?;
+        // Only root reads the state, whoever created the directory and whatever the umask.
+        restrict(state_dir, 0o700)?;
         let path = state_dir.join(Self::FILE);
         let db =
             redb::Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+        restrict(&path, 0o600)?;
         // Create the tables up front so reads never meet a missing table.
         let txn = db.begin_write().map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
         for table in Table::ALL {
@@ -280,9 +285,32 @@ impl Store for MemoryStore {
     }
 }
 
+/// Sets the permission bits of `path` to `mode`.
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| StoreError::Permissions { path: path.to_owned(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("a/state");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        RedbStore::open(&state).expect("open");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700, "an existing directory is tightened");
+        assert_eq!(mode(&state.join(RedbStore::FILE)), 0o600);
+        std::fs::set_permissions(state.join(RedbStore::FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        RedbStore::open(&state).expect("open again");
+        assert_eq!(mode(&state.join(RedbStore::FILE)), 0o600, "and so is an existing file");
+    }
 
     fn put(table: Table, key: &str, value: &str) -> Change {
         Change { table, key: key.into(), value: Some(value.as_bytes().to_vec()) }

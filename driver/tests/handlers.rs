@@ -347,6 +347,9 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
     let cases: Vec<(&str, Body, &str)> = vec![
         ("NetworkDriver.CreateNetwork", Body::from("{\"NetworkID\": "), "malformed request body"),
         ("NetworkDriver.CreateNetwork", Body::empty(), "empty request body"),
+        ("IpamDriver.RequestPool", Body::from("[]"), "request body must be a JSON object, found an array"),
+        ("NetworkDriver.DeleteNetwork", Body::from("null"), "request body must be a JSON object, found null"),
+        ("NetworkDriver.Leave", Body::from("[\"a\", \"b\"]"), "request body must be a JSON object, found an array"),
         ("NetworkDriver.Join", Body::from("{\"NetworkID\": 5}"), "malformed request body: invalid type: integer `5`"),
         ("NetworkDriver.Join", Body::from(json!({"NetworkID": NET, "EndpointID": EP}).to_string()), "unknown endpoint 0123456789ab"),
         (

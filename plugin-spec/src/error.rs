@@ -11,6 +11,9 @@ pub enum DecodeError {
     /// payload, except when it retried a request whose body a failed attempt had consumed, so
     /// it must not be read as "all fields default".
     EmptyBody,
+    /// The body is JSON but not an object, which every request of the protocol is (serde
+    /// would otherwise read an array positionally into the fields).
+    NotAnObject(&'static str),
     /// The body is not valid JSON for the expected type; the message names the expected type
     /// and the line/column.
     Json(serde_json::Error),
@@ -20,6 +23,7 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::EmptyBody => f.write_str("empty request body"),
+            DecodeError::NotAnObject(found) => write!(f, "request body must be a JSON object, found {found}"),
             DecodeError::Json(e) => write!(f, "malformed request body: {e}"),
         }
     }
@@ -28,19 +32,32 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            DecodeError::EmptyBody => None,
+            DecodeError::EmptyBody | DecodeError::NotAnObject(_) => None,
             DecodeError::Json(e) => Some(e),
         }
     }
 }
 
 /// Decodes a request body as dockerd sends it (compact JSON plus a trailing newline).
-/// An empty or whitespace-only body is [`DecodeError::EmptyBody`].
+/// An empty or whitespace-only body is [`DecodeError::EmptyBody`]; JSON that is not an object
+/// is [`DecodeError::NotAnObject`].
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(DecodeError::EmptyBody);
+    };
+    if *first == b'{' {
+        return serde_json::from_slice(body).map_err(DecodeError::Json);
     }
-    serde_json::from_slice(body).map_err(DecodeError::Json)
+    // Valid JSON of another kind is named; anything else is serde's error, with its position.
+    let found = match serde_json::from_slice::<serde_json::Value>(body).map_err(DecodeError::Json)? {
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Object(_) => "an object",
+    };
+    Err(DecodeError::NotAnObject(found))
 }
 
 #[cfg(test)]
@@ -55,6 +72,24 @@ mod tests {
             assert!(matches!(err, DecodeError::EmptyBody), "{body:?}: {err:?}");
             assert_eq!(err.to_string(), "empty request body");
         }
+    }
+
+    #[test]
+    fn json_that_is_no_object_is_refused_by_what_it_is() {
+        for (body, found) in [
+            (&b"[]"[..], "an array"),
+            (b" [\"p1\"]\n", "an array"),
+            (b"null", "null"),
+            (b"42", "a number"),
+            (b"-1", "a number"),
+            (b"\"PoolID\"", "a string"),
+            (b"true", "a boolean"),
+        ] {
+            let err = decode::<ReleasePoolRequest>(body).expect_err("not an object");
+            assert!(matches!(err, DecodeError::NotAnObject(f) if f == found), "{body:?}: {err:?}");
+            assert_eq!(err.to_string(), format!("request body must be a JSON object, found {found}"));
+        }
+        assert!(matches!(decode::<ReleasePoolRequest>(b"nope"), Err(DecodeError::Json(_))));
     }
 
     #[test]

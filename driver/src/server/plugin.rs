@@ -149,11 +149,7 @@ where
             let bytes = read_body(body, MAX_BODY_BYTES)
                 .await
                 .map_err(|e| PluginError { status: e.status, message: e.message })?;
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Err(PluginError::bad_request("empty request body"));
-            }
-            let request: Req = serde_json::from_slice(&bytes)
-                .map_err(|e| PluginError::bad_request(format!("malformed request body: {e}")))?;
+            let request: Req = plugin_spec::decode(&bytes).map_err(|e| PluginError::bad_request(e.to_string()))?;
             let (network, endpoint) = request.ids();
             let span = tracing::Span::current();
             if !network.is_empty() {
