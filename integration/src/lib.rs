@@ -317,14 +317,15 @@ pub fn run_container_with(name: &str, args: &[&str], cmd: &[&str]) -> Result<Str
     Ok(docker(&argv)?.trim().to_owned())
 }
 
-/// A shell loop answering HTTP on each port in `ports` with a body naming `name` (busybox
-/// `nc` serves one connection at a time).
+/// A persistent HTTP server on each port in `ports` with a body naming `name`: busybox `nc -ll`
+/// forks a responder for every connection, so back-to-back requests never meet a closed port.
+/// The responder reads the request line first, so closing never resets unread data.
 pub fn http_servers(name: &str, ports: &[u16]) -> String {
-    let loops: Vec<String> = ports
+    let servers: Vec<String> = ports
         .iter()
-        .map(|p| format!(r#"while true; do printf 'HTTP/1.0 200 OK\r\n\r\n{name}:{p}\n' | nc -l -p {p}; done &"#))
+        .map(|p| format!(r#"nc -ll -p {p} -e sh -c 'read request; printf "HTTP/1.0 200 OK\r\n\r\n{name}:{p}\n"' &"#))
         .collect();
-    format!("{} wait", loops.join(" "))
+    format!("{} wait", servers.join(" "))
 }
 
 /// Whether `from` gets an HTTP answer from `addr`:`port` within `timeout_secs` (busybox `nc`
