@@ -173,6 +173,18 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
+    async fn forget_orphan(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        let mut kernel = self.enter("forget_orphan", host_ifname)?;
+        let orphans: Vec<u32> =
+            kernel.installed.values().filter(|e| e.host_ifname == host_ifname).map(|e| e.number).collect();
+        kernel.installed.retain(|_, e| e.host_ifname != host_ifname);
+        for number in orphans {
+            let last = kernel.counters.remove(&number);
+            kernel.ledger.removed(number, last.as_ref());
+        }
+        Ok(())
+    }
+
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
         let mut kernel = self.enter("remove_endpoint", &number.to_string())?;
         kernel.installed.retain(|_, e| e.number != number);

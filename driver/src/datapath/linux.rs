@@ -479,6 +479,60 @@ impl Datapath for LinuxDatapath {
         self.apply_endpoint_with(desired, true).await
     }
 
+    async fn forget_orphan(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        let Some(link) = self.netlink.link_by_name(host_ifname).await? else { return Ok(()) };
+        let Some(info) = self.bpf().endpoint(link.index)? else { return Ok(()) };
+        let row = rows::endpoint_row(link.index, &info);
+        let (live_interface, live_number) = {
+            let applied = guard(&self.applied);
+            (applied.values().any(|e| e.host_ifindex == link.index), applied.contains_key(&row.number))
+        };
+        if live_interface {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        let mut bpf = self.bpf();
+        errors.extend(bpf.remove_endpoint(link.index).err().map(DatapathError::from));
+        // A number a live endpoint holds again (handed out after the state was lost) keeps
+        // its entries and counters.
+        if live_number {
+            return DatapathError::collect(errors);
+        }
+        let addresses: Vec<IpAddr> = row.ipv6.map(IpAddr::V6).into_iter().chain(row.ipv4.map(IpAddr::V4)).collect();
+        for &ip in &addresses {
+            errors.extend(remove_own_local_ip(&mut bpf, ip, row.number).err());
+        }
+        errors.extend(bpf.remove_metrics(row.number).err().map(DatapathError::from));
+        drop(bpf);
+        {
+            let mut policy = self.policy();
+            for &ip in &addresses {
+                let net = IpNet::from(ip);
+                let held = policy.endpoint_ips.contains_key(&net);
+                let owned = policy.maps.ipcache_entries()?.iter().any(|(n, id)| *n == net && *id == row.identity);
+                if owned && !held {
+                    let result = match policy.applied.ipcache.get(&net).copied() {
+                        Some(identity) => policy.maps.set_ipcache(net, identity),
+                        None => policy.maps.remove_ipcache(net),
+                    };
+                    errors.extend(result.err().map(DatapathError::from));
+                }
+            }
+        }
+        let mut world = self.world();
+        let ports: Vec<abi::PortKey> = world
+            .maps
+            .port_entries()?
+            .into_iter()
+            .filter(|(_, t)| t.endpoint_id == row.number)
+            .map(|(k, _)| k)
+            .collect();
+        for key in ports {
+            errors.extend(world.maps.remove_port(&key).err().map(DatapathError::from));
+        }
+        DatapathError::collect(errors)
+    }
+
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError> {
         let old = guard(&self.applied).remove(&number);
         let mut errors = Vec::new();

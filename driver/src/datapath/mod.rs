@@ -346,6 +346,12 @@ pub trait Datapath: Send + Sync + 'static {
     /// going on past errors and reporting them all; an unknown endpoint is fine.
     async fn remove_endpoint(&self, number: u32) -> Result<(), DatapathError>;
 
+    /// Removes what the kernel still holds for the endpoint behind host interface
+    /// `host_ifname` when the driver has no record of it (its state was lost): its entry, the
+    /// address entries and published ports that still point at it, its counters (its routes
+    /// go with the interface). Anything a live endpoint holds is left alone.
+    async fn forget_orphan(&self, host_ifname: &str) -> Result<(), DatapathError>;
+
     /// Makes the policy entries and the non-endpoint ipcache entries exactly `desired`,
     /// writing only the difference (new allows and denies first, then removals), and then
     /// bumps the policy revision if anything changed, so that established flows are checked

@@ -804,14 +804,17 @@ impl Driver {
             return Ok(());
         }
         // Not ours any more (state lost, or a repeated call): the veth is still named after the
-        // endpoint id, so remove it and its pins if they exist.
+        // endpoint id, so remove its entries, its pins and it, if they exist.
         let _held = self.endpoint_locks.lock(id).await;
         let host_ifname = host_ifname(id);
-        let errors: Vec<DatapathError> =
-            [self.datapath.detach(&host_ifname).await.err(), self.datapath.delete_veth(&host_ifname).await.err()]
-                .into_iter()
-                .flatten()
-                .collect();
+        let errors: Vec<DatapathError> = [
+            self.datapath.forget_orphan(&host_ifname).await.err(),
+            self.datapath.detach(&host_ifname).await.err(),
+            self.datapath.delete_veth(&host_ifname).await.err(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         DatapathError::collect(errors).map_err(DriverError::from)
     }
 
