@@ -52,6 +52,44 @@ fn print<T: serde::Serialize + ?Sized>(output: Output, value: &T, render: impl F
     Ok(())
 }
 
+/// What `state recover` did, for the operator.
+pub fn print_recovered(output: Output, recovered: &crate::recover::run::Recovered) -> anyhow::Result<()> {
+    print(output, recovered, |r| {
+        let report = &r.report;
+        let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
+        let mut text = format!("state rebuilt: {}\n", r.state_file.display());
+        match &r.replaced {
+            Some(path) => text += &format!("the file it replaces is kept as {}\n", path.display()),
+            None => text += "there was no state file to replace\n",
+        }
+        match &report.backup_unreadable {
+            Some(why) => text += &format!("from {}: nothing (unreadable: {why})\n", r.base.display()),
+            None => {
+                text += &format!(
+                    "from {}: {} networks, {} endpoints, {} rules\n",
+                    r.base.display(),
+                    report.networks_from_backup,
+                    report.endpoints_from_backup,
+                    report.rules_from_backup
+                )
+            }
+        }
+        text += &format!("networks rebuilt from Docker: {}\n", list(&report.networks_rebuilt));
+        text += &format!("endpoints rebuilt from Docker and the kernel: {}\n", list(&report.endpoints_rebuilt));
+        if !report.endpoints_without_kernel.is_empty() {
+            text += &format!(
+                "endpoints the kernel no longer forwards (recorded, not joined): {}\n",
+                list(&report.endpoints_without_kernel)
+            );
+        }
+        for problem in &report.problems {
+            text += &format!("not rebuilt: {problem}\n");
+        }
+        text += "start the daemon: it restores the datapath from this state and reconciles with Docker\n";
+        text
+    })
+}
+
 /// GETs `path` and prints the answer.
 async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     socket: &Path,

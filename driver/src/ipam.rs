@@ -108,6 +108,10 @@ pub struct Pool {
     pub allocations: BTreeMap<IpAddr, Allocation>,
     /// Offset of the next address to try, so released addresses are not reused at once.
     pub cursor: u128,
+    /// Rebuilt by `state recover` under a new id: dockerd's calls, which carry the id it was
+    /// created under, find it by its subnet.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 /// What dockerd (or the driver) asks for.
@@ -219,17 +223,31 @@ impl Ipam {
             created_at: now,
             allocations: BTreeMap::new(),
             cursor: 0,
+            recovered: false,
         };
         Ok(self.pools.entry(id).or_insert(pool))
     }
 
+    /// The live pool dockerd means by `id`: that pool, or the pool `state recover` rebuilt
+    /// under a new id for the same subnet (`<subnet>@<serial>`). Only rebuilt pools are found by
+    /// subnet: a late release of an old id never frees the pool of a newer network.
+    fn resolve(&self, id: &PoolId) -> Option<PoolId> {
+        if self.pools.contains_key(id) {
+            return Some(id.clone());
+        }
+        let subnet = id.0.split_once('@')?.0;
+        let rebuilt = |p: &&Pool| p.recovered && p.id.0.split_once('@').is_some_and(|(s, _)| s == subnet);
+        self.pools.values().find(rebuilt).map(|p| p.id.clone())
+    }
+
     /// Removes a pool. Unknown pools are fine: dockerd repeats releases.
     pub fn release_pool(&mut self, id: &PoolId) -> Option<Pool> {
-        self.pools.remove(id)
+        let id = self.resolve(id)?;
+        self.pools.remove(&id)
     }
 
     pub fn pool(&self, id: &PoolId) -> Result<&Pool, IpamError> {
-        self.pools.get(id).ok_or_else(|| IpamError::UnknownPool(id.clone()))
+        self.resolve(id).and_then(|id| self.pools.get(&id)).ok_or_else(|| IpamError::UnknownPool(id.clone()))
     }
 
     /// The live pool with exactly this subnet (subnets of live pools never overlap).
@@ -251,7 +269,8 @@ impl Ipam {
         kind: AllocationKind,
         now: u64,
     ) -> Result<IpAddr, IpamError> {
-        let pool = self.pools.get_mut(id).ok_or_else(|| IpamError::UnknownPool(id.clone()))?;
+        let pool = self.resolve(id).and_then(|id| self.pools.get_mut(&id));
+        let pool = pool.ok_or_else(|| IpamError::UnknownPool(id.clone()))?;
         let addr = match preferred {
             Some(addr) => {
                 pool.check_assignable(addr)?;
@@ -269,7 +288,7 @@ impl Ipam {
     /// Frees an address. Unknown pools and free addresses are fine (dockerd repeats releases);
     /// an address outside the pool is an error. Returns whether something was freed.
     pub fn release_address(&mut self, id: &PoolId, addr: IpAddr) -> Result<bool, IpamError> {
-        let Some(pool) = self.pools.get_mut(id) else { return Ok(false) };
+        let Some(pool) = self.resolve(id).and_then(|id| self.pools.get_mut(&id)) else { return Ok(false) };
         if addr == pool.gateway {
             // dockerd releases the gateway it got from RequestPool's Data too; it is not held.
             return Ok(false);
@@ -557,6 +576,21 @@ mod tests {
         assert_ne!(a, b);
         assert!(ipam.release_pool(&a).is_none(), "a late release of the old id frees nothing");
         assert!(ipam.pools.contains_key(&b));
+    }
+
+    #[test]
+    fn a_rebuilt_pool_answers_to_the_id_dockerd_holds() {
+        let cfg = IpamConfig::default();
+        let mut ipam = Ipam::default();
+        let rebuilt = ipam.request_pool(&cfg, &v4(Some("10.5.0.0/24"), None), &[], 1).expect("pool").id.clone();
+        let held = PoolId("10.5.0.0/24@41".into());
+        assert!(ipam.pool(&held).is_err(), "only rebuilt pools are found by subnet");
+        ipam.pools.get_mut(&rebuilt).expect("pool").recovered = true;
+        let addr = ipam.request_address(&held, None, AllocationKind::Address, 2).expect("address");
+        assert!(ipam.pool(&rebuilt).expect("pool").allocations.contains_key(&addr));
+        assert!(ipam.release_address(&held, addr).expect("release"));
+        assert!(ipam.pool(&PoolId("10.6.0.0/24@41".into())).is_err(), "another subnet is another pool");
+        assert_eq!(ipam.release_pool(&held).map(|p| p.id), Some(rebuilt));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use cilium_rs::cli::{self, BpfMap, Output};
 use cilium_rs::datapath::bpf::AttachMode;
 use cilium_rs::datapath::events::EventRateLimit;
 use cilium_rs::datapath::linux::LinuxDatapath;
-use cilium_rs::driver::{Driver, DriverConfig};
+use cilium_rs::driver::{Driver, DriverConfig, DriverError};
 use cilium_rs::egress::{self, EgressChoice, PortRange};
 use cilium_rs::health::ErrorRing;
 use cilium_rs::ipam::IpamConfig;
@@ -22,10 +22,13 @@ use cilium_rs::monitor::event::Kind;
 use cilium_rs::monitor::filter::Filter;
 use cilium_rs::monitor::FlowLimits;
 use cilium_rs::policy::EnforcementMode;
+use cilium_rs::recover::{self, run::RecoverOptions};
 use cilium_rs::server::api::TraceRequest;
 use cilium_rs::server::metrics::MetricsListener;
 use cilium_rs::server::ui::UiListener;
 use cilium_rs::server::{self, Socket};
+use cilium_rs::state::StateError;
+use cilium_rs::state_file;
 use cilium_rs::store::RedbStore;
 use cilium_rs::{docker, identity_watch, logging};
 
@@ -103,6 +106,34 @@ enum Command {
     Bpf {
         #[command(subcommand)]
         map: BpfCommand,
+    },
+    /// The daemon's state file.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Rebuild a damaged, emptied or removed state file (the daemon must be down) from its
+    /// backup, Docker's networks and containers, and the kernel's pinned endpoint entries:
+    /// running containers keep their addresses and connectivity. The file replaced is kept.
+    Recover {
+        /// Where dockerd finds the plugin (its file name without .sock is the driver name).
+        #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
+        plugin_socket: PathBuf,
+        #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
+        state_dir: PathBuf,
+        #[arg(long, env = "CILIUM_RS_BPF_ROOT", default_value = "/sys/fs/bpf/cilium-rs")]
+        bpf_root: PathBuf,
+        #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+        docker_socket: PathBuf,
+        /// Prefix length of the IPv6 subnets the daemon takes for networks without --ipv6.
+        #[arg(long, env = "CILIUM_RS_IPV6_POOL_PREFIX", default_value_t = 64)]
+        ipv6_pool_prefix: u8,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -339,12 +370,25 @@ struct DaemonArgs {
     log: Option<String>,
 }
 
+/// Exit status of a daemon that refuses its state file: restarting cannot help, so the
+/// service unit does not (`RestartPreventExitStatus=`).
+const EXIT_STATE_REFUSED: u8 = 3;
+
+/// The daemon will not start on its state file; the message says why and what to run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StateRefused(String);
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cilium-rs: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<StateRefused>().is_some() {
+                ExitCode::from(EXIT_STATE_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -385,6 +429,20 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => cli::networks(api, output).await,
         Command::Identity { command: ListCommand::List { output } } => cli::identities(api, output).await,
         Command::Status { verbose, output } => cli::status(api, output, verbose).await.map(drop),
+        Command::State {
+            command:
+                StateCommand::Recover { plugin_socket, state_dir, bpf_root, docker_socket, ipv6_pool_prefix, output },
+        } => {
+            let options = RecoverOptions {
+                plugin: docker::plugin_name(&plugin_socket),
+                state_dir,
+                bpf_root,
+                docker_socket,
+                ipam: IpamConfig { ipv6_prefix: ipv6_pool_prefix, ..IpamConfig::default() },
+            };
+            let recovered = recover::run::recover(&options).await.map_err(anyhow::Error::msg)?;
+            cli::print_recovered(output, &recovered)
+        }
         Command::Bpf { map } => {
             let (map, output) = match map {
                 BpfCommand::Ct { command: CtCommand::Flush { output } } => return cli::bpf_ct_flush(api, output).await,
@@ -449,7 +507,10 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         Some(address) => Some(MetricsListener::bind(address, args.metrics_per_endpoint).await?),
         None => None,
     };
-    let store = RedbStore::open(&args.state_dir)?;
+    let store = Arc::new(RedbStore::open(&args.state_dir).map_err(|e| match e.needs_recovery() {
+        true => anyhow::Error::new(StateRefused(e.to_string())),
+        false => e.into(),
+    })?);
     let mode = match args.attach_mode {
         AttachModeArg::Tc => AttachMode::Netlink,
         AttachModeArg::Tcx => AttachMode::Tcx,
@@ -460,7 +521,22 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         }
     }
     let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
-    let driver = Arc::new(Driver::start(config, Arc::new(datapath), Arc::new(store)).await?);
+    let driver = Driver::start(config, Arc::new(datapath), store.clone()).await.map_err(|e| match e {
+        DriverError::State(StateError::Corrupt { .. }) => anyhow::Error::new(StateRefused(format!(
+            "{e} in {}. The daemon does not start on it, so that no running container loses its addresses \
+             or policy (the datapath keeps forwarding). Rebuild the state with `cilium-rs state recover \
+             --state-dir {}`",
+            store.path().display(),
+            args.state_dir.display()
+        ))),
+        e => e.into(),
+    })?;
+    let driver = Arc::new(driver);
+    // The state the daemon started on is the last good one.
+    let backup = state_file::backup_path(store.path());
+    if let Err(e) = store.back_up(&backup) {
+        tracing::warn!(error = %e, "back up the state");
+    }
     // The host's addresses are policy's `host` before the first request is served.
     if let Err(e) = driver.refresh_host_addresses().await {
         tracing::warn!(error = %e, "read the host's addresses");

@@ -76,6 +76,27 @@ impl State {
         Ok(state)
     }
 
+    /// Every record of the networks, pools, endpoints and meta tables, as a commit writes them.
+    pub fn records(&self) -> Result<Records, StateError> {
+        let mut changes = Vec::new();
+        for (id, pool) in &self.ipam.pools {
+            changes.push(encode(Table::Pools, &id.0, Some(pool))?);
+        }
+        for (id, network) in &self.networks {
+            changes.push(encode(Table::Networks, id.as_str(), Some(network))?);
+        }
+        for (id, endpoint) in &self.endpoints {
+            changes.push(encode(Table::Endpoints, id.as_str(), Some(endpoint))?);
+        }
+        changes.push(encode(Table::Meta, META_IPAM_SERIAL, Some(&self.ipam.next_serial))?);
+        changes.push(encode(Table::Meta, META_NEXT_NUMBER, Some(&self.next_number))?);
+        let mut records = Records::new();
+        for change in changes {
+            records.entry(change.table).or_default().insert(change.key, change.value.unwrap_or_default());
+        }
+        Ok(records)
+    }
+
     /// Hands out the next endpoint number no endpoint holds (never 0).
     pub fn take_number(&mut self) -> u32 {
         loop {

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::state_file;
+
 /// The kinds of records the daemon keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
@@ -54,6 +56,25 @@ pub type Records = BTreeMap<Table, BTreeMap<String, Vec<u8>>>;
 pub enum StoreError {
     #[error("open state database {path}: {source}")]
     Open { path: PathBuf, source: Box<redb::Error> },
+    #[error(
+        "the state file {path} {problem}. The daemon does not start on it, so that no running container \
+         loses its addresses or policy (the datapath keeps forwarding). Rebuild it from its backup, the \
+         kernel and Docker with `cilium-rs state recover --state-dir {}` (the damaged file is kept)",
+        state_dir(path)
+    )]
+    Damaged { path: PathBuf, problem: String },
+    #[error(
+        "the state file {path} is missing but its backup {backup} is there: the state was removed. Rebuild it \
+         with `cilium-rs state recover --state-dir {}`, or remove the backup too to start with no state",
+        state_dir(path)
+    )]
+    Missing { path: PathBuf, backup: PathBuf },
+    #[error("the state file {path} is open in another process: is another cilium-rs daemon running?")]
+    InUse { path: PathBuf },
+    #[error("inspect {path}: {source}")]
+    Inspect { path: PathBuf, source: std::io::Error },
+    #[error("back up the state to {path}: {source}")]
+    Backup { path: PathBuf, source: Box<redb::Error> },
     #[error("create state directory {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("restrict {path} to its owner: {source}")]
@@ -66,6 +87,34 @@ pub enum StoreError {
 
 fn boxed<E: Into<redb::Error>>(e: E) -> Box<redb::Error> {
     Box::new(e.into())
+}
+
+impl StoreError {
+    pub fn damaged(path: &Path, problem: String) -> StoreError {
+        StoreError::Damaged { path: path.to_owned(), problem }
+    }
+
+    /// Whether the state file itself is the trouble (the operator must recover it).
+    pub fn needs_recovery(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. } | StoreError::Missing { .. })
+    }
+}
+
+fn state_dir(state_file: &Path) -> String {
+    state_file.parent().unwrap_or(Path::new(".")).display().to_string()
+}
+
+/// An error of the store library while opening `path`: the file's fault or the host's.
+fn opening_error(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+    match error.into() {
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_owned() },
+        redb::Error::Io(e)
+            if !matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+        {
+            StoreError::Open { path: path.to_owned(), source: Box::new(redb::Error::Io(e)) }
+        }
+        other => StoreError::damaged(path, format!("is damaged: {other}")),
+    }
 }
 
 /// Where the daemon keeps what it must not forget.
@@ -180,27 +229,115 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// Meta key of the records' schema version (absent: 0, before the key existed).
+const META_SCHEMA: &str = "store.schema";
+/// The records' schema this build writes.
+pub const SCHEMA: u32 = 1;
+
 impl RedbStore {
     pub const FILE: &'static str = "state.redb";
 
+    /// Opens the state under `state_dir` (creating it on a new host), refusing a damaged,
+    /// empty or vanished file with the way out; every record is read once here, so damage
+    /// shows now and not in the middle of a plugin call. Before the schema moves on, the old
+    /// file is copied aside.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::CreateDir { path: state_dir.to_owned(), source })?;
         // Only root reads the state, whoever created the directory and whatever the umask.
         restrict(state_dir, 0o700)?;
         let path = state_dir.join(Self::FILE);
-        let db =
-            redb::Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+        let existed = state_file::precheck(&path)?;
+        let store = state_file::contained(&path, || {
+            let db = redb::Database::create(&path).map_err(|e| opening_error(&path, e))?;
+            let store = RedbStore { db, path: path.clone() };
+            store.create_tables()?;
+            let schema = store.load().map_err(|e| StoreError::damaged(&path, format!("cannot be read: {e}")))?;
+            Ok((store, schema_of(&schema)))
+        });
+        let (store, schema) = store?;
         restrict(&path, 0o600)?;
-        // Create the tables up front so reads never meet a missing table.
-        let txn = db.begin_write().map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
-        for table in Table::ALL {
-            txn.open_table(table.definition())
-                .map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
+        if schema != Some(SCHEMA) {
+            if existed {
+                store.back_up(&state_file::migration_backup_path(&path, schema.unwrap_or(0)))?;
+            }
+            let version = serde_json::to_vec(&SCHEMA).unwrap_or_default();
+            store.commit(&[Change { table: Table::Meta, key: META_SCHEMA.to_owned(), value: Some(version) }])?;
         }
-        txn.commit().map_err(|e| StoreError::Open { path: path.clone(), source: boxed(e) })?;
-        Ok(RedbStore { db, path })
+        Ok(store)
     }
+
+    /// Creates the tables up front so reads never meet a missing table.
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let open_error = |e| opening_error(&self.path, e);
+        let txn = self.db.begin_write().map_err(open_error)?;
+        for table in Table::ALL {
+            txn.open_table(table.definition()).map_err(|e| opening_error(&self.path, e))?;
+        }
+        txn.commit().map_err(|e| opening_error(&self.path, e))
+    }
+
+    /// The last good state: a copy of every record at `to` (written aside, synced, then
+    /// renamed over the previous copy), readable by its owner only.
+    pub fn back_up(&self, to: &Path) -> Result<(), StoreError> {
+        write_records(to, &self.load()?)
+    }
+
+    /// The file the records live in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[cfg(test)]
+    fn open_at(path: &Path) -> RedbStore {
+        RedbStore { db: redb::Database::open(path).expect("open"), path: path.to_owned() }
+    }
+}
+
+/// Every record of the state file at `path` (a backup, say), never writing to it; `None` when
+/// there is no such file.
+pub fn read_file(path: &Path) -> Result<Option<Records>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    state_file::contained(path, || {
+        let db = redb::Database::open(path).map_err(|e| opening_error(path, e))?;
+        let store = RedbStore { db, path: path.to_owned() };
+        store.load().map(Some).map_err(|e| StoreError::damaged(path, format!("cannot be read: {e}")))
+    })
+}
+
+/// The schema version the records carry (`None`: a file that never had one written).
+fn schema_of(records: &Records) -> Option<u32> {
+    let bytes = records.get(&Table::Meta)?.get(META_SCHEMA)?;
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Writes `records` as a new state file at `to`, replacing what is there only once the new
+/// file is complete on disk.
+pub fn write_records(to: &Path, records: &Records) -> Result<(), StoreError> {
+    let backup_error = |source: redb::Error| StoreError::Backup { path: to.to_owned(), source: Box::new(source) };
+    let io_error = |e: std::io::Error| backup_error(redb::Error::Io(e));
+    let partial = to.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    {
+        let db = redb::Database::create(&partial).map_err(|e| backup_error(e.into()))?;
+        let mut txn = db.begin_write().map_err(|e| backup_error(e.into()))?;
+        txn.set_durability(redb::Durability::Immediate).map_err(|e| backup_error(e.into()))?;
+        for table in Table::ALL {
+            let mut handle = txn.open_table(table.definition()).map_err(|e| backup_error(e.into()))?;
+            for (key, value) in records.get(&table).into_iter().flatten() {
+                handle.insert(key.as_str(), value.as_slice()).map_err(|e| backup_error(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| backup_error(e.into()))?;
+    }
+    restrict(&partial, 0o600)?;
+    std::fs::rename(&partial, to).map_err(io_error)?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error)?;
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -222,7 +359,9 @@ impl Store for RedbStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(|e| StoreError::Commit(boxed(e)))?;
+        let mut txn = self.db.begin_write().map_err(|e| StoreError::Commit(boxed(e)))?;
+        // Durable before the call answers: fsync on commit.
+        txn.set_durability(redb::Durability::Immediate).map_err(|e| StoreError::Commit(boxed(e)))?;
         for table in Table::ALL {
             let mut handle = txn.open_table(table.definition()).map_err(|e| StoreError::Commit(boxed(e)))?;
             for change in changes.iter().filter(|c| c.table == table) {
@@ -233,7 +372,15 @@ impl Store for RedbStore {
                 .map_err(|e| StoreError::Commit(boxed(e)))?;
             }
         }
-        txn.commit().map_err(|e| StoreError::Commit(boxed(e)))
+        txn.commit().map_err(|e| StoreError::Commit(boxed(e)))?;
+        // Rules exist nowhere else (Docker and the kernel cannot give them back): the backup
+        // follows every change of them.
+        if changes.iter().any(|c| c.table == Table::Rules) {
+            if let Err(e) = self.back_up(&state_file::backup_path(&self.path)) {
+                tracing::warn!(error = %e, "back up the state after a policy change");
+            }
+        }
+        Ok(())
     }
 
     fn location(&self) -> String {
@@ -335,6 +482,84 @@ mod tests {
         assert_eq!(records[&Table::Networks]["n1"], b"a");
         assert_eq!(records[&Table::Pools]["p1"], b"b");
         assert!(records[&Table::Endpoints].is_empty());
+    }
+
+    /// Every record but the schema marker.
+    fn user_records(store: &RedbStore) -> Records {
+        let mut records = store.load().expect("load");
+        records.get_mut(&Table::Meta).expect("meta").remove(META_SCHEMA);
+        records
+    }
+
+    #[test]
+    fn random_bytes_are_refused_as_damaged_never_a_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(RedbStore::FILE);
+        for size in [1, 17, 512, 4096, 65_536, 262_144] {
+            let mut bytes = vec![0u8; size];
+            rng.fill(bytes.as_mut_slice());
+            std::fs::write(&file, &bytes).expect("write");
+            let err = RedbStore::open(dir.path()).expect_err("random bytes are no state");
+            assert!(err.needs_recovery(), "{size} random bytes: {err}");
+            assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+            assert_eq!(std::fs::read(&file).expect("read"), bytes, "the damaged file is left as it was");
+        }
+    }
+
+    #[test]
+    fn damaged_pages_never_crash_the_opener() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let good = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RedbStore::open(good.path()).expect("open");
+            let changes: Vec<Change> =
+                (0..200).map(|i| put(Table::Endpoints, &format!("e{i}"), &"x".repeat(i * 7))).collect();
+            store.commit(&changes).expect("commit");
+        }
+        let pristine = std::fs::read(good.path().join(RedbStore::FILE)).expect("read");
+        let (mut refused, mut opened) = (0, 0);
+        for _ in 0..60 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut bytes = pristine.clone();
+            let at = rng.random_range(0..bytes.len() - 64);
+            rng.fill(&mut bytes[at..at + 64]);
+            std::fs::write(dir.path().join(RedbStore::FILE), &bytes).expect("write");
+            match RedbStore::open(dir.path()) {
+                Ok(_) => opened += 1,
+                Err(e) if e.needs_recovery() => refused += 1,
+                Err(e) => panic!("a damaged file is reported as damaged, not as {e}"),
+            }
+        }
+        assert_eq!(refused + opened, 60, "{refused} refused, {opened} opened");
+    }
+
+    #[test]
+    fn backups_hold_every_record_and_a_schema_change_keeps_the_old_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(RedbStore::FILE);
+        // A file from before the schema marker, as earlier builds wrote it.
+        write_records(&file, &Records::from([(Table::Networks, BTreeMap::from([("n1".to_owned(), b"a".to_vec())]))]))
+            .expect("old file");
+        let store = RedbStore::open(dir.path()).expect("open");
+        let old = RedbStore::open_at(&state_file::migration_backup_path(&file, 0));
+        assert_eq!(user_records(&old), user_records(&store), "the pre-migration copy holds what the file held");
+        assert_eq!(schema_of(&store.load().expect("load")), Some(SCHEMA));
+
+        store.commit(&[put(Table::Rules, "r1", "{}"), put(Table::Kv, "k", "v")]).expect("commit");
+        let backup = state_file::backup_path(&file);
+        store.back_up(&backup).expect("back up");
+        assert_eq!(RedbStore::open_at(&backup).load().expect("load"), store.load().expect("load"), "full records");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&backup).expect("stat").permissions()) & 0o777,
+            0o600
+        );
+        drop((store, old));
+        std::fs::remove_file(state_file::migration_backup_path(&file, 0)).expect("rm");
+        RedbStore::open(dir.path()).expect("reopen");
+        assert!(!state_file::migration_backup_path(&file, 0).exists(), "no migration, no copy");
     }
 
     #[test]

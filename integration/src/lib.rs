@@ -158,14 +158,15 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// (Re)starts the process on the same state.
-    pub fn spawn(&mut self) -> Result<()> {
+    /// The daemon's command line and environment, its output going to the log.
+    fn command(&self) -> Result<Command> {
         let bin = binary();
         if !bin.exists() {
             bail!("{} missing: build it first (`cargo build -p cilium-rs`)", bin.display());
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["daemon", "--log", "info,cilium_rs=debug"])
             .env("CILIUM_RS_PLUGIN_SOCKET", &self.plugin_socket)
             .env("CILIUM_RS_API_SOCKET", &self.api_socket)
@@ -177,9 +178,13 @@ impl Daemon {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone()?)
             .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// (Re)starts the process on the same state.
+    pub fn spawn(&mut self) -> Result<()> {
+        let child = self.command()?.spawn().with_context(|| format!("start {}", binary().display()))?;
         self.child = Some(child);
         let api = self.api_socket.clone();
         let plugin = self.plugin_socket.clone();
@@ -191,6 +196,23 @@ impl Daemon {
             bail!("{e}; daemon log:\n{}", self.log_text());
         }
         Ok(())
+    }
+
+    /// Starts the process expecting it to refuse to run: its exit status, within 20 s.
+    pub fn run_to_exit(&mut self) -> Result<Option<i32>> {
+        let mut child = self.command()?.spawn().with_context(|| format!("start {}", binary().display()))?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill()?;
+                child.wait()?;
+                bail!("the daemon did not exit within 20 s; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {

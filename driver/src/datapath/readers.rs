@@ -6,8 +6,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
 use bpf_programs::abi::{
-    CtEntry, CtKey, EndpointMetrics, NatEntry, NatKey, CT_MAX_ENTRIES, MAP_CT, MAP_METRICS, MAP_NAT_IN, MAP_NAT_OUT,
-    NAT_MAX_ENTRIES,
+    CtEntry, CtKey, EndpointInfo, EndpointMetrics, NatEntry, NatKey, PortKey, PortTarget, CRS_LAYOUT_VERSION,
+    CT_MAX_ENTRIES, MAP_CT, MAP_ENDPOINTS, MAP_METRICS, MAP_NAT_IN, MAP_NAT_OUT, MAP_PORTS, NAT_MAX_ENTRIES,
 };
 
 use super::bpf::{all_metrics, BpfError};
@@ -80,4 +80,33 @@ fn count<K>(
         n += 1;
     }
     Ok(n)
+}
+
+/// The pinned endpoint entries (by host-side ifindex) and published ports.
+pub type PinnedEndpoints = (Vec<(u32, EndpointInfo)>, Vec<(PortKey, PortTarget)>);
+
+/// What the pinned maps of this layout under `bpf_root` say about endpoints, read without
+/// loading any program (for `state recover`, with the daemon down): the endpoint behind each
+/// host-side interface, and the published ports. Maps never pinned read as empty.
+pub fn pinned_endpoints(bpf_root: &Path) -> Result<PinnedEndpoints, BpfError> {
+    let maps_dir = bpf_root.join(format!("v{CRS_LAYOUT_VERSION}")).join("maps");
+    let read = |map: &'static str| move |error| BpfError::MapRead { map, error: Box::new(error) };
+    let layout = |map| move |error| BpfError::MapLayout { map, error: Box::new(error) };
+    let endpoints = match maps_dir.join(MAP_ENDPOINTS).exists() {
+        false => Vec::new(),
+        true => HashMap::<MapData, u32, EndpointInfo>::try_from(open(&maps_dir, MAP_ENDPOINTS)?)
+            .map_err(layout(MAP_ENDPOINTS))?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read(MAP_ENDPOINTS))?,
+    };
+    let ports = match maps_dir.join(MAP_PORTS).exists() {
+        false => Vec::new(),
+        true => HashMap::<MapData, PortKey, PortTarget>::try_from(open(&maps_dir, MAP_PORTS)?)
+            .map_err(layout(MAP_PORTS))?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read(MAP_PORTS))?,
+    };
+    Ok((endpoints, ports))
 }
