@@ -52,6 +52,26 @@ fn print<T: serde::Serialize + ?Sized>(output: Output, value: &T, render: impl F
     Ok(())
 }
 
+/// Prints every difference between the daemon's state, the kernel and Docker; returns
+/// whether they agree.
+pub async fn state_check(socket: &Path, docker: &Path, plugin: &str, output: Output) -> anyhow::Result<bool> {
+    let networks: Vec<NetworkView> = get_json(socket, api::NETWORKS).await.map_err(explain)?;
+    let endpoints: Vec<EndpointView> = get_json(socket, api::ENDPOINTS).await.map_err(explain)?;
+    let kernel: Vec<crate::dumps::BpfEndpointView> = get_json(socket, api::BPF_ENDPOINTS).await.map_err(explain)?;
+    let survivors = crate::recover::survivors::docker_networks(docker, plugin).await.map_err(anyhow::Error::msg)?;
+    let differences = crate::recover::check::differences(&networks, &endpoints, &kernel, &survivors);
+    print(output, &differences, |d| match d.is_empty() {
+        true => format!(
+            "the state, the kernel and Docker agree: {} networks, {} endpoints, {} kernel entries\n",
+            networks.len(),
+            endpoints.len(),
+            kernel.len()
+        ),
+        false => d.iter().map(|line| format!("{line}\n")).collect(),
+    })?;
+    Ok(differences.is_empty())
+}
+
 /// What `state recover` did, for the operator.
 pub fn print_recovered(output: Output, recovered: &crate::recover::run::Recovered) -> anyhow::Result<()> {
     print(output, recovered, |r| {

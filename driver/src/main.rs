@@ -116,6 +116,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum StateCommand {
+    /// Compare the daemon's state with the kernel's endpoint entries and Docker's networks
+    /// and running containers; prints every difference (exit status 1 when there is one).
+    Check {
+        /// Where dockerd finds the plugin (its file name without .sock is the driver name).
+        #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
+        plugin_socket: PathBuf,
+        #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+        docker_socket: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Rebuild a damaged, emptied or removed state file (the daemon must be down) from its
     /// backup, Docker's networks and containers, and the kernel's pinned endpoint entries:
     /// running containers keep their addresses and connectivity. The file replaced is kept.
@@ -400,6 +411,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let healthy = runtime.block_on(cli::status(api, output, verbose))?;
         return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
+    if let Command::State { command: StateCommand::Check { plugin_socket, docker_socket, output } } = &cli.command {
+        let plugin = docker::plugin_name(plugin_socket);
+        let agree = runtime.block_on(cli::state_check(api, docker_socket, &plugin, *output))?;
+        return Ok(if agree { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     runtime.block_on(run_command(cli))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -429,6 +445,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => cli::networks(api, output).await,
         Command::Identity { command: ListCommand::List { output } } => cli::identities(api, output).await,
         Command::Status { verbose, output } => cli::status(api, output, verbose).await.map(drop),
+        Command::State { command: StateCommand::Check { plugin_socket, docker_socket, output } } => {
+            cli::state_check(api, &docker_socket, &docker::plugin_name(&plugin_socket), output).await.map(drop)
+        }
         Command::State {
             command:
                 StateCommand::Recover { plugin_socket, state_dir, bpf_root, docker_socket, ipv6_pool_prefix, output },

@@ -293,6 +293,15 @@ impl Daemon {
     pub fn networks(&self) -> Result<Vec<Value>> {
         Ok(serde_json::from_str(&self.cli(&["network", "list", "-o", "json"])?)?)
     }
+
+    /// `state check` against this daemon: whether it exited 0 (no difference), and its output.
+    pub fn state_check(&self) -> Result<(bool, String)> {
+        let plugin = self.plugin_socket.to_string_lossy().into_owned();
+        let argv = self.cli_argv(&["state", "check", "--plugin-socket", &plugin]);
+        let out = output(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
 }
 
 impl Drop for Daemon {

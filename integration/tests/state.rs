@@ -79,6 +79,8 @@ fn a_damaged_state_file_is_refused_and_recovered_without_touching_running_contai
         }
     };
     check("before");
+    let (agree, out) = env.daemon.state_check().expect("state check");
+    assert!(agree && out.contains("agree: 1 networks, 3 endpoints, 3 kernel entries"), "{out}");
     let before = endpoint_records(&env);
     assert_eq!(before.len(), 3, "{before:?}");
 
@@ -117,6 +119,9 @@ fn a_damaged_state_file_is_refused_and_recovered_without_touching_running_contai
         serde_json::from_str(&env.daemon.cli(&["policy", "get", "-o", "json"]).expect("get")).expect("rules json");
     assert_eq!(rules["rules"].as_array().map(Vec::len), Some(1), "{rules}");
     check("after recovery");
+    let (agree, out) = env.daemon.state_check().expect("state check");
+    assert!(agree, "the recovered state agrees with the kernel and Docker:\n{out}");
+    orphans_are_found_by_state_check(&env);
     let app4 = format!("{PREFIX}app4");
     run_container(&app4, &["--network", &net, "-l", "id=app2"]).expect("a new container");
     let (n4, n6) = addresses(&app4, &net).expect("addresses");
@@ -125,4 +130,36 @@ fn a_damaged_state_file_is_refused_and_recovered_without_touching_running_contai
     assert!(reaches(&app4, &a6, 80), "the new container is policy's app2 too");
     env.daemon.cli(&["policy", "delete", "--all"]).expect("delete");
     env.finish(&[&app1, &app2, &app3, &app4], &[&net]);
+}
+
+/// What a lost dockerd call leaves (a network and a joined endpoint dockerd never heard of,
+/// made through the plugin socket) is reported by `state check`, then removed again.
+fn orphans_are_found_by_state_check(env: &Env) {
+    let d = &env.daemon;
+    let (net, ep) = ("0f".repeat(32), "0e".repeat(32));
+    let call = |method: &str, body: Value| d.plugin_call(method, &body).unwrap_or_else(|e| panic!("{method}: {e}"));
+    let pool =
+        call("IpamDriver.RequestPool", serde_json::json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}));
+    call(
+        "NetworkDriver.CreateNetwork",
+        serde_json::json!({"NetworkID": net, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": pool["Pool"]}]}),
+    );
+    let addr = call("IpamDriver.RequestAddress", serde_json::json!({"PoolID": pool["PoolID"], "Address": ""}));
+    call(
+        "NetworkDriver.CreateEndpoint",
+        serde_json::json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": addr["Address"]}}),
+    );
+    call("NetworkDriver.Join", serde_json::json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": ""}));
+    let (agree, out) = d.state_check().expect("state check");
+    assert!(!agree, "differences exit non-zero:\n{out}");
+    assert!(out.contains("network 0f0f0f0f0f0f is in the state, not in Docker"), "{out}");
+    assert!(out.contains("endpoint 0e0e0e0e0e0e is joined in the state, not running in Docker"), "{out}");
+    call("NetworkDriver.Leave", serde_json::json!({"NetworkID": net, "EndpointID": ep}));
+    call("NetworkDriver.DeleteEndpoint", serde_json::json!({"NetworkID": net, "EndpointID": ep}));
+    call("NetworkDriver.DeleteNetwork", serde_json::json!({"NetworkID": net}));
+    let bare = addr["Address"].as_str().and_then(|a| a.split('/').next()).unwrap_or_default().to_owned();
+    call("IpamDriver.ReleaseAddress", serde_json::json!({"PoolID": pool["PoolID"], "Address": bare}));
+    call("IpamDriver.ReleasePool", serde_json::json!({"PoolID": pool["PoolID"]}));
+    let (agree, out) = d.state_check().expect("state check");
+    assert!(agree, "{out}");
 }

@@ -5,6 +5,7 @@
 //! to delete containers to get a working host back. Pure: reading the survivors is
 //! `survivors`' job, writing the file the command's.
 
+pub mod check;
 pub mod run;
 pub mod survivors;
 
