@@ -438,9 +438,9 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     // calls queue in the backlog until the state is restored.
     let plugin = match Socket::from_systemd(&args.plugin_socket)? {
         Some(socket) => socket,
-        None => Socket::bind(&args.plugin_socket)?,
+        None => Socket::bind(&args.plugin_socket, server::PLUGIN_SOCKET_MODE)?,
     };
-    let api = Socket::bind(&api_socket)?;
+    let api = Socket::bind(&api_socket, server::API_SOCKET_MODE)?;
     let page = match args.ui_address {
         Some(address) => Some(UiListener::bind(address).await?),
         None => None,
