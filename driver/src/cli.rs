@@ -32,6 +32,10 @@ pub enum Output {
 /// A failed call, as one line for people: the daemon's own message when it gave one.
 pub fn explain(e: HttpError) -> anyhow::Error {
     match e {
+        HttpError::Connect { path, source } if source.kind() == std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot reach the cilium-rs daemon at {}: {source} (its API socket is root's alone: run the command as root)",
+            path.display()
+        ),
         HttpError::Connect { path, source } => anyhow::anyhow!(
             "cannot reach the cilium-rs daemon at {}: {source} (is `cilium-rs daemon` running?)",
             path.display()

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod network;
+pub mod notify;
 pub mod policy;
 pub mod ports;
 pub mod reconcile;

@@ -21,6 +21,7 @@ use cilium_rs::labels::LabelFilter;
 use cilium_rs::monitor::event::Kind;
 use cilium_rs::monitor::filter::Filter;
 use cilium_rs::monitor::FlowLimits;
+use cilium_rs::notify::Notifier;
 use cilium_rs::policy::EnforcementMode;
 use cilium_rs::recover::{self, run::RecoverOptions};
 use cilium_rs::server::api::TraceRequest;
@@ -511,13 +512,14 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     config.ipam.validate()?;
     egress::check_nat_ports(args.nat_port_range, egress::host_ephemeral_ports().map_err(anyhow::Error::msg)?)
         .map_err(anyhow::Error::msg)?;
+    let notifier = Notifier::from_env()?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
     // calls queue in the backlog until the state is restored.
     let plugin = match Socket::from_systemd(&args.plugin_socket)? {
         Some(socket) => socket,
-        None => Socket::bind(&args.plugin_socket)?,
+        None => Socket::bind(&args.plugin_socket, server::PLUGIN_SOCKET_MODE)?,
     };
-    let api = Socket::bind(&api_socket)?;
+    let api = Socket::bind(&api_socket, server::API_SOCKET_MODE)?;
     let page = match args.ui_address {
         Some(address) => Some(UiListener::bind(address).await?),
         None => None,
@@ -577,7 +579,11 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
         tokio::spawn(sweep_nat(driver.clone())),
     ];
-    server::serve(driver, plugin, api, metrics, page, shutdown_signal()).await?;
+    // State restored, datapath ready: the service manager may start what waits for us.
+    if let Err(e) = notifier.ready() {
+        tracing::warn!(error = %e, "tell the service manager the daemon is ready");
+    }
+    server::serve(driver, plugin, api, metrics, page, shutdown_signal(notifier)).await?;
     for task in tasks {
         task.abort();
     }
@@ -626,7 +632,7 @@ async fn sweep_nat(driver: Arc<Driver>) {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(notifier: Notifier) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
@@ -635,5 +641,8 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+    if let Err(e) = notifier.stopping() {
+        tracing::warn!(error = %e, "tell the service manager the daemon is stopping");
     }
 }

@@ -1,6 +1,6 @@
 //! dockerd itself, for tests that take it away and bring it back: live restore switched on for
-//! a while (so containers outlive dockerd), a restart, and a stop that is undone when its
-//! guard goes, even when the test fails.
+//! a while (so containers outlive dockerd), a restart, and a stop or a freeze that is undone
+//! when its guard goes, even when the test fails.
 
 use std::path::Path;
 use std::time::Duration;
@@ -109,5 +109,25 @@ impl Drop for DockerdStopped {
         if !self.started && !running {
             start_dockerd();
         }
+    }
+}
+
+/// dockerd frozen (SIGSTOP: it sends no plugin call and reads no answer) until this is dropped,
+/// when it is thawed (SIGCONT) whatever happens to the test meanwhile. Its containers run on.
+pub struct DockerdFrozen {
+    pid: String,
+}
+
+impl DockerdFrozen {
+    pub fn freeze() -> DockerdFrozen {
+        let pid = dockerd_pid();
+        run(&["kill", "-STOP", &pid]).expect("freeze dockerd");
+        DockerdFrozen { pid }
+    }
+}
+
+impl Drop for DockerdFrozen {
+    fn drop(&mut self) {
+        let _ = run(&["kill", "-CONT", &self.pid]);
     }
 }

@@ -29,9 +29,18 @@ impl Env {
     /// Starts a daemon as plugin `plugin` (with extra environment) after removing what an
     /// earlier run left under `prefix`.
     pub fn setup(plugin: &'static str, prefix: &str, env: &[(&str, &str)]) -> Env {
+        Env::setup_daemon(plugin, prefix, || Daemon::start_with(plugin, env))
+    }
+
+    /// Like [`Env::setup`], with the daemon under a socket holder ([`Daemon::start_held`]).
+    pub fn setup_held(plugin: &'static str, prefix: &str, env: &[(&str, &str)]) -> Env {
+        Env::setup_daemon(plugin, prefix, || Daemon::start_held(plugin, env))
+    }
+
+    fn setup_daemon(plugin: &'static str, prefix: &str, start: impl FnOnce() -> Result<Daemon>) -> Env {
         require_root_and_dockerd();
         let serial = serial();
-        let daemon = Daemon::start_with(plugin, env).expect("start daemon");
+        let daemon = start().expect("start daemon");
         remove_docker_leftovers(prefix);
         Env {
             daemon,

@@ -3,9 +3,11 @@
 
 pub mod dockerd;
 pub mod env;
+pub mod holder;
 pub mod outside;
 pub mod scrape;
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -97,6 +99,19 @@ pub fn require_root_and_dockerd() {
     assert!(image, "image {IMAGE} missing: `make test` (scripts/setup.sh) builds it");
 }
 
+/// Connects to a plugin socket and sends `Plugin.Activate` as dockerd sends it (no
+/// Content-Type, empty Host, empty body); returns the raw HTTP answer.
+pub fn activate(socket: &Path) -> std::io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(
+        b"POST /Plugin.Activate HTTP/1.1\r\nHost: \r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
@@ -121,7 +136,46 @@ pub struct Daemon {
     /// Extra environment for the daemon process (e.g. another Docker socket).
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The socket holder that starts (and restarts) the daemon, when one does.
+    holder: Option<holder::Holder>,
     _dir: tempfile::TempDir,
+}
+
+/// How to start a program: its arguments and environment, and the file that collects its output.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Launch {
+    /// The command that starts it.
+    pub fn command(&self) -> Result<Command> {
+        let mut command = Command::new(&self.program);
+        self.configure(&mut command)?;
+        Ok(command)
+    }
+
+    /// The command that starts it through `wrapper wrapper_args... program args...`.
+    pub fn command_through(&self, wrapper: &Path, wrapper_args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(wrapper);
+        command.args(wrapper_args).arg(&self.program);
+        self.configure(&mut command)?;
+        Ok(command)
+    }
+
+    fn configure(&self, command: &mut Command) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        Ok(())
+    }
 }
 
 /// The cilium-rs binary: $CILIUM_RS_BIN (set by the Makefile), else the workspace's debug build.
@@ -140,8 +194,29 @@ impl Daemon {
 
     /// Starts a daemon with extra environment variables.
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Result<Daemon> {
+        let mut daemon = Daemon::prepare(name, env)?;
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Starts a daemon under a socket holder (as systemd's socket unit holds the socket):
+    /// the holder binds the plugin socket and passes it to the daemon, and starts the daemon
+    /// again shortly after it dies (see [`Daemon::crash`]). Returns once it said `READY=1`.
+    pub fn start_held(name: &str, env: &[(&str, &str)]) -> Result<Daemon> {
+        let mut daemon = Daemon::prepare(name, env)?;
+        let holder = holder::Holder::start(&daemon.plugin_socket, daemon.launch())?;
+        let ready = holder.wait_ready(1, Duration::from_secs(20));
+        daemon.holder = Some(holder);
+        if let Err(e) = ready {
+            bail!("{e}; daemon log:\n{}", daemon.log_text());
+        }
+        Ok(daemon)
+    }
+
+    /// The daemon's directories and settings; nothing started yet.
+    fn prepare(name: &str, env: &[(&str, &str)]) -> Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("crs-e2e-").tempdir()?;
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             name: name.to_owned(),
             plugin_socket: PathBuf::from(format!("/run/docker/plugins/{name}.sock")),
             api_socket: dir.path().join("api.sock"),
@@ -150,41 +225,43 @@ impl Daemon {
             log: dir.path().join("daemon.log"),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
+            holder: None,
             _dir: dir,
         };
         // A previous run may have left pins behind.
         let _ = std::fs::remove_dir_all(&daemon.bpf_root);
-        daemon.spawn()?;
-        Ok(daemon)
-    }
-
-    /// The daemon's command line and environment, its output going to the log.
-    fn command(&self) -> Result<Command> {
         let bin = binary();
         if !bin.exists() {
             bail!("{} missing: build it first (`cargo build -p cilium-rs`)", bin.display());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut command = Command::new(&bin);
-        command
-            .args(["daemon", "--log", "info,cilium_rs=debug"])
-            .env("CILIUM_RS_PLUGIN_SOCKET", &self.plugin_socket)
-            .env("CILIUM_RS_API_SOCKET", &self.api_socket)
-            .env("CILIUM_RS_STATE_DIR", &self.state_dir)
-            .env("CILIUM_RS_BPF_ROOT", &self.bpf_root)
+        Ok(daemon)
+    }
+
+    /// How the daemon process is started.
+    fn launch(&self) -> Launch {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut env: Vec<(String, String)> = vec![
+            ("CILIUM_RS_PLUGIN_SOCKET".into(), path(&self.plugin_socket)),
+            ("CILIUM_RS_API_SOCKET".into(), path(&self.api_socket)),
+            ("CILIUM_RS_STATE_DIR".into(), path(&self.state_dir)),
+            ("CILIUM_RS_BPF_ROOT".into(), path(&self.bpf_root)),
             // Tests never attach to the machine's real uplink; those of the outside world name
             // the interface of the namespace they create.
-            .env("CILIUM_RS_EGRESS_INTERFACE", "none")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
-        Ok(command)
+            ("CILIUM_RS_EGRESS_INTERFACE".into(), "none".into()),
+        ];
+        env.extend(self.env.iter().cloned());
+        Launch {
+            program: binary(),
+            args: ["daemon", "--log", "info,cilium_rs=debug"].map(str::to_owned).to_vec(),
+            env,
+            log: self.log.clone(),
+        }
     }
 
     /// (Re)starts the process on the same state.
     pub fn spawn(&mut self) -> Result<()> {
-        let child = self.command()?.spawn().with_context(|| format!("start {}", binary().display()))?;
+        let launch = self.launch();
+        let child = launch.command()?.spawn().with_context(|| format!("start {}", launch.program.display()))?;
         self.child = Some(child);
         let api = self.api_socket.clone();
         let plugin = self.plugin_socket.clone();
@@ -200,7 +277,8 @@ impl Daemon {
 
     /// Starts the process expecting it to refuse to run: its exit status, within 20 s.
     pub fn run_to_exit(&mut self) -> Result<Option<i32>> {
-        let mut child = self.command()?.spawn().with_context(|| format!("start {}", binary().display()))?;
+        let launch = self.launch();
+        let mut child = launch.command()?.spawn().with_context(|| format!("start {}", launch.program.display()))?;
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
@@ -216,11 +294,28 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        match &self.holder {
+            Some(holder) => holder.pid(),
+            None => self.child.as_ref().map(Child::id),
+        }
+    }
+
+    /// The socket holder of a daemon started with [`Daemon::start_held`].
+    pub fn holder(&self) -> Option<&holder::Holder> {
+        self.holder.as_ref()
+    }
+
+    /// SIGKILL to a held daemon; returns once it is gone. Its holder starts it again after
+    /// [`holder::RESTART_DELAY`].
+    pub fn crash(&self) -> Result<()> {
+        self.holder.as_ref().context("only a held daemon is started again after a crash")?.kill9()
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) -> Result<()> {
+        if self.holder.is_some() {
+            bail!("a held daemon is killed with crash() (and started again by its holder)");
+        }
         if let Some(mut child) = self.child.take() {
             child.kill()?;
             child.wait()?;
@@ -230,6 +325,9 @@ impl Daemon {
 
     /// SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn terminate(&mut self) -> Result<Option<i32>> {
+        if let Some(holder) = &mut self.holder {
+            return holder.stop();
+        }
         let Some(mut child) = self.child.take() else { return Ok(None) };
         run(&["kill", "-TERM", &child.id().to_string()])?;
         let start = Instant::now();

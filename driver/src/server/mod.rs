@@ -1,6 +1,7 @@
 //! The daemon's two unix sockets — the Docker plugin socket and the CLI's API socket — and
 //! the optional metrics address (decode → call the driver → encode; no logic here).
 
+pub mod activation;
 pub mod api;
 pub mod body;
 pub mod metrics;
@@ -11,13 +12,13 @@ pub mod ui;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::driver::Driver;
 
@@ -29,8 +30,8 @@ pub enum ServerError {
     NotASocket(PathBuf),
     #[error("bind {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("socket-activated fd {fd}: {source}")]
-    Activated { fd: RawFd, source: io::Error },
+    #[error("socket activation: {0}")]
+    Activation(#[from] activation::ActivationError),
     #[error("serve {path}: {source}")]
     Serve { path: PathBuf, source: io::Error },
     #[error("bind metrics address {address}: {source}")]
@@ -61,9 +62,16 @@ impl Drop for SocketFile {
     }
 }
 
+/// Mode of the plugin socket: dockerd (root) and the root group; as systemd's socket unit sets it.
+pub const PLUGIN_SOCKET_MODE: u32 = 0o660;
+/// Mode of the API socket: root alone reads and changes policy, endpoints and state.
+pub const API_SOCKET_MODE: u32 = 0o600;
+
 impl Socket {
-    /// Binds `path`, replacing a stale socket file but never one somebody still serves.
-    pub fn bind(path: &Path) -> Result<Socket, ServerError> {
+    /// Binds `path` with permission bits `mode` (owned by root:root when we are root),
+    /// replacing a stale socket file but never one somebody still serves. Nobody can connect
+    /// before the mode is set: the socket listens only after that.
+    pub fn bind(path: &Path, mode: u32) -> Result<Socket, ServerError> {
         let bind_err = |source| ServerError::Bind { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
@@ -77,27 +85,40 @@ impl Socket {
             }
             std::fs::remove_file(path).map_err(bind_err)?;
         }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(bind_err)?;
+        socket.bind(&socket2::SockAddr::unix(path).map_err(bind_err)?).map_err(bind_err)?;
         let file = SocketFile { path: path.to_owned(), owned: true };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // The group too: a set-group-id directory would otherwise hand the socket its group.
+            std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(bind_err)?;
+        }
+        socket.listen(1024).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        let std_listener = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
+        let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
         Ok(Socket { listener, file })
     }
 
-    /// The socket systemd passed us (sd_listen_fds protocol), if any. Its file belongs to
-    /// systemd: we neither re-create nor remove it.
+    /// The socket a service manager passed us (sd_listen_fds protocol, see [`activation`]),
+    /// if any; `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are removed from the
+    /// environment either way. Its file belongs to the service manager: we neither re-create
+    /// nor remove it.
     pub fn from_systemd(path: &Path) -> Result<Option<Socket>, ServerError> {
-        const FIRST_FD: RawFd = 3;
-        let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-        let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-        if !ours || count < 1 {
+        let env = activation::ListenEnv::take();
+        let Some(fd) = env.passed_fd(std::process::id())? else {
+            if let (Some(fds), pid) = (&env.fds, &env.pid) {
+                warn!(LISTEN_FDS = %fds, LISTEN_PID = ?pid, "sockets passed to another process: ignored");
+            }
             return Ok(None);
-        }
-        // SAFETY: under the sd_listen_fds protocol fd 3 is an open listening socket handed to
-        // this process alone; nothing else in the process owns or closes it.
-        let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(FIRST_FD) };
-        let activated = |source| ServerError::Activated { fd: FIRST_FD, source };
-        std_listener.set_nonblocking(true).map_err(activated)?;
-        let listener = UnixListener::from_std(std_listener).map_err(activated)?;
+        };
+        // SAFETY: under the sd_listen_fds protocol the passed descriptors belong to the process
+        // named by LISTEN_PID, which is this one; nothing else in the process owns or closes fd 3.
+        let std_listener = unsafe { activation::claim(fd) }?;
+        let io_err = |source| activation::ActivationError::Io { fd, source };
+        std_listener.set_nonblocking(true).map_err(io_err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
         let path = listener
             .local_addr()
             .ok()
@@ -167,13 +188,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("plain.sock");
         std::fs::write(&file, "precious").expect("write");
-        let err = Socket::bind(&file).expect_err("a regular file is not replaced");
+        let err = Socket::bind(&file, API_SOCKET_MODE).expect_err("a regular file is not replaced");
         assert!(matches!(err, ServerError::NotASocket(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&file).expect("still there"), "precious");
 
         let path = dir.path().join("live.sock");
-        let live = Socket::bind(&path).expect("bind");
-        assert!(matches!(Socket::bind(&path), Err(ServerError::InUse(_))), "a served socket is not taken over");
+        let live = Socket::bind(&path, PLUGIN_SOCKET_MODE).expect("bind");
+        assert!(
+            matches!(Socket::bind(&path, PLUGIN_SOCKET_MODE), Err(ServerError::InUse(_))),
+            "a served socket is not taken over"
+        );
         drop(live);
         assert!(!path.exists(), "our socket file is removed with us");
 
@@ -181,6 +205,30 @@ mod tests {
         let stale = std::os::unix::net::UnixListener::bind(&path).expect("bind stale");
         drop(stale);
         assert!(path.exists());
-        Socket::bind(&path).expect("stale socket replaced");
+        Socket::bind(&path, PLUGIN_SOCKET_MODE).expect("stale socket replaced");
+    }
+
+    #[tokio::test]
+    async fn sockets_get_their_mode_and_root_as_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin = Socket::bind(&dir.path().join("plugin.sock"), PLUGIN_SOCKET_MODE).expect("bind");
+        let api = Socket::bind(&dir.path().join("api.sock"), API_SOCKET_MODE).expect("bind");
+        let meta = |s: &Socket| std::fs::metadata(&s.file.path).expect("stat");
+        assert_eq!(meta(&plugin).mode() & 0o7777, 0o660);
+        assert_eq!(meta(&api).mode() & 0o7777, 0o600);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        for socket in [&plugin, &api] {
+            let owner = (meta(socket).uid(), meta(socket).gid());
+            // root:root when we are root; otherwise (no chown possible) whoever we are.
+            let expected = if euid == 0 { (0, 0) } else { (euid, owner.1) };
+            assert_eq!(owner, expected, "{}", socket.file.path.display());
+        }
+        // Served: a connection is accepted.
+        let client = tokio::net::UnixStream::connect(&api.file.path);
+        let (accepted, connected) = tokio::join!(api.listener.accept(), client);
+        accepted.expect("accept");
+        connected.expect("connect");
     }
 }
