@@ -248,9 +248,15 @@ enum EnforcementArg {
 
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
-    /// Where dockerd finds the plugin; the file name (without .sock) is the driver name.
+    /// Where dockerd finds the plugin; the file name (without .sock) is the driver name unless
+    /// --driver-name says otherwise.
     #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
     plugin_socket: PathBuf,
+    /// The driver (and IPAM driver) name networks carry in Docker, which reconciliation looks
+    /// for: by default the plugin socket's file name without .sock; a managed plugin's is its
+    /// name with the tag, e.g. `cilium-rs:latest`.
+    #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
+    driver_name: Option<String>,
     /// Persisted state (networks, pools, endpoints).
     #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
     state_dir: PathBuf,
@@ -337,6 +343,14 @@ struct DaemonArgs {
     /// this nor CILIUM_RS_LOG is given, RUST_LOG is used, else "info".
     #[arg(long, env = "CILIUM_RS_LOG")]
     log: Option<String>,
+}
+
+/// A driver name as Docker spells plugin references: no blanks, nothing empty.
+fn parse_driver_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} is not a driver name (empty, or holds blanks)"));
+    }
+    Ok(text.to_owned())
 }
 
 fn main() -> ExitCode {
@@ -430,6 +444,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         egress: args.egress_interface.clone(),
         nat_ports: args.nat_port_range,
         errors,
+        ..DriverConfig::default()
     };
     config.ipam.validate()?;
     egress::check_nat_ports(args.nat_port_range, egress::host_ephemeral_ports().map_err(anyhow::Error::msg)?)
@@ -441,6 +456,8 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         None => Socket::bind(&args.plugin_socket)?,
     };
     let api = Socket::bind(&api_socket)?;
+    let driver_name = args.driver_name.clone().unwrap_or_else(|| docker::plugin_name(&plugin.file.path));
+    let config = DriverConfig { driver_name: driver_name.clone(), ..config };
     let page = match args.ui_address {
         Some(address) => Some(UiListener::bind(address).await?),
         None => None,
@@ -470,12 +487,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         window: Duration::from_secs(args.flow_window),
     });
     driver.start_monitor(EventRateLimit { per_second: args.monitor_rate, burst: args.monitor_burst }).await?;
-    let plugin_name = docker::plugin_name(&plugin.file.path);
+    tracing::info!(driver = %driver_name, "networks of this driver are ours");
     let tasks = [
         tokio::spawn(docker::reconcile_forever(
             driver.clone(),
             args.docker_socket.clone(),
-            plugin_name,
+            driver_name,
             Duration::from_secs(args.reconcile_interval),
         )),
         tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker_socket.clone())),
