@@ -3,6 +3,7 @@
 
 pub mod dockerd;
 pub mod env;
+pub mod managed;
 pub mod outside;
 pub mod scrape;
 
