@@ -1,4 +1,4 @@
-# cilium-rs — run · build · lint · test · bench · install · plugin
+# cilium-rs — run · build · lint · test · bench · install · plugin · plugin-spec
 # Every target that needs the machine prepared runs scripts/setup.sh first (idempotent).
 
 CARGO ?= cargo
@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 BIN := target/release/cilium-rs
 export CILIUM_RS_BIN := $(CURDIR)/target/debug/cilium-rs
 
-.PHONY: run build setup lint test test-unit bench install plugin clean-test-leftovers
+.PHONY: run build setup lint test test-unit bench install plugin plugin-spec clean-test-leftovers
 
 ## run: install what is missing, build, start dockerd if needed, run the daemon in the foreground
 run: setup build
@@ -48,6 +48,15 @@ install: build
 	install -D -m 0644 contrib/systemd/cilium-rs.socket $(DESTDIR)/etc/systemd/system/cilium-rs.socket
 	install -D -m 0644 contrib/systemd/cilium-rs.service $(DESTDIR)/etc/systemd/system/cilium-rs.service
 
-## plugin: the legacy plugin discovery spec for hosts that prefer a spec file over the socket path
-plugin:
+## plugin: the managed Docker plugin cilium-rs:latest (rootfs and config.json in target/plugin),
+## created disabled, replacing an older one; then `docker plugin enable cilium-rs:latest`.
+## PLUGIN=name:tag for another name, FORCE=1 to replace one that networks still use.
+plugin: setup build
+	install -D -m 0644 contrib/tmpfiles.d/cilium-rs.conf $(DESTDIR)/etc/tmpfiles.d/cilium-rs.conf
+	install -d -m 0700 /var/lib/cilium-rs
+	install -d -m 0755 /run/cilium-rs
+	./scripts/plugin.sh $(BIN)
+
+## plugin-spec: the legacy plugin discovery spec for hosts that prefer a spec file over the socket path
+plugin-spec:
 	install -D -m 0644 plugin-spec/cilium-rs.spec $(DESTDIR)/etc/docker/plugins/cilium-rs.spec

@@ -34,7 +34,9 @@ const RETRY: Duration = Duration::from_secs(5);
 /// first, and serves its API only after its start-up) before reconciling.
 const AFTER_ACTIVATION: Duration = Duration::from_secs(10);
 
-/// The driver (and IPAM) name dockerd knows us by: the plugin socket's file name without `.sock`.
+/// The driver (and IPAM) name dockerd knows a legacy plugin by: the plugin socket's file name
+/// without `.sock`. A managed plugin is known by its name with the tag (`cilium-rs:latest`),
+/// which it has to be told (`--driver-name`).
 pub fn plugin_name(socket: &Path) -> String {
     socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "cilium-rs".to_owned())
 }
@@ -94,6 +96,17 @@ fn address_of(text: &str) -> Option<IpAddr> {
     bare.parse().ok()
 }
 
+/// Whether `other` names the same plugin as `ours` under another tag, or with or without
+/// one (`cilium-rs` and `cilium-rs:latest`): a sign the daemon was given the wrong name.
+fn same_plugin_other_name(ours: &str, other: &str) -> bool {
+    // A tag follows the last `:` and holds no `/` (`host:5000/cilium-rs` has none).
+    let repository = |name: &str| match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo.to_owned(),
+        _ => name.to_owned(),
+    };
+    other != ours && !other.is_empty() && repository(other) == repository(ours)
+}
+
 /// Reads dockerd's networks, endpoints and IPAM reservations that concern `name`.
 pub async fn snapshot(docker: &Path, name: &str) -> Result<DockerSnapshot, HttpError> {
     let taken_at = now();
@@ -103,6 +116,16 @@ pub async fn snapshot(docker: &Path, name: &str) -> Result<DockerSnapshot, HttpE
         let ours_driver = summary.driver == name;
         let ours_ipam = summary.ipam.driver == name;
         if !ours_driver && !ours_ipam {
+            if same_plugin_other_name(name, &summary.driver) {
+                warn!(
+                    network = %summary.name,
+                    driver = %summary.driver,
+                    ours = %name,
+                    "a network's driver looks like ours under another name: if it is this daemon's, \
+                     give it --driver-name {} (its records are reconciled away otherwise)",
+                    summary.driver
+                );
+            }
             continue;
         }
         for config in summary.ipam.config.iter().flatten() {
@@ -188,6 +211,18 @@ mod tests {
     fn plugin_name_is_the_socket_stem() {
         assert_eq!(plugin_name(Path::new("/run/docker/plugins/cilium-rs.sock")), "cilium-rs");
         assert_eq!(plugin_name(Path::new("/run/docker/plugins/crs-e2e.sock")), "crs-e2e");
+    }
+
+    #[test]
+    fn another_tag_of_our_plugin_is_told_apart_from_other_drivers() {
+        assert!(same_plugin_other_name("cilium-rs", "cilium-rs:latest"));
+        assert!(same_plugin_other_name("cilium-rs:latest", "cilium-rs"));
+        assert!(same_plugin_other_name("cilium-rs:latest", "cilium-rs:v2"));
+        assert!(!same_plugin_other_name("cilium-rs:latest", "cilium-rs:latest"));
+        assert!(!same_plugin_other_name("cilium-rs", "bridge"));
+        assert!(!same_plugin_other_name("cilium-rs", ""));
+        assert!(!same_plugin_other_name("crs-e2e", "crs-pol"));
+        assert!(same_plugin_other_name("host:5000/cilium-rs", "host:5000/cilium-rs:latest"));
     }
 
     #[test]

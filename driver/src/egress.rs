@@ -134,7 +134,13 @@ pub fn enable_forwarding() -> Result<Vec<&'static str>, String> {
     for path in FORWARDING {
         let value = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
         if value.trim() != "1" {
-            std::fs::write(path, "1").map_err(|e| format!("turn on {path}: {e}"))?;
+            std::fs::write(path, "1").map_err(|e| {
+                let name = path.trim_start_matches("/proc/sys/").replace('/', ".");
+                // A managed plugin sees /proc/sys read-only: the host has to do it.
+                format!(
+                    "turn on {path}: {e} (turn it on on the host: sysctl -w {name}=1, or use --egress-interface none)"
+                )
+            })?;
             changed.push(path);
         }
     }

@@ -123,6 +123,9 @@ enum StateCommand {
         /// Where dockerd finds the plugin (its file name without .sock is the driver name).
         #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
         plugin_socket: PathBuf,
+        /// The driver name the daemon serves, when not the socket's file name (`--driver-name`).
+        #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
+        driver_name: Option<String>,
         #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
         docker_socket: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -135,6 +138,9 @@ enum StateCommand {
         /// Where dockerd finds the plugin (its file name without .sock is the driver name).
         #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
         plugin_socket: PathBuf,
+        /// The driver name the daemon serves, when not the socket's file name (`--driver-name`).
+        #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
+        driver_name: Option<String>,
         #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
         state_dir: PathBuf,
         #[arg(long, env = "CILIUM_RS_BPF_ROOT", default_value = "/sys/fs/bpf/cilium-rs")]
@@ -291,9 +297,15 @@ enum EnforcementArg {
 
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
-    /// Where dockerd finds the plugin; the file name (without .sock) is the driver name.
+    /// Where dockerd finds the plugin; the file name (without .sock) is the driver name unless
+    /// --driver-name says otherwise.
     #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
     plugin_socket: PathBuf,
+    /// The driver (and IPAM driver) name networks carry in Docker, which reconciliation looks
+    /// for: by default the plugin socket's file name without .sock; a managed plugin's is its
+    /// name with the tag, e.g. `cilium-rs:latest`.
+    #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
+    driver_name: Option<String>,
     /// Persisted state (networks, pools, endpoints).
     #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
     state_dir: PathBuf,
@@ -391,6 +403,14 @@ const EXIT_STATE_REFUSED: u8 = 3;
 #[error("{0}")]
 struct StateRefused(String);
 
+/// A driver name as Docker spells plugin references: no blanks, nothing empty.
+fn parse_driver_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} is not a driver name (empty, or holds blanks)"));
+    }
+    Ok(text.to_owned())
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -412,8 +432,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let healthy = runtime.block_on(cli::status(api, output, verbose))?;
         return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    if let Command::State { command: StateCommand::Check { plugin_socket, docker_socket, output } } = &cli.command {
-        let plugin = docker::plugin_name(plugin_socket);
+    if let Command::State { command: StateCommand::Check { plugin_socket, driver_name, docker_socket, output } } =
+        &cli.command
+    {
+        let plugin = driver_name.clone().unwrap_or_else(|| docker::plugin_name(plugin_socket));
         let agree = runtime.block_on(cli::state_check(api, docker_socket, &plugin, *output))?;
         return Ok(if agree { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
@@ -446,15 +468,24 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => cli::networks(api, output).await,
         Command::Identity { command: ListCommand::List { output } } => cli::identities(api, output).await,
         Command::Status { verbose, output } => cli::status(api, output, verbose).await.map(drop),
-        Command::State { command: StateCommand::Check { plugin_socket, docker_socket, output } } => {
-            cli::state_check(api, &docker_socket, &docker::plugin_name(&plugin_socket), output).await.map(drop)
+        Command::State { command: StateCommand::Check { plugin_socket, driver_name, docker_socket, output } } => {
+            let plugin = driver_name.unwrap_or_else(|| docker::plugin_name(&plugin_socket));
+            cli::state_check(api, &docker_socket, &plugin, output).await.map(drop)
         }
         Command::State {
             command:
-                StateCommand::Recover { plugin_socket, state_dir, bpf_root, docker_socket, ipv6_pool_prefix, output },
+                StateCommand::Recover {
+                    plugin_socket,
+                    driver_name,
+                    state_dir,
+                    bpf_root,
+                    docker_socket,
+                    ipv6_pool_prefix,
+                    output,
+                },
         } => {
             let options = RecoverOptions {
-                plugin: docker::plugin_name(&plugin_socket),
+                plugin: driver_name.unwrap_or_else(|| docker::plugin_name(&plugin_socket)),
                 state_dir,
                 bpf_root,
                 docker_socket,
@@ -508,6 +539,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         egress: args.egress_interface.clone(),
         nat_ports: args.nat_port_range,
         errors,
+        ..DriverConfig::default()
     };
     config.ipam.validate()?;
     egress::check_nat_ports(args.nat_port_range, egress::host_ephemeral_ports().map_err(anyhow::Error::msg)?)
@@ -520,6 +552,8 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         None => Socket::bind(&args.plugin_socket, server::PLUGIN_SOCKET_MODE)?,
     };
     let api = Socket::bind(&api_socket, server::API_SOCKET_MODE)?;
+    let driver_name = args.driver_name.clone().unwrap_or_else(|| docker::plugin_name(&plugin.file.path));
+    let config = DriverConfig { driver_name: driver_name.clone(), ..config };
     let page = match args.ui_address {
         Some(address) => Some(UiListener::bind(address).await?),
         None => None,
@@ -567,12 +601,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         window: Duration::from_secs(args.flow_window),
     });
     driver.start_monitor(EventRateLimit { per_second: args.monitor_rate, burst: args.monitor_burst }).await?;
-    let plugin_name = docker::plugin_name(&plugin.file.path);
+    tracing::info!(driver = %driver_name, "networks of this driver are ours");
     let tasks = [
         tokio::spawn(docker::reconcile_forever(
             driver.clone(),
             args.docker_socket.clone(),
-            plugin_name,
+            driver_name,
             Duration::from_secs(args.reconcile_interval),
         )),
         tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker_socket.clone())),

@@ -246,9 +246,10 @@ pub fn status(s: &StatusView, verbose: bool) -> String {
         }
         if verbose {
             out.push_str(&format!(
-                "           socket {}, connections made: {}\n",
+                "           socket {}, connections made: {}, our networks are driver {}\n",
                 docker.socket.as_deref().unwrap_or("?"),
-                docker.connects
+                docker.connects,
+                if s.driver.is_empty() { "?" } else { &s.driver }
             ));
         }
     }

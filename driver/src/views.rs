@@ -110,6 +110,9 @@ pub struct StatusCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusView {
     pub version: String,
+    /// The driver name networks carry in Docker (`--driver-name`).
+    #[serde(default)]
+    pub driver: String,
     /// False when any subsystem fails: `problems` says which and why.
     #[serde(default)]
     pub healthy: bool,

@@ -28,9 +28,18 @@ struct Harness {
 }
 
 async fn harness_with(store: Arc<MemoryStore>, kernel: Arc<FakeDatapath>) -> Harness {
-    let driver =
-        Arc::new(Driver::start(DriverConfig::default(), kernel.clone(), store.clone()).await.expect("driver starts"));
+    harness_configured(DriverConfig::default(), store, kernel).await
+}
+
+async fn harness_configured(config: DriverConfig, store: Arc<MemoryStore>, kernel: Arc<FakeDatapath>) -> Harness {
+    let driver = Arc::new(Driver::start(config, kernel.clone(), store.clone()).await.expect("driver starts"));
     Harness { router: plugin::router(driver.clone()), driver, store, kernel }
+}
+
+/// A daemon known to dockerd by another driver name (a managed plugin's `cilium-rs:latest`).
+async fn harness_named(driver_name: &str) -> Harness {
+    let config = DriverConfig { driver_name: driver_name.to_owned(), ..DriverConfig::default() };
+    harness_configured(config, Arc::new(MemoryStore::new()), Arc::new(FakeDatapath::new())).await
 }
 
 async fn harness() -> Harness {
@@ -426,7 +435,20 @@ async fn default_ipam_is_refused_with_a_pointer_to_ours() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(msg.contains("--ipam-driver cilium-rs"), "{msg}");
+    assert!(msg.contains("--ipam-driver cilium-rs "), "{msg}");
+
+    // A managed plugin is known by its name with the tag, and says so.
+    let h = harness_named("cilium-rs:latest").await;
+    let (status, msg) = h
+        .err(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID": NET, "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+                   "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16", "Gateway": "172.18.0.1/16"}], "IPv6Data": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("--ipam-driver cilium-rs:latest "), "{msg}");
+    assert_eq!(h.driver.status().await.driver, "cilium-rs:latest");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod dockerd;
 pub mod env;
 pub mod holder;
+pub mod managed;
 pub mod outside;
 pub mod scrape;
 

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 /// Where the daemon mounts cgroup v2 when nothing else has.
 const OWN_MOUNT: &str = "/run/cilium-rs/cgroup2";
 
-/// The mount point of the cgroup v2 hierarchy (its root cgroup holds every process), mounting
-/// one at /run/cilium-rs/cgroup2 when there is none (a host on cgroup v1 only).
+/// The mount point of the cgroup v2 hierarchy's root (the root cgroup holds every process),
+/// mounting one at /run/cilium-rs/cgroup2 when there is none (a host on cgroup v1 only, or a
+/// container that sees only its own cgroup: a managed plugin bind-mounts the host's
+/// /sys/fs/cgroup instead, since mounting takes CAP_SYS_ADMIN).
 pub fn cgroup2_root() -> io::Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     if let Some(path) = cgroup2_mount(&mountinfo) {
@@ -16,18 +18,27 @@ pub fn cgroup2_root() -> io::Result<PathBuf> {
     }
     let path = Path::new(OWN_MOUNT);
     std::fs::create_dir_all(path)?;
-    nix::mount::mount(Some("cgroup2"), path, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| io::Error::other(format!("mount cgroup2 at {OWN_MOUNT}: {e}")))?;
+    nix::mount::mount(Some("cgroup2"), path, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>).map_err(
+        |e| {
+            io::Error::other(format!(
+                "no cgroup v2 root is mounted, and mounting one at {OWN_MOUNT} failed: {e} \
+                 (in a container, bind-mount the host's /sys/fs/cgroup)"
+            ))
+        },
+    )?;
     Ok(path.to_path_buf())
 }
 
-/// The first cgroup2 mount point in a `/proc/self/mountinfo` text.
+/// The first mount point in a `/proc/self/mountinfo` text of a cgroup2 hierarchy's root; a
+/// mount of a cgroup below it (what a container is given of its own) does not count.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (fields, rest) = line.split_once(" - ")?;
         let fstype = rest.split_whitespace().next()?;
-        let mount_point = fields.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
+        let mut fields = fields.split_whitespace();
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(unescape(mount_point)))
     })
 }
 
@@ -85,6 +96,11 @@ mod tests {
                       27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(cgroup2_mount("27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), None);
+        // A container's own cgroup, then the host's root bind-mounted over it.
+        let plugin = "30 29 0:23 /docker/plugins/5aa4 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
+                      31 30 0:23 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(plugin), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount("30 29 0:23 /docker/plugins/5aa4 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"), None);
         assert_eq!(
             cgroup2_mount("26 25 0:23 / /mnt/my\\040cgroup rw - cgroup2 cgroup2 rw\n"),
             Some(PathBuf::from("/mnt/my cgroup"))

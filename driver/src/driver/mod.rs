@@ -48,6 +48,9 @@ pub use policy::{DeleteWhich, Deleted, Imported, PolicyEngine, PolicyEngineError
 /// Settings that do not change while the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
+    /// The driver and IPAM driver name networks carry in Docker (`cilium-rs`, or a managed
+    /// plugin's `cilium-rs:latest`).
+    pub driver_name: String,
     pub ipam: IpamConfig,
     /// Endpoint MTU when a network has no `-o mtu`; `None` = the host's default-route MTU.
     pub mtu: Option<u32>,
@@ -68,6 +71,7 @@ pub struct DriverConfig {
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
+            driver_name: DEFAULT_DRIVER_NAME.to_owned(),
             ipam: IpamConfig::default(),
             mtu: None,
             reconcile_grace_secs: RECONCILE_GRACE_SECS,
@@ -79,6 +83,9 @@ impl Default for DriverConfig {
         }
     }
 }
+
+/// Default of `DriverConfig::driver_name`: the legacy plugin's socket `cilium-rs.sock`.
+pub const DEFAULT_DRIVER_NAME: &str = "cilium-rs";
 
 /// Default of `DriverConfig::reconcile_grace_secs`: dockerd stores an endpoint only after
 /// CreateEndpoint returned, and a container start takes well under a minute.
@@ -476,8 +483,9 @@ impl Driver {
         if state.networks.contains_key(&request.id) {
             return Err(DriverError::Conflict(format!("network {} already exists", request.id.short())));
         }
-        let ipv4_pools = own_pools(&state, &request.ipv4)?;
-        let ipv6_pools = own_pools(&state, &request.ipv6)?;
+        let name = &self.config.driver_name;
+        let ipv4_pools = own_pools(&state, &request.ipv4, name)?;
+        let ipv6_pools = own_pools(&state, &request.ipv6, name)?;
         let mut txn = Txn::new(&mut state);
         let driver_ipv6_pool = if ipv6_pools.is_empty() {
             let request = PoolRequest { v6: true, internal: true, ..PoolRequest::default() };
@@ -1157,12 +1165,13 @@ impl DriverError {
 }
 
 /// The pools of CreateNetwork's IPAM data, which must be ours and not yet used by a network.
-fn own_pools(state: &State, data: &[PoolData]) -> Result<Vec<PoolId>, DriverError> {
+/// `driver_name` is ours, for the message that names the IPAM driver to use.
+fn own_pools(state: &State, data: &[PoolData], driver_name: &str) -> Result<Vec<PoolId>, DriverError> {
     let mut ids = Vec::new();
     for entry in data {
         if entry.address_space != ipam::LOCAL_ADDRESS_SPACE && entry.address_space != ipam::GLOBAL_ADDRESS_SPACE {
             return Err(DriverError::BadRequest(format!(
-                "cilium-rs networks need the cilium-rs IPAM driver: create the network with --ipam-driver cilium-rs \
+                "cilium-rs networks need the cilium-rs IPAM driver: create the network with --ipam-driver {driver_name} \
                  (pool {} comes from address space {:?})",
                 entry.pool, entry.address_space
             )));

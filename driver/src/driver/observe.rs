@@ -109,6 +109,7 @@ impl Driver {
         let (errors, errors_total) = self.health.errors().recent();
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            driver: self.config.driver_name.clone(),
             healthy: problems.is_empty(),
             problems,
             uptime_ms: u64::try_from(self.health.uptime().as_millis()).unwrap_or(u64::MAX),
