@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 BIN := target/release/cilium-rs
 export CILIUM_RS_BIN := $(CURDIR)/target/debug/cilium-rs
 
-.PHONY: run build setup lint test test-unit bench install plugin plugin-spec clean-test-leftovers
+.PHONY: run build setup lint test test-unit soak bench install plugin plugin-spec clean-test-leftovers
 
 ## run: install what is missing, build, start dockerd if needed, run the daemon in the foreground
 run: setup build
@@ -36,6 +36,13 @@ test-unit:
 	$(CARGO) test --workspace --lib --locked
 	$(CARGO) test -p cilium-rs --test handlers --locked
 	$(CARGO) test -p plugin-spec --locked
+
+## soak: the long soak (random cycles with kill -9, checked after each; ≤ 15 min); prints
+## cycles, faults injected and differences found. `make test` runs a short one.
+SOAK_CYCLES ?= 100
+soak: setup
+	$(CARGO) build --workspace --all-targets --locked
+	CRS_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test -p integration --test soak --locked -- --nocapture
 
 ## bench: throughput, docker run latency and plugin latency side by side (target/bench/results.json)
 bench: setup

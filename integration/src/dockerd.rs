@@ -66,6 +66,13 @@ fn reload_dockerd() {
 fn stop_dockerd() {
     let live = docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).expect("info");
     assert_eq!(live.trim(), "true", "live restore is on before dockerd stops");
+    stop_dockerd_and_containers();
+}
+
+/// Stops dockerd (SIGTERM), and every container with it unless live restore is on; waits
+/// until it is gone. Only for tests that hold the machine-wide lock: no other test's
+/// containers run meanwhile.
+fn stop_dockerd_and_containers() {
     let pid = dockerd_pid();
     run(&["kill", "-TERM", &pid]).expect("stop dockerd");
     wait_until(Duration::from_secs(30), "dockerd to exit", || !Path::new(&format!("/proc/{pid}")).exists())
@@ -84,6 +91,15 @@ pub fn restart_dockerd() {
     start_dockerd();
 }
 
+/// Stops dockerd with live restore off — every container stops with it, as on a reboot — and
+/// starts it again (it starts `restart=always` containers again).
+pub fn restart_dockerd_stopping_containers() {
+    let live = docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).expect("info");
+    assert_eq!(live.trim(), "false", "live restore is off");
+    stop_dockerd_and_containers();
+    start_dockerd();
+}
+
 /// dockerd stopped until this is dropped (or [`DockerdStopped::start`]ed): it is started again
 /// whatever happens to the test meanwhile.
 pub struct DockerdStopped {
@@ -93,6 +109,14 @@ pub struct DockerdStopped {
 impl DockerdStopped {
     pub fn stop() -> DockerdStopped {
         stop_dockerd();
+        DockerdStopped { started: false }
+    }
+
+    /// Stops dockerd and, live restore being off, every container with it (a reboot).
+    pub fn stop_with_containers() -> DockerdStopped {
+        let live = docker(&["info", "-f", "{{.LiveRestoreEnabled}}"]).expect("info");
+        assert_eq!(live.trim(), "false", "live restore is off");
+        stop_dockerd_and_containers();
         DockerdStopped { started: false }
     }
 

@@ -366,3 +366,77 @@ fn unsupported_fields_are_refused_by_name() {
     assert_eq!(rules["rules"].as_array().map(Vec::len), Some(0));
     env.finish(&[], &[]);
 }
+
+/// Fifty `docker run`s at once while rules are imported and deleted in a loop: every
+/// container connected with addresses of its own, and identities that follow labels.
+#[test]
+fn fifty_containers_started_in_parallel_while_policies_are_imported() {
+    let env = setup();
+    let net = format!("{PREFIX}fifty");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let names: Vec<String> = (0..50).map(|i| format!("{PREFIX}f{i}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let importer = {
+        let (stop, socket) = (stop.clone(), env.daemon.api_socket.clone());
+        std::thread::spawn(move || {
+            let file = tempfile::NamedTempFile::new().expect("policy file");
+            std::fs::write(file.path(), APP2_TO_APP1_80).expect("write");
+            let cli = |args: &[&str]| {
+                let mut argv = vec![binary().to_string_lossy().into_owned(), "--api-socket".into()];
+                argv.push(socket.to_string_lossy().into_owned());
+                argv.extend(args.iter().map(|a| a.to_string()));
+                run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).expect("policy command")
+            };
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                cli(&["policy", "import", &file.path().to_string_lossy()]);
+                cli(&["policy", "delete", "--all"]);
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let started: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (name, net, label) = (name.clone(), net.clone(), format!("id=app{}", i % 5));
+            std::thread::spawn(move || run_container(&name, &["--network", &net, "-l", &label]))
+        })
+        .collect();
+    for handle in started {
+        handle.join().expect("thread").expect("docker run");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = importer.join().expect("importer");
+    assert!(rounds > 0, "policies were imported while the containers started");
+
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let identities = env.wait_identities(&refs).expect("identities");
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &names {
+        for addr in both(name, &net) {
+            assert!(seen.insert(addr.clone()), "{addr} handed out twice");
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        let twin = &names[(i + 5) % 50];
+        assert_eq!(identities[name], identities[twin], "{name} and {twin} carry the same labels");
+    }
+    let distinct: std::collections::BTreeSet<_> = identities.values().collect();
+    assert_eq!(distinct.len(), 5, "five label sets, five identities: {identities:?}");
+    // Every container is connected: each reaches the first one over IPv6.
+    let first6 = both(&names[0], &net)[1].clone();
+    let pings: Vec<_> = names[1..]
+        .iter()
+        .map(|name| {
+            let (name, first6) = (name.clone(), first6.clone());
+            std::thread::spawn(move || exec(&name, &["ping", "-c", "1", "-W", "3", &first6]))
+        })
+        .collect();
+    for (handle, name) in pings.into_iter().zip(&names[1..]) {
+        let (ok, out) = handle.join().expect("thread").expect("exec");
+        assert!(ok, "{name} cannot reach {first6}: {out}");
+    }
+    env.finish(&refs, &[&net]);
+}
