@@ -440,10 +440,7 @@ async fn revoke_external_connectivity(State(driver): State<Shared>, body: Body) 
 }
 
 fn pool_id(text: &str) -> Result<PoolId, PluginError> {
-    if text.is_empty() || text.len() > 128 {
-        return Err(PluginError::bad_request(format!("invalid pool id {}", quoted(text))));
-    }
-    Ok(PoolId(text.to_owned()))
+    PoolId::parse(text).map_err(PluginError::bad_request)
 }
 
 async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
