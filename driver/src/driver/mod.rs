@@ -1160,8 +1160,9 @@ fn own_pools(state: &State, data: &[PoolData]) -> Result<Vec<PoolId>, DriverErro
         if entry.address_space != ipam::LOCAL_ADDRESS_SPACE && entry.address_space != ipam::GLOBAL_ADDRESS_SPACE {
             return Err(DriverError::BadRequest(format!(
                 "cilium-rs networks need the cilium-rs IPAM driver: create the network with --ipam-driver cilium-rs \
-                 (pool {} comes from address space {:?})",
-                entry.pool, entry.address_space
+                 (pool {} comes from address space {})",
+                entry.pool,
+                quoted(&entry.address_space)
             )));
         }
         let pool = state.ipam.pool_by_subnet(&entry.pool).ok_or_else(|| {
