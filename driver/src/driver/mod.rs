@@ -413,10 +413,22 @@ impl Driver {
         Ok(grant)
     }
 
+    /// Releases a pool; unknown pools are fine (dockerd repeats releases). A pool an endpoint
+    /// still takes an address from is refused: its subnet could be handed out again (to the
+    /// next network) while that endpoint still uses the address. It goes with its network.
     pub async fn release_pool(&self, id: &PoolId) -> Result<(), DriverError> {
         let mut state = self.state();
-        if !state.ipam.pools.contains_key(id) {
-            return Ok(());
+        let Some(pool) = state.ipam.pools.get(id) else { return Ok(()) };
+        let in_use = state
+            .endpoints
+            .values()
+            .find_map(|e| e.addresses().into_iter().find(|a| pool.subnet.contains(a)).map(|a| (e, a)));
+        if let Some((holder, addr)) = in_use {
+            return Err(DriverError::Conflict(format!(
+                "pool {} is still in use: endpoint {} holds {addr}; delete the endpoint (or the network) first",
+                pool.subnet,
+                holder.id.short()
+            )));
         }
         let mut txn = Txn::new(&mut state);
         txn.touch_pool(id).release_pool(id);
