@@ -35,8 +35,8 @@ const MAX_ECHO: usize = 64;
 /// serde quotes an offending string whole (`invalid type: string "…", expected a boolean`):
 /// keeps the first [`MAX_ECHO`] characters of each quoted string and says how many were left
 /// out, so a hostile input is never echoed whole. The strings are already escaped (serde
-/// quotes them with `{:?}`).
-fn shorten_quoted(message: &str) -> String {
+/// quotes them with `{:?}`). For any serde message shown to a client.
+pub fn shorten_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(4 * MAX_ECHO));
     let mut chars = message.chars();
     while let Some(c) = chars.next() {

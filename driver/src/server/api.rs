@@ -250,7 +250,12 @@ async fn body_bytes(body: Body) -> Result<axum::body::Bytes, Failure> {
 
 async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, Failure> {
     let bytes = body_bytes(body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| failure(StatusCode::BAD_REQUEST, format!("malformed request body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request body: {}", plugin_spec::shorten_quoted(&e.to_string())),
+        )
+    })
 }
 
 async fn policy_get(State(driver): State<Arc<Driver>>) -> Json<PolicyRules> {
