@@ -35,6 +35,7 @@ test: setup
 test-unit:
 	$(CARGO) test --workspace --lib --locked
 	$(CARGO) test -p cilium-rs --test handlers --locked
+	$(CARGO) test -p cilium-rs --test hostile_input --locked
 	$(CARGO) test -p plugin-spec --locked
 
 ## bench: throughput, docker run latency and plugin latency side by side (target/bench/results.json)
