@@ -35,6 +35,7 @@ test: setup
 test-unit:
 	$(CARGO) test --workspace --lib --locked
 	$(CARGO) test -p cilium-rs --test handlers --locked
+	$(CARGO) test -p cilium-rs --test hostile_input --locked
 	$(CARGO) test -p plugin-spec --locked
 
 ## soak: the long soak (random cycles with kill -9, checked after each; ≤ 15 min); prints

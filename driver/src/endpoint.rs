@@ -169,8 +169,8 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     out
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff` (or with dashes); refuses multicast MACs, which cannot be an
-/// interface address.
+/// Parses `aa:bb:cc:dd:ee:ff` (or with dashes); refuses multicast MACs and the all-zero one,
+/// which cannot be an interface address.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split([':', '-']).collect();
     let bad = || format!("invalid MAC address {}: expected six hex bytes like 02:42:0a:14:00:05", quoted(text));
@@ -179,13 +179,17 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     }
     let mut mac = [0u8; 6];
     for (slot, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
+        // Two hex digits exactly: from_str_radix alone would take a sign ("+2").
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 == 1 {
         return Err(format!("invalid MAC address {text}: multicast addresses cannot name an interface"));
+    }
+    if mac == [0; 6] {
+        return Err(format!("invalid MAC address {text}: the all-zero address cannot name an interface"));
     }
     Ok(mac)
 }
@@ -242,5 +246,7 @@ mod tests {
         assert!(parse_mac("02:42:0a:14:00").is_err());
         assert!(parse_mac("zz:42:0a:14:00:05").is_err());
         assert!(parse_mac("01:00:5e:00:00:01").expect_err("must fail").contains("multicast"));
+        assert!(parse_mac("+2:42:0a:14:00:05").is_err(), "a sign is no hex digit");
+        assert!(parse_mac("00:00:00:00:00:00").expect_err("must fail").contains("all-zero"));
     }
 }

@@ -29,6 +29,25 @@ const METADATA_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PoolId(pub String);
 
+impl PoolId {
+    /// A pool id as this daemon hands them out (`<subnet>@<serial>`); anything else never named
+    /// one of its pools, and is refused before it reaches a lookup or a message.
+    pub fn parse(text: &str) -> Result<PoolId, String> {
+        let well_formed = text.rsplit_once('@').is_some_and(|(subnet, serial)| {
+            (1..=20).contains(&serial.len())
+                && serial.bytes().all(|b| b.is_ascii_digit())
+                && subnet.parse::<IpNet>().is_ok()
+        });
+        if !well_formed {
+            return Err(format!(
+                "invalid pool id {}: expected <subnet>@<serial> as cilium-rs hands them out, e.g. 10.220.0.0/22@1",
+                quoted(text)
+            ));
+        }
+        Ok(PoolId(text.to_owned()))
+    }
+}
+
 impl fmt::Display for PoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -450,6 +469,29 @@ mod tests {
 
     fn v6(subnet: Option<&str>) -> PoolRequest {
         PoolRequest { v6: true, subnet: subnet.map(net), range: None, internal: false }
+    }
+
+    #[test]
+    fn pool_ids_are_what_request_pool_hands_out() {
+        for id in ["10.220.0.0/22@1", "fdc1:1a00::/64@18446744073709551615", "10.78.0.0/24@12"] {
+            assert_eq!(PoolId::parse(id).expect(id).0, id);
+        }
+        for bad in [
+            "",
+            "nope",
+            "10.0.0.0/24",
+            "10.0.0.0/24@",
+            "10.0.0.0/24@x",
+            "../../etc/passwd@1",
+            "10.0.0.0/33@1",
+            "a@1",
+            "10.0.0.0/24@1;rm -rf /",
+            "10.0.0.0/24@+1",
+        ] {
+            let err = PoolId::parse(bad).expect_err(bad);
+            assert!(err.starts_with("invalid pool id "), "{err}");
+            assert!(!err.contains('\n'));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::NetworkId;
-use crate::input::quoted;
+use crate::input::{kind, quoted};
 use crate::ipam::PoolId;
 
 /// `-o mtu=…` and its long form.
@@ -74,7 +74,8 @@ pub fn parse_options(options: &Map<String, Value>) -> Result<NetworkOptions, Str
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(other) => Err(format!("option {key} must be a boolean, got {other}")),
+        Some(Value::String(s)) => Err(format!("option {key} must be a boolean, got {}", quoted(s))),
+        Some(other) => Err(format!("option {key} must be a boolean, got {}", kind(other))),
     };
     let mut parsed = NetworkOptions {
         ipv6_enabled: flag(plugin_spec::OPTION_ENABLE_IPV6)?,
@@ -84,16 +85,18 @@ pub fn parse_options(options: &Map<String, Value>) -> Result<NetworkOptions, Str
     let generic = match options.get(plugin_spec::OPTION_GENERIC) {
         None | Some(Value::Null) => return Ok(parsed),
         Some(Value::Object(map)) => map,
-        Some(other) => return Err(format!("option {} must be an object, got {other}", plugin_spec::OPTION_GENERIC)),
+        Some(other) => {
+            return Err(format!("option {} must be an object, got {}", plugin_spec::OPTION_GENERIC, kind(other)))
+        }
     };
     for (key, value) in generic {
         let text = match value {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
-            other => return Err(format!("driver option {key} must be a string, got {other}")),
+            other => return Err(format!("driver option {} must be a string, got {}", quoted(key), kind(other))),
         };
         if MTU_OPTIONS.contains(&key.as_str()) {
-            parsed.mtu = Some(parse_mtu(&text).map_err(|e| format!("invalid -o {key}={}: {e}", text.trim()))?);
+            parsed.mtu = Some(parse_mtu(&text).map_err(|e| format!("invalid -o {key}={}: {e}", quoted(text.trim())))?);
         } else if key == MASQUERADE_OPTION {
             parsed.masquerade = match text.trim() {
                 "true" => true,
@@ -147,7 +150,16 @@ mod tests {
     #[test]
     fn refuses_bad_options_with_a_precise_message() {
         let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtu": "900"}}))).expect_err("must fail");
-        assert_eq!(err, "invalid -o mtu=900: must be between 1280 (the IPv6 minimum) and 65535");
+        assert_eq!(err, "invalid -o mtu=\"900\": must be between 1280 (the IPv6 minimum) and 65535");
+        let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtu": "1400\n; reboot"}})))
+            .expect_err("must fail");
+        assert_eq!(err, "invalid -o mtu=\"1400\\n; reboot\": not a number");
+        let err = parse_options(&opts(json!({"com.docker.network.generic": {"a\nb": ["x".repeat(10_000)]}})))
+            .expect_err("must fail");
+        assert_eq!(err, "driver option \"a\\nb\" must be a string, got an array");
+        let err =
+            parse_options(&opts(json!({"com.docker.network.internal": "x".repeat(10_000)}))).expect_err("must fail");
+        assert!(err.len() < 200 && err.starts_with("option com.docker.network.internal must be a boolean"), "{err}");
         let err = parse_options(&opts(json!({"com.docker.network.generic": {"mtuu": "1400"}}))).expect_err("must fail");
         assert!(err.starts_with("unknown driver option \"mtuu\""), "{err}");
         let err = parse_options(&opts(json!({"com.docker.network.enable_ipv6": "yes"}))).expect_err("must fail");

@@ -11,7 +11,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
 use crate::egress::PortRange;
-use crate::input::kind;
+use crate::input::{kind, quoted};
 
 /// The transport protocols a port can be published for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -105,7 +105,9 @@ fn parse_entry(entry: &Value) -> Result<PortRequest, String> {
     let host_ip = match fields.get("HostIP") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.parse::<IpAddr>().map_err(|_| format!("HostIP {s:?} is not an address"))?),
+        Some(Value::String(s)) => {
+            Some(s.parse::<IpAddr>().map_err(|_| format!("HostIP {} is not an address", quoted(s)))?)
+        }
         Some(other) => return Err(format!("HostIP must be a string, got {}", kind(other))),
     };
     let port = number("Port")?;

@@ -394,7 +394,7 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
         (
             "NetworkDriver.CreateNetwork",
             Body::from(json!({"NetworkID": endpoint(9), "Options": {"com.docker.network.generic": {"mtu": "abc"}}, "IPv4Data": []}).to_string()),
-            "invalid -o mtu=abc: not a number",
+            "invalid -o mtu=\"abc\": not a number",
         ),
     ];
     for (method, body, want) in cases {

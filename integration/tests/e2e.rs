@@ -67,7 +67,7 @@ fn networks_are_created_inspected_and_removed() {
         .expect("address in use");
     assert!(msg.contains("10.231.0.10 is already in use"), "{msg}");
     let msg = env.network_fails(&format!("{PREFIX}mtu"), &["-o", "mtu=9"]);
-    assert!(msg.contains("invalid -o mtu=9"), "{msg}");
+    assert!(msg.contains("invalid -o mtu=\"9\""), "{msg}");
 
     env.finish(&[&c1, &c2], &[&auto, &fixed, &plain]);
 }

@@ -48,7 +48,8 @@ fn endpoint_names(env: &Env) -> Vec<String> {
 #[test]
 fn dockerd_restarts_with_and_without_live_restore_keep_running_containers_and_release_stopped_ones() {
     // Reconciliation every second: what dockerd forgets while it is down is found quickly.
-    let env = Env::setup_held(PLUGIN, PREFIX, &[("CILIUM_RS_RECONCILE_INTERVAL", "1"), ("CILIUM_RS_RECONCILE_GRACE", "2")]);
+    let env =
+        Env::setup_held(PLUGIN, PREFIX, &[("CILIUM_RS_RECONCILE_INTERVAL", "1"), ("CILIUM_RS_RECONCILE_GRACE", "2")]);
     let net = format!("{PREFIX}net");
     env.network(&net, &["--ipv6"]).expect("network");
     let (a, b, c) = (format!("{PREFIX}a"), format!("{PREFIX}b"), format!("{PREFIX}c"));

@@ -84,12 +84,13 @@ fn differences(env: &Env, baseline_links: &BTreeSet<String>, baseline_routes: &B
     let joined: Vec<&Value> = endpoints.iter().filter(|e| e["joined"] == true).collect();
     let links: BTreeSet<String> =
         host_lxc_links().unwrap_or_default().into_iter().filter(|l| !baseline_links.contains(l)).collect();
-    let wanted: BTreeSet<String> = endpoints.iter().filter_map(|e| e["host_ifname"].as_str().map(str::to_owned)).collect();
+    let wanted: BTreeSet<String> =
+        endpoints.iter().filter_map(|e| e["host_ifname"].as_str().map(str::to_owned)).collect();
     for link in links.difference(&wanted) {
         found.push(format!("veth {link} belongs to no endpoint"));
     }
     for link in wanted.iter().filter(|l| !links.contains(*l)) {
-        let joined_here = joined.iter().any(|e| e["host_ifname"] == l.as_str());
+        let joined_here = joined.iter().any(|e| e["host_ifname"] == link.as_str());
         if joined_here {
             found.push(format!("joined endpoint's veth {link} is missing"));
         }
@@ -255,8 +256,11 @@ fn soak_random_cycles_with_kill_9_keep_the_daemon_the_kernel_and_docker_in_agree
         let now = containers();
         let open: Vec<(&String, &BTreeSet<String>)> =
             now.iter().filter(|(_, (role, _))| role != "guarded").map(|(n, (_, nets))| (n, nets)).collect();
-        if let (Some((a, nets)), Some((b, _))) = (open.first(), open.iter().skip(1).find(|(_, n)| !n.is_disjoint(nets))) {
-            let network = nets.iter().find(|n| now[*b].1.contains(*n)).expect("a common network");
+        let pair = open.first().and_then(|(a, nets)| {
+            open.iter().skip(1).find(|(_, n)| !n.is_disjoint(nets)).map(|(b, _)| (*a, *nets, *b))
+        });
+        if let Some((a, nets, b)) = pair {
+            let network = nets.iter().find(|n| now[b].1.contains(*n)).expect("a common network");
             let (_, b6) = addresses(b, network).expect("addresses");
             let (ok, out) = exec(a, &["ping", "-c", "1", "-W", "2", &b6]).expect("exec");
             assert!(ok, "cycle {cycle}: {a} cannot ping {b} at {b6}: {out}");
@@ -277,8 +281,8 @@ fn soak_random_cycles_with_kill_9_keep_the_daemon_the_kernel_and_docker_in_agree
         tally.pings
     );
     let mut leftovers: Vec<String> = containers().into_keys().collect();
-    let created = docker(&["ps", "-a", "--filter", &format!("name=^{PREFIX}c"), "--format", "{{.Names}}"])
-        .unwrap_or_default();
+    let created =
+        docker(&["ps", "-a", "--filter", &format!("name=^{PREFIX}c"), "--format", "{{.Names}}"]).unwrap_or_default();
     leftovers.extend(created.split_whitespace().map(str::to_owned));
     let leftovers: Vec<&str> = leftovers.iter().map(String::as_str).collect();
     if guarded {

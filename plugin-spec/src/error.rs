@@ -24,9 +24,49 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::EmptyBody => f.write_str("empty request body"),
             DecodeError::NotAnObject(found) => write!(f, "request body must be a JSON object, found {found}"),
-            DecodeError::Json(e) => write!(f, "malformed request body: {e}"),
+            DecodeError::Json(e) => write!(f, "malformed request body: {}", shorten_quoted(&e.to_string())),
         }
     }
+}
+
+/// Longest part of a quoted string of the input that an error message keeps.
+const MAX_ECHO: usize = 64;
+
+/// serde quotes an offending string whole (`invalid type: string "…", expected a boolean`):
+/// keeps the first [`MAX_ECHO`] characters of each quoted string and says how many were left
+/// out, so a hostile input is never echoed whole. The strings are already escaped (serde
+/// quotes them with `{:?}`). For any serde message shown to a client.
+pub fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4 * MAX_ECHO));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        let (mut kept, mut left_out, mut escaped) = (0, 0usize, false);
+        for c in chars.by_ref() {
+            if c == '"' && !escaped {
+                if left_out > 0 {
+                    out.push('…');
+                }
+                out.push('"');
+                if left_out > 0 {
+                    out.push_str(&format!(" ({left_out} more characters)"));
+                }
+                break;
+            }
+            // An escape begun before the cut is kept whole.
+            if kept < MAX_ECHO || (escaped && left_out == 0) {
+                out.push(c);
+                kept += 1;
+            } else {
+                left_out += 1;
+            }
+            escaped = c == '\\' && !escaped;
+        }
+    }
+    out
 }
 
 impl std::error::Error for DecodeError {
@@ -106,6 +146,21 @@ mod tests {
         assert!(text.starts_with("malformed request body: "), "{text}");
         assert!(text.contains("line 1 column"), "{text}");
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn long_strings_of_the_input_are_not_echoed_whole() {
+        let body = format!("{{\"PoolID\":[\"{}\\\"\\n\"]}}", "a".repeat(10_000));
+        let err = decode::<ReleasePoolRequest>(body.as_bytes()).expect_err("an array for a string").to_string();
+        assert!(err.len() < 200, "{err}");
+        let body = format!("{{\"PoolID\":7,\"x\":\"{}\"}}", "b".repeat(10_000));
+        let err = decode::<ReleasePoolRequest>(body.as_bytes()).expect_err("a number for a string").to_string();
+        assert!(err.contains("invalid type: integer `7`, expected a string"), "{err}");
+        let err = decode::<crate::RequestPoolRequest>(format!("{{\"V6\":\"{}\"}}", "c\\\"".repeat(5_000)).as_bytes())
+            .expect_err("a string for a boolean")
+            .to_string();
+        assert!(err.starts_with("malformed request body: invalid type: string \"c\\\"c") && err.len() < 250, "{err}");
+        assert!(err.contains("more characters), expected a boolean at line 1 column"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod ipam;
 mod network;
 mod plugin;
 
-pub use error::{decode, DecodeError};
+pub use error::{decode, shorten_quoted, DecodeError};
 pub use ipam::*;
 pub use network::*;
 pub use plugin::*;

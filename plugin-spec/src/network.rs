@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::de::null_default;
+use crate::de::{null_default, object, objects};
 
 pub const NETWORK_DRIVER_GET_CAPABILITIES: &str = "/NetworkDriver.GetCapabilities";
 pub const NETWORK_DRIVER_CREATE_NETWORK: &str = "/NetworkDriver.CreateNetwork";
@@ -103,10 +103,10 @@ pub struct CreateNetworkRequest {
     #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: Map<String, Value>,
     /// `[]` when the family is not configured.
-    #[serde(rename = "IPv4Data", default, deserialize_with = "null_default")]
+    #[serde(rename = "IPv4Data", default, deserialize_with = "objects")]
     pub ipv4_data: Vec<IpamData>,
     /// `[]` unless the network has IPv6 enabled.
-    #[serde(rename = "IPv6Data", default, deserialize_with = "null_default")]
+    #[serde(rename = "IPv6Data", default, deserialize_with = "objects")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -148,7 +148,7 @@ pub struct CreateEndpointRequest {
     pub network_id: String,
     #[serde(rename = "EndpointID", default, deserialize_with = "null_default")]
     pub endpoint_id: String,
-    #[serde(rename = "Interface", default, deserialize_with = "null_default")]
+    #[serde(rename = "Interface", default, deserialize_with = "object")]
     pub interface: EndpointInterface,
     /// [`OPTION_EXPOSED_PORTS`], [`OPTION_PORT_MAP`], [`OPTION_DNS_SERVERS`],
     /// [`MAC_ADDRESS_OPTION`] and `--driver-opt` strings. The two port arrays are absent for

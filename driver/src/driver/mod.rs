@@ -420,10 +420,22 @@ impl Driver {
         Ok(grant)
     }
 
+    /// Releases a pool; unknown pools are fine (dockerd repeats releases). A pool an endpoint
+    /// still takes an address from is refused: its subnet could be handed out again (to the
+    /// next network) while that endpoint still uses the address. It goes with its network.
     pub async fn release_pool(&self, id: &PoolId) -> Result<(), DriverError> {
         let mut state = self.state();
-        if !state.ipam.pools.contains_key(id) {
-            return Ok(());
+        let Some(pool) = state.ipam.pools.get(id) else { return Ok(()) };
+        let in_use = state
+            .endpoints
+            .values()
+            .find_map(|e| e.addresses().into_iter().find(|a| pool.subnet.contains(a)).map(|a| (e, a)));
+        if let Some((holder, addr)) = in_use {
+            return Err(DriverError::Conflict(format!(
+                "pool {} is still in use: endpoint {} holds {addr}; delete the endpoint (or the network) first",
+                pool.subnet,
+                holder.id.short()
+            )));
         }
         let mut txn = Txn::new(&mut state);
         txn.touch_pool(id).release_pool(id);
@@ -1172,8 +1184,9 @@ fn own_pools(state: &State, data: &[PoolData], driver_name: &str) -> Result<Vec<
         if entry.address_space != ipam::LOCAL_ADDRESS_SPACE && entry.address_space != ipam::GLOBAL_ADDRESS_SPACE {
             return Err(DriverError::BadRequest(format!(
                 "cilium-rs networks need the cilium-rs IPAM driver: create the network with --ipam-driver {driver_name} \
-                 (pool {} comes from address space {:?})",
-                entry.pool, entry.address_space
+                 (pool {} comes from address space {})",
+                entry.pool,
+                quoted(&entry.address_space)
             )));
         }
         let pool = state.ipam.pool_by_subnet(&entry.pool).ok_or_else(|| {

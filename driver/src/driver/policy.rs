@@ -309,7 +309,7 @@ impl PolicyEngine {
             .collect();
         if ids.is_empty() {
             if let DeleteWhich::Labels(labels) = which {
-                return Err(PolicyEngineError::NoMatch(labels.to_string()));
+                return Err(PolicyEngineError::NoMatch(crate::input::quoted(&labels.to_string())));
             }
             return Ok(Deleted { revision: inner.revision, deleted: Vec::new() });
         }

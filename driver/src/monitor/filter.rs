@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::event::{names_id, Kind, MonitorEvent};
+use crate::input::quoted;
 
 /// The kinds a monitor shows when none is asked for.
 pub const DEFAULT_KINDS: [Kind; 2] = [Kind::Drop, Kind::Verdict];
@@ -27,7 +28,7 @@ impl Filter {
         let mut filter = Filter::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).ok_or_else(|| format!("{key}: invalid percent-encoding"))?;
+            let value = percent_decode(value).ok_or_else(|| format!("{}: invalid percent-encoding", quoted(key)))?;
             match key {
                 "types" => {
                     for name in value.split(',').filter(|n| !n.is_empty()) {
@@ -35,7 +36,9 @@ impl Filter {
                             "drop" => Kind::Drop,
                             "verdict" => Kind::Verdict,
                             "trace" => Kind::Trace,
-                            other => return Err(format!("unknown event type {other:?} (drop, verdict, trace)")),
+                            other => {
+                                return Err(format!("unknown event type {} (drop, verdict, trace)", quoted(other)))
+                            }
                         };
                         if !filter.kinds.contains(&kind) {
                             filter.kinds.push(kind);
@@ -45,7 +48,7 @@ impl Filter {
                 "endpoint" if !value.is_empty() => filter.endpoint = Some(value),
                 "related_to" if !value.is_empty() => filter.related_to = Some(value),
                 "endpoint" | "related_to" => return Err(format!("{key} needs a container name or endpoint id")),
-                other => return Err(format!("unknown monitor parameter {other:?}")),
+                other => return Err(format!("unknown monitor parameter {}", quoted(other))),
             }
         }
         if filter.kinds.contains(&Kind::Trace) && filter.endpoint.is_none() {
@@ -105,8 +108,8 @@ fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -157,6 +160,9 @@ mod tests {
         assert!(Filter::from_query("colour=red").expect_err("unknown").contains("\"colour\""));
         assert!(Filter::from_query("endpoint=%zz").expect_err("bad escape").contains("percent"));
         assert!(Filter::from_query("endpoint=").is_err());
+        assert!(Filter::from_query("endpoint=%+f").is_err(), "a sign is no hex digit");
+        let long = format!("{}=1", "x".repeat(10_000));
+        assert!(Filter::from_query(&long).expect_err("unknown").len() < 200, "the whole key is not echoed");
     }
 
     #[test]

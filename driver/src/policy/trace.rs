@@ -106,6 +106,10 @@ pub fn parse_dport(text: &str) -> Result<(u8, u16), TraceError> {
         "icmpv6" => PROTO_ICMPV6,
         _ => return Err(bad()),
     };
+    // Digits only: parse alone would take a sign ("+80").
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let port: u16 = port.parse().map_err(|_| bad())?;
     if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) && port > 255 {
         return Err(bad());
@@ -501,6 +505,7 @@ mod tests {
         assert!(parse_dport("300/icmp").is_err());
         assert!(parse_dport("http/tcp").is_err());
         assert!(parse_dport("80/gre").is_err());
+        assert!(parse_dport("+80/tcp").is_err(), "a sign is no digit");
         assert!(shown("a\u{1b}[31m").contains("\\u{1b}"));
     }
 }

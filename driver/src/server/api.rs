@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -183,6 +184,10 @@ pub fn router(driver: Arc<Driver>) -> Router {
         .route(BPF_CT, get(bpf_ct))
         .route(BPF_CT_FLUSH, post(bpf_ct_flush))
         .route(BPF_NAT, get(bpf_nat))
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            let path = crate::input::quoted(uri.path());
+            failure(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served on {path}: see the Allow header"))
+        })
         .fallback(|uri: Uri| async move {
             failure(StatusCode::NOT_FOUND, format!("no such API path {}", crate::input::quoted(uri.path())))
         })
@@ -193,7 +198,13 @@ async fn endpoints(State(driver): State<Arc<Driver>>) -> Reply<Vec<EndpointView>
     Ok(Json(driver.endpoints().await?))
 }
 
-async fn endpoint(State(driver): State<Arc<Driver>>, Path(query): Path<String>) -> Reply<EndpointDetail> {
+async fn endpoint(
+    State(driver): State<Arc<Driver>>,
+    query: Result<Path<String>, PathRejection>,
+) -> Reply<EndpointDetail> {
+    // axum's own refusal (percent-encoded bytes that are no UTF-8) is plain text.
+    let Path(query) =
+        query.map_err(|e| failure(StatusCode::BAD_REQUEST, format!("endpoint name: {}", e.body_text())))?;
     Ok(Json(driver.endpoint_detail(&query).await?))
 }
 
@@ -239,7 +250,12 @@ async fn body_bytes(body: Body) -> Result<axum::body::Bytes, Failure> {
 
 async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, Failure> {
     let bytes = body_bytes(body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| failure(StatusCode::BAD_REQUEST, format!("malformed request body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request body: {}", plugin_spec::shorten_quoted(&e.to_string())),
+        )
+    })
 }
 
 async fn policy_get(State(driver): State<Arc<Driver>>) -> Json<PolicyRules> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -210,8 +210,18 @@ pub fn router(driver: Shared) -> Router {
         .route(spec::IPAM_DRIVER_RELEASE_POOL, post(release_pool))
         .route(spec::IPAM_DRIVER_REQUEST_ADDRESS, post(request_address))
         .route(spec::IPAM_DRIVER_RELEASE_ADDRESS, post(release_address))
+        .method_not_allowed_fallback(not_post)
         .fallback(unknown_method)
         .with_state(driver)
+}
+
+/// dockerd calls every method with POST: another HTTP method gets a JSON error too (axum adds
+/// the Allow header).
+async fn not_post(method: Method, uri: Uri) -> Response {
+    let called = quoted(uri.path().trim_start_matches('/'));
+    debug!(%method, called, "plugin method called without POST");
+    PluginError { status: StatusCode::METHOD_NOT_ALLOWED, message: format!("{called} takes POST, not {method}") }
+        .into_response()
 }
 
 async fn unknown_method(uri: Uri) -> Response {
@@ -440,10 +450,7 @@ async fn revoke_external_connectivity(State(driver): State<Shared>, body: Body) 
 }
 
 fn pool_id(text: &str) -> Result<PoolId, PluginError> {
-    if text.is_empty() || text.len() > 128 {
-        return Err(PluginError::bad_request(format!("invalid pool id {}", quoted(text))));
-    }
-    Ok(PoolId(text.to_owned()))
+    PoolId::parse(text).map_err(PluginError::bad_request)
 }
 
 async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {

@@ -1,11 +1,15 @@
 //! A driver on the fake datapath and the in-memory store, with its plugin and API routers,
-//! driven as dockerd and the CLI would (shared by the tests of the API socket).
+//! driven as dockerd and the CLI would (shared by the tests of the API socket and the
+//! hostile-input tests), with dockerd's recorded calls to replay and snapshots of all state.
 #![allow(dead_code)]
+
+pub mod fixtures;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -50,12 +54,17 @@ pub async fn harness() -> Harness {
 }
 
 pub async fn send(router: &Router, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    let (status, bytes) = send_raw(router, method, uri, body).await;
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {bytes:?}"));
+    (status, value)
+}
+
+/// The status and the body's bytes, whatever they are.
+pub async fn send_raw(router: &Router, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Bytes) {
     let request = Request::builder().method(method).uri(uri).body(body.into()).expect("request");
     let response = router.clone().oneshot(request).await.expect("router answers");
     let status = response.status();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {bytes:?}"));
-    (status, value)
+    (status, response.into_body().collect().await.expect("body").to_bytes())
 }
 
 impl Harness {
