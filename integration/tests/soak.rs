@@ -164,7 +164,7 @@ fn soak_random_cycles_with_kill_9_keep_the_daemon_the_kernel_and_docker_in_agree
         let names: Vec<String> = running.keys().cloned().collect();
         let action = match rng.below(10) {
             0..=2 if running.len() < MAX_CONTAINERS => "run",
-            0..=2 | 3 => "remove",
+            0..=3 => "remove",
             4 => "connect",
             5 => "disconnect",
             6 => "policy",
