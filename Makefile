@@ -40,7 +40,7 @@ test-unit:
 
 ## soak: the long soak (random cycles with kill -9, checked after each; ≤ 15 min); prints
 ## cycles, faults injected and differences found. `make test` runs a short one.
-SOAK_CYCLES ?= 100
+SOAK_CYCLES ?= 500
 soak: setup
 	$(CARGO) build --workspace --all-targets --locked
 	CRS_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test -p integration --test soak --locked -- --nocapture

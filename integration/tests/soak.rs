@@ -141,7 +141,7 @@ fn differences(env: &Env, baseline_links: &BTreeSet<String>, baseline_routes: &B
 
 #[test]
 fn soak_random_cycles_with_kill_9_keep_the_daemon_the_kernel_and_docker_in_agreement() {
-    let cycles: usize = std::env::var("CRS_SOAK_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(16);
+    let cycles: usize = std::env::var("CRS_SOAK_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(60);
     let seed: u64 = std::env::var("CRS_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
     });
