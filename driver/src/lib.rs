@@ -1,6 +1,7 @@
 //! cilium-rs: a Docker network + IPAM plugin with a routed IPv6 eBPF datapath.
 
 pub mod cli;
+pub mod crash;
 pub mod datapath;
 pub mod docker;
 pub mod driver;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use bpf_programs::abi::CRS_LAYOUT_VERSION;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{
     docker, docker_fails, host_lxc_links, our_routes, remove_docker_leftovers, require_root_and_dockerd, run, serial,
@@ -75,6 +75,28 @@ impl Env {
         let out = self.daemon.cli(&["policy", "import", &file.path().to_string_lossy(), "-o", "json"])?;
         let reply: Value = serde_json::from_str(&out).with_context(|| format!("import reply: {out}"))?;
         reply["revision"].as_u64().context("revision in the reply")
+    }
+
+    /// What a lost dockerd call leaves behind: a network and a joined endpoint dockerd never
+    /// heard of, made through the plugin socket. Returns the network and endpoint ids, and the
+    /// pool and address replies (to release them again).
+    pub fn make_orphan(&self, network: &str, endpoint: &str) -> Result<(Value, Value)> {
+        let d = &self.daemon;
+        let pool = d.plugin_call(
+            "IpamDriver.RequestPool",
+            &json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}),
+        )?;
+        d.plugin_call(
+            "NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": network, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": pool["Pool"]}]}),
+        )?;
+        let addr = d.plugin_call("IpamDriver.RequestAddress", &json!({"PoolID": pool["PoolID"], "Address": ""}))?;
+        d.plugin_call(
+            "NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": network, "EndpointID": endpoint, "Interface": {"Address": addr["Address"]}}),
+        )?;
+        d.plugin_call("NetworkDriver.Join", &json!({"NetworkID": network, "EndpointID": endpoint, "SandboxKey": ""}))?;
+        Ok((pool, addr))
     }
 
     /// Waits until every named container's endpoint carries an allocated identity; returns

@@ -138,18 +138,7 @@ fn orphans_are_found_by_state_check(env: &Env) {
     let d = &env.daemon;
     let (net, ep) = ("0f".repeat(32), "0e".repeat(32));
     let call = |method: &str, body: Value| d.plugin_call(method, &body).unwrap_or_else(|e| panic!("{method}: {e}"));
-    let pool =
-        call("IpamDriver.RequestPool", serde_json::json!({"AddressSpace": "CiliumRsLocal", "Pool": "", "V6": false}));
-    call(
-        "NetworkDriver.CreateNetwork",
-        serde_json::json!({"NetworkID": net, "Options": {}, "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": pool["Pool"]}]}),
-    );
-    let addr = call("IpamDriver.RequestAddress", serde_json::json!({"PoolID": pool["PoolID"], "Address": ""}));
-    call(
-        "NetworkDriver.CreateEndpoint",
-        serde_json::json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": addr["Address"]}}),
-    );
-    call("NetworkDriver.Join", serde_json::json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": ""}));
+    let (pool, addr) = env.make_orphan(&net, &ep).expect("orphans");
     let (agree, out) = d.state_check().expect("state check");
     assert!(!agree, "differences exit non-zero:\n{out}");
     assert!(out.contains("network 0f0f0f0f0f0f is in the state, not in Docker"), "{out}");

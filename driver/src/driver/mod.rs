@@ -642,6 +642,7 @@ impl Driver {
         };
         txn.touch_endpoint(&request.endpoint).insert(request.endpoint.clone(), endpoint);
         txn.commit(self.store.as_ref())?;
+        crate::crash::point("create_endpoint.committed");
         info!(network = request.network.short(), endpoint = request.endpoint.short(), "endpoint created");
         Ok(grant)
     }
@@ -700,6 +701,7 @@ impl Driver {
                 return Err(e.into());
             }
         };
+        crate::crash::point("join.applied");
         let committed = {
             let mut state = self.state();
             let mut txn = Txn::new(&mut state);
@@ -713,6 +715,7 @@ impl Driver {
             self.rollback(undo).await;
             return Err(e.into());
         }
+        crate::crash::point("join.committed");
         if let Some(hold) = hold {
             self.holds().insert(id.clone(), hold);
             let published: Vec<String> = endpoint.published.iter().map(ToString::to_string).collect();
@@ -786,6 +789,7 @@ impl Driver {
             return Ok(());
         };
         self.datapath.apply_endpoint(&left).await?;
+        crate::crash::point("leave.applied");
         let committed = {
             let mut state = self.state();
             let mut txn = Txn::new(&mut state);
@@ -802,6 +806,7 @@ impl Driver {
             }
             return Err(e.into());
         }
+        crate::crash::point("leave.committed");
         self.holds().remove(id);
         info!(network = network.short(), endpoint = id.short(), "endpoint left");
         Ok(())
@@ -848,6 +853,7 @@ impl Driver {
         errors.extend(self.datapath.remove_endpoint(endpoint.number).await.err());
         errors.extend(self.datapath.detach(&host_ifname).await.err());
         errors.extend(self.datapath.delete_veth(&host_ifname).await.err());
+        crate::crash::point("delete_endpoint.kernel");
         {
             let mut state = self.state();
             let mut txn = Txn::new(&mut state);
@@ -859,6 +865,7 @@ impl Driver {
             }
             txn.commit(self.store.as_ref())?;
         }
+        crate::crash::point("delete_endpoint.committed");
         self.holds().remove(id);
         {
             let mut timing = self.timing();
@@ -1099,6 +1106,9 @@ impl Driver {
         for id in &gone {
             warn!(endpoint = id.short(), "dockerd no longer knows this endpoint: removing it");
             errors.extend(self.teardown_endpoint(id).await.err());
+        }
+        if !gone.is_empty() {
+            crate::crash::point("reconcile.endpoints");
         }
         let plan = {
             let mut state = self.state();

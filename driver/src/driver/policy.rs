@@ -343,7 +343,9 @@ impl PolicyEngine {
         let result = async {
             inner.check_size()?;
             self.datapath.apply_policy(inner.view()).await?;
+            crate::crash::point("policy.applied");
             self.store.commit(changes)?;
+            crate::crash::point("policy.committed");
             Ok::<(), PolicyEngineError>(())
         }
         .await;
