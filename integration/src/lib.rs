@@ -136,6 +136,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Extra environment for the daemon process (e.g. another Docker socket).
     pub env: Vec<(String, String)>,
+    /// The binary started from now on, when not [`binary()`] (an upgrade).
+    pub program: Option<PathBuf>,
     child: Option<Child>,
     /// The socket holder that starts (and restarts) the daemon, when one does.
     holder: Option<holder::Holder>,
@@ -225,6 +227,7 @@ impl Daemon {
             bpf_root: PathBuf::from(format!("/sys/fs/bpf/{name}")),
             log: dir.path().join("daemon.log"),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            program: None,
             child: None,
             holder: None,
             _dir: dir,
@@ -252,7 +255,7 @@ impl Daemon {
         ];
         env.extend(self.env.iter().cloned());
         Launch {
-            program: binary(),
+            program: self.program.clone().unwrap_or_else(binary),
             args: ["daemon", "--log", "info,cilium_rs=debug"].map(str::to_owned).to_vec(),
             env,
             log: self.log.clone(),

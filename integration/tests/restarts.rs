@@ -112,3 +112,74 @@ fn restart_always_containers_come_back_connected_while_the_daemon_starts_behind_
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     env.finish(&refs, &[&net]);
 }
+
+/// The ids of the programs on one hook of a host-side veth, as `tc` shows them.
+fn tc_programs(link: &str, hook: &str) -> Vec<String> {
+    let text = run(&["tc", "filter", "show", "dev", link, hook]).expect("tc");
+    text.lines()
+        .filter(|l| l.contains("direct-action"))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.iter().position(|w| *w == "id").and_then(|i| words.get(i + 1)).map(|id| (*id).to_owned())
+        })
+        .collect()
+}
+
+/// Lines the stream's receiver got so far.
+fn received(container: &str) -> usize {
+    let (_, out) = exec(container, &["sh", "-c", "wc -l < /tmp/recv"]).expect("exec");
+    out.trim().parse().unwrap_or(0)
+}
+
+fn still_flowing(container: &str) -> bool {
+    let before = received(container);
+    wait_until(Duration::from_secs(3), "more lines", || received(container) > before).is_ok()
+}
+
+#[test]
+fn an_upgraded_binary_takes_over_without_dropping_established_flows() {
+    let mut env = Env::setup(PLUGIN, PREFIX, &[]);
+    let net = format!("{PREFIX}upgrade");
+    env.network(&net, &["--ipv6"]).expect("network");
+    let (server, client) = (format!("{PREFIX}server"), format!("{PREFIX}client"));
+    run_container_with(&server, &["--network", &net], &["sh", "-c", "sleep 3600 | nc -l -p 8080 > /tmp/recv"])
+        .expect("server");
+    run_container(&client, &["--network", &net]).expect("client");
+    let (_, s6) = addresses(&server, &net).expect("addresses");
+    let stream = format!("while true; do echo tick; sleep 0.1; done | nc {s6} 8080");
+    docker(&["exec", "-d", &client, "sh", "-c", &stream]).expect("stream");
+    assert!(still_flowing(&server), "the stream flows");
+    let link = env
+        .daemon
+        .endpoints()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["container_name"] == client.as_str())
+        .and_then(|e| e["host_ifname"].as_str().map(str::to_owned))
+        .expect("the client's veth");
+    let before = (tc_programs(&link, "ingress"), tc_programs(&link, "egress"));
+    assert_eq!((before.0.len(), before.1.len()), (1, 1), "one program per hook: {before:?}");
+
+    // The new build: another file, started in place of the old daemon (stopped cleanly).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let next = dir.path().join("cilium-rs-next");
+    std::fs::copy(binary(), &next).expect("copy the binary");
+    assert_eq!(env.daemon.terminate().expect("stop the old daemon"), Some(0));
+    assert!(still_flowing(&server), "the stream flows with no daemon");
+    env.daemon.program = Some(next.clone());
+    env.daemon.spawn().expect("start the new binary");
+    let pid = env.daemon.pid().expect("pid");
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe"), next, "the new binary runs");
+    // It answers once its sockets are bound and restores the datapath right after.
+    let mut after = before.clone();
+    wait_until(Duration::from_secs(10), "the new daemon's programs on the veth", || {
+        after = (tc_programs(&link, "ingress"), tc_programs(&link, "egress"));
+        after.0 != before.0 && after.1 != before.1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {before:?} -> {after:?}\n{}", env.daemon.log_text()));
+    assert_eq!((after.0.len(), after.1.len()), (1, 1), "still one program per hook: {after:?}");
+    assert!(still_flowing(&server), "the stream flows under the new daemon");
+    let (agree, out) = env.daemon.state_check().expect("state check");
+    assert!(agree, "{out}");
+    env.finish(&[&server, &client], &[&net]);
+}
