@@ -14,6 +14,7 @@ pub mod identity;
 pub mod identity_alloc;
 pub mod identity_watch;
 pub mod ids;
+pub mod inflight;
 pub mod input;
 pub mod ipam;
 pub mod kv;

@@ -587,6 +587,10 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         e => e.into(),
     })?;
     let driver = Arc::new(driver);
+    // dockerd's retries of what a crash left unanswered come with an empty body.
+    let journal = cilium_rs::inflight::InFlight::open(&args.state_dir.join("inflight"))
+        .with_context(|| format!("open the journal of calls in flight in {}", args.state_dir.display()))?;
+    driver.keep_calls_in_flight(journal);
     // The state the daemon started on is the last good one.
     let backup = state_file::backup_path(store.path());
     if let Err(e) = store.back_up(&backup) {

@@ -222,9 +222,11 @@ fn wait_quiet(daemon: &Daemon, quiet: Duration, timeout: Duration) {
 /// The kill is timed while no call is in the daemon's hands: dockerd is frozen from before the
 /// kill, once the daemon has answered everything it had, until the daemon is gone (so no call
 /// is written into a connection of a dying daemon). A call the daemon has read but not answered
-/// when it dies is lost whatever holds the socket: dockerd 20.10 retries a call whose
-/// connection broke, but re-sends it with an empty body (its retry re-reads a drained buffer),
-/// which the daemon must refuse ("empty request body"; seen in this test before the freeze).
+/// when it dies is retried by dockerd 20.10 with an empty body (its retry re-reads a drained
+/// buffer): the next daemon answers it from its journal of calls in flight when it is certain
+/// which call it is (crashes.rs proves it at each crash point), and refuses it ("empty
+/// request body") when two different calls of one method were cut, e.g. two Joins (seen in
+/// this test without the freeze in about half of the runs).
 #[test]
 fn a_held_daemon_killed_during_twenty_docker_runs_loses_none_of_them() {
     const PREFIX: &str = "crs-held-";

@@ -200,6 +200,8 @@ pub struct Driver {
     traced: Mutex<monitor::Traced>,
     /// What the daemon counts for Prometheus (the plugin server records its requests here).
     metrics: Arc<Metrics>,
+    /// The plugin calls in flight, written down for the daemon after a crash (none in tests).
+    inflight: std::sync::OnceLock<crate::inflight::InFlight>,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +248,7 @@ impl Driver {
             monitor: Arc::new(crate::monitor::Monitor::new()),
             traced: Mutex::new(monitor::Traced::default()),
             metrics: Arc::new(Metrics::new()),
+            inflight: std::sync::OnceLock::new(),
         };
         driver.restore_identities().await?;
         driver.restore().await?;
@@ -1140,6 +1143,15 @@ impl Driver {
 
     /// The registry of what the daemon counts (request and resolution latencies, the
     /// monitor's events).
+    /// Writes the plugin calls in flight down in `journal` from now on.
+    pub fn keep_calls_in_flight(&self, journal: crate::inflight::InFlight) {
+        let _ = self.inflight.set(journal);
+    }
+
+    pub fn inflight(&self) -> Option<&crate::inflight::InFlight> {
+        self.inflight.get()
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

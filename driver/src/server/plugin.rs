@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tracing::{debug, field, info_span, warn, Instrument};
+use tracing::{debug, field, info, info_span, warn, Instrument};
 
 use plugin_spec as spec;
 
@@ -135,7 +135,7 @@ fn short(id: &str) -> &str {
 
 /// Decodes the body, runs the call inside the request's span, logs the outcome once, and
 /// records its latency (and failure) under `method` in the metrics.
-async fn call<Req, Resp, F, Fut>(metrics: Arc<Metrics>, method: &'static str, body: Body, handler: F) -> Response
+async fn call<Req, Resp, F, Fut>(driver: Shared, method: &'static str, body: Body, handler: F) -> Response
 where
     Req: DeserializeOwned + Ids,
     Resp: Serialize,
@@ -146,9 +146,18 @@ where
     async move {
         let started = Instant::now();
         let result = async {
-            let bytes = read_body(body, MAX_BODY_BYTES)
+            let mut bytes = read_body(body, MAX_BODY_BYTES)
                 .await
                 .map_err(|e| PluginError { status: e.status, message: e.message })?;
+            let journal = driver.inflight();
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                // dockerd's retry of a call the previous daemon read and never answered.
+                if let Some(body) = journal.and_then(|j| j.replay(method)) {
+                    info!("an empty retry: answering the call the previous daemon left unanswered");
+                    bytes = body.into();
+                }
+            }
+            let _recorded = journal.map(|j| j.record(method, &bytes));
             let request: Req = plugin_spec::decode(&bytes).map_err(|e| PluginError::bad_request(e.to_string()))?;
             let (network, endpoint) = request.ids();
             let span = tracing::Span::current();
@@ -162,7 +171,7 @@ where
         }
         .await;
         let elapsed = started.elapsed();
-        metrics.observe_plugin_request(method, elapsed, result.is_err());
+        driver.metrics().observe_plugin_request(method, elapsed, result.is_err());
         let elapsed_us = elapsed.as_micros() as u64;
         match result {
             Ok(response) => {
@@ -302,7 +311,7 @@ fn pool_data(entries: &[spec::IpamData], family: &str) -> Result<Vec<PoolData>, 
 }
 
 async fn create_network(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.CreateNetwork", body, |r: spec::CreateNetworkRequest| async move {
+    call(driver.clone(), "NetworkDriver.CreateNetwork", body, |r: spec::CreateNetworkRequest| async move {
         let request = CreateNetwork {
             id: network_id(&r.network_id)?,
             options: parse_options(&r.options).map_err(PluginError::bad_request)?,
@@ -316,7 +325,7 @@ async fn create_network(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.DeleteNetwork", body, |r: spec::DeleteNetworkRequest| async move {
+    call(driver.clone(), "NetworkDriver.DeleteNetwork", body, |r: spec::DeleteNetworkRequest| async move {
         driver.delete_network(&network_id(&r.network_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -324,7 +333,7 @@ async fn delete_network(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
+    call(driver.clone(), "NetworkDriver.CreateEndpoint", body, |r: spec::CreateEndpointRequest| async move {
         // Ports are published at Join, once per container (dockerd sends the map to every
         // endpoint); a malformed map is refused here already.
         parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
@@ -354,7 +363,7 @@ async fn create_endpoint(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.EndpointOperInfo", body, |r: spec::EndpointRequest| async move {
+    call(driver.clone(), "NetworkDriver.EndpointOperInfo", body, |r: spec::EndpointRequest| async move {
         let info = driver.endpoint_info(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         let value: Map<String, Value> = info.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         Ok(spec::EndpointOperInfoResponse { value })
@@ -363,7 +372,7 @@ async fn endpoint_oper_info(State(driver): State<Shared>, body: Body) -> Respons
 }
 
 async fn join(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
+    call(driver.clone(), "NetworkDriver.Join", body, |r: spec::JoinRequest| async move {
         let ports = parse_portmap(r.options.get(spec::OPTION_PORT_MAP)).map_err(PluginError::bad_request)?;
         let plan =
             driver.join(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?, &r.sandbox_key, &ports).await?;
@@ -390,7 +399,7 @@ async fn join(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn leave(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.Leave", body, |r: spec::EndpointRequest| async move {
+    call(driver.clone(), "NetworkDriver.Leave", body, |r: spec::EndpointRequest| async move {
         driver.leave(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -398,7 +407,7 @@ async fn leave(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn delete_endpoint(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.DeleteEndpoint", body, |r: spec::EndpointRequest| async move {
+    call(driver.clone(), "NetworkDriver.DeleteEndpoint", body, |r: spec::EndpointRequest| async move {
         driver.delete_endpoint(&network_id(&r.network_id)?, &endpoint_id(&r.endpoint_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -407,14 +416,14 @@ async fn delete_endpoint(State(driver): State<Shared>, body: Body) -> Response {
 
 /// Swarm node discovery: nothing to do for a local driver.
 async fn discover_new(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.DiscoverNew", body, |_: spec::DiscoveryRequest| async {
+    call(driver.clone(), "NetworkDriver.DiscoverNew", body, |_: spec::DiscoveryRequest| async {
         Ok(spec::EmptyResponse {})
     })
     .await
 }
 
 async fn discover_delete(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "NetworkDriver.DiscoverDelete", body, |_: spec::DiscoveryRequest| async {
+    call(driver.clone(), "NetworkDriver.DiscoverDelete", body, |_: spec::DiscoveryRequest| async {
         Ok(spec::EmptyResponse {})
     })
     .await
@@ -423,7 +432,7 @@ async fn discover_delete(State(driver): State<Shared>, body: Body) -> Response {
 /// Routing is set up at Join (no NAT, no port publishing): nothing more to program here.
 async fn program_external_connectivity(State(driver): State<Shared>, body: Body) -> Response {
     call(
-        driver.metrics().clone(),
+        driver.clone(),
         "NetworkDriver.ProgramExternalConnectivity",
         body,
         |r: spec::ProgramExternalConnectivityRequest| async move {
@@ -436,16 +445,11 @@ async fn program_external_connectivity(State(driver): State<Shared>, body: Body)
 }
 
 async fn revoke_external_connectivity(State(driver): State<Shared>, body: Body) -> Response {
-    call(
-        driver.metrics().clone(),
-        "NetworkDriver.RevokeExternalConnectivity",
-        body,
-        |r: spec::EndpointRequest| async move {
-            network_id(&r.network_id)?;
-            endpoint_id(&r.endpoint_id)?;
-            Ok(spec::EmptyResponse {})
-        },
-    )
+    call(driver.clone(), "NetworkDriver.RevokeExternalConnectivity", body, |r: spec::EndpointRequest| async move {
+        network_id(&r.network_id)?;
+        endpoint_id(&r.endpoint_id)?;
+        Ok(spec::EmptyResponse {})
+    })
     .await
 }
 
@@ -454,7 +458,7 @@ fn pool_id(text: &str) -> Result<PoolId, PluginError> {
 }
 
 async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "IpamDriver.RequestPool", body, |r: spec::RequestPoolRequest| async move {
+    call(driver.clone(), "IpamDriver.RequestPool", body, |r: spec::RequestPoolRequest| async move {
         let request = PoolRequest {
             v6: r.v6,
             subnet: optional_cidr(&r.pool, "--subnet")?,
@@ -472,7 +476,7 @@ async fn request_pool(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn release_pool(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "IpamDriver.ReleasePool", body, |r: spec::ReleasePoolRequest| async move {
+    call(driver.clone(), "IpamDriver.ReleasePool", body, |r: spec::ReleasePoolRequest| async move {
         driver.release_pool(&pool_id(&r.pool_id)?).await?;
         Ok(spec::EmptyResponse {})
     })
@@ -480,7 +484,7 @@ async fn release_pool(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn request_address(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "IpamDriver.RequestAddress", body, |r: spec::RequestAddressRequest| async move {
+    call(driver.clone(), "IpamDriver.RequestAddress", body, |r: spec::RequestAddressRequest| async move {
         let preferred = if r.address.is_empty() {
             None
         } else {
@@ -494,7 +498,7 @@ async fn request_address(State(driver): State<Shared>, body: Body) -> Response {
 }
 
 async fn release_address(State(driver): State<Shared>, body: Body) -> Response {
-    call(driver.metrics().clone(), "IpamDriver.ReleaseAddress", body, |r: spec::ReleaseAddressRequest| async move {
+    call(driver.clone(), "IpamDriver.ReleaseAddress", body, |r: spec::ReleaseAddressRequest| async move {
         let address = parse_addr(&r.address, "address").map_err(PluginError::bad_request)?;
         driver.release_address(&pool_id(&r.pool_id)?, address).await?;
         Ok(spec::EmptyResponse {})
