@@ -130,11 +130,15 @@ impl Endpoint {
             src_name: self.peer_ifname(),
             gateway_ipv4: self.ipv4.and(self.gateway_ipv4),
             gateway_ipv6: self.ipv6.map(|_| GATEWAY_IPV6),
+            // Both gateways on-link from the start: dockerd looks a gateway's route up before it
+            // sets the default route, and the kernel adds fe80::/64 only once the interface's
+            // operational state is up (linkwatch, late on a busy host).
             connected_routes: self
                 .ipv4
                 .and(self.gateway_ipv4)
                 .map(|gw| IpNet::from(IpAddr::V4(gw)))
                 .into_iter()
+                .chain(self.ipv6.map(|_| IpNet::from(IpAddr::V6(GATEWAY_IPV6))))
                 .collect(),
         }
     }
@@ -232,11 +236,12 @@ mod tests {
         let plan = endpoint().join_plan();
         assert_eq!(plan.gateway_ipv4, Some(Ipv4Addr::new(169, 254, 1, 1)));
         assert_eq!(plan.gateway_ipv6, Some(GATEWAY_IPV6));
-        assert_eq!(plan.connected_routes, vec!["169.254.1.1/32".parse::<IpNet>().expect("net")]);
+        let on_link = |nets: &[&str]| nets.iter().map(|n| n.parse::<IpNet>().expect("net")).collect::<Vec<_>>();
+        assert_eq!(plan.connected_routes, on_link(&["169.254.1.1/32", "fe80::1/128"]));
         let mut v6_only = endpoint();
         v6_only.ipv4 = None;
         let plan = v6_only.join_plan();
-        assert_eq!((plan.gateway_ipv4, plan.connected_routes.len()), (None, 0));
+        assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, on_link(&["fe80::1/128"])));
     }
 
     #[test]

@@ -200,7 +200,10 @@ async fn network_and_container_lifecycle_with_ipv6() {
     assert_eq!(joined["InterfaceName"], json!({"SrcName": "tmp0123456789a", "DstPrefix": "eth"}));
     assert_eq!(joined["Gateway"], "169.254.1.1");
     assert_eq!(joined["GatewayIPv6"], "fe80::1");
-    assert_eq!(joined["StaticRoutes"], json!([{"Destination": "169.254.1.1/32", "RouteType": 1}]));
+    assert_eq!(
+        joined["StaticRoutes"],
+        json!([{"Destination": "169.254.1.1/32", "RouteType": 1}, {"Destination": "fe80::1/128", "RouteType": 1}])
+    );
     assert_eq!(joined["DisableGatewayService"], true);
     {
         let k = h.fake().kernel();
