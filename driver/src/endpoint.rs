@@ -125,6 +125,11 @@ impl Endpoint {
 
     /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link
     /// route that makes the IPv4 gateway reachable (IPv6's `fe80::1` is on-link already).
+    /// Whether it is (or, not joined yet, would be) its container's first endpoint of ours.
+    fn first_in_sandbox(&self) -> bool {
+        self.joined.as_ref().is_none_or(|j| j.sandbox == self.number || j.sandbox == 0)
+    }
+
     pub fn join_plan(&self) -> JoinPlan {
         JoinPlan {
             src_name: self.peer_ifname(),
@@ -132,13 +137,15 @@ impl Endpoint {
             gateway_ipv6: self.ipv6.map(|_| GATEWAY_IPV6),
             // Both gateways on-link from the start: dockerd looks a gateway's route up before it
             // sets the default route, and the kernel adds fe80::/64 only once the interface's
-            // operational state is up (linkwatch, late on a busy host).
+            // operational state is up (linkwatch, late on a busy host). fe80::1 is every
+            // network's: only the container's first interface of ours gets its route (a second
+            // one for the same address would be refused).
             connected_routes: self
                 .ipv4
                 .and(self.gateway_ipv4)
                 .map(|gw| IpNet::from(IpAddr::V4(gw)))
                 .into_iter()
-                .chain(self.ipv6.map(|_| IpNet::from(IpAddr::V6(GATEWAY_IPV6))))
+                .chain(self.ipv6.filter(|_| self.first_in_sandbox()).map(|_| IpNet::from(IpAddr::V6(GATEWAY_IPV6))))
                 .collect(),
         }
     }
@@ -242,6 +249,16 @@ mod tests {
         v6_only.ipv4 = None;
         let plan = v6_only.join_plan();
         assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, on_link(&["fe80::1/128"])));
+        // A second endpoint of the same container: fe80::1 is on-link through the first.
+        let mut second = endpoint();
+        second.joined = Some(Joined {
+            sandbox_key: "k".into(),
+            sandbox: 3,
+            host_ifindex: 9,
+            host_mac: [2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+        });
+        assert_eq!(second.join_plan().connected_routes, on_link(&["169.254.1.1/32"]));
     }
 
     #[test]

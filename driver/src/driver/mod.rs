@@ -708,6 +708,7 @@ impl Driver {
         let committed = {
             let mut state = self.state();
             let mut txn = Txn::new(&mut state);
+            endpoint.joined = Some(joined.clone());
             if let Some(ep) = txn.touch_endpoint(id).get_mut(id) {
                 ep.joined = Some(joined);
                 ep.published = endpoint.published.clone();
