@@ -43,7 +43,7 @@ test-unit:
 SOAK_CYCLES ?= 500
 soak: setup
 	$(CARGO) build --workspace --all-targets --locked
-	CRS_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test -p integration --test soak --locked -- --nocapture
+	CRS_SOAK_CYCLES=$(SOAK_CYCLES) CRS_SOAK_SEED=$${CRS_SOAK_SEED:-random} $(CARGO) test -p integration --test soak --locked -- --nocapture
 
 ## bench: throughput, docker run latency and plugin latency side by side (target/bench/results.json)
 bench: setup

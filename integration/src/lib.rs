@@ -283,17 +283,9 @@ impl Daemon {
     pub fn run_to_exit(&mut self) -> Result<Option<i32>> {
         let launch = self.launch();
         let mut child = launch.command()?.spawn().with_context(|| format!("start {}", launch.program.display()))?;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                child.kill()?;
-                child.wait()?;
-                bail!("the daemon did not exit within 20 s; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match exit_within(&mut child, Duration::from_secs(20))? {
+            Some(code) => Ok(code),
+            None => bail!("the daemon did not exit within 20 s; log:\n{}", self.log_text()),
         }
     }
 
@@ -334,16 +326,9 @@ impl Daemon {
         }
         let Some(mut child) = self.child.take() else { return Ok(None) };
         run(&["kill", "-TERM", &child.id().to_string()])?;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                child.kill()?;
-                bail!("daemon ignored SIGTERM for 20s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match exit_within(&mut child, Duration::from_secs(20))? {
+            Some(code) => Ok(code),
+            None => bail!("daemon ignored SIGTERM for 20s"),
         }
     }
 
@@ -403,6 +388,23 @@ impl Daemon {
         let out = output(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), text))
+    }
+}
+
+/// The exit code of `child` once it exits (`None` inside: a signal ended it), or `None` after
+/// `within` — when it is killed (and reaped).
+fn exit_within(child: &mut Child, within: Duration) -> Result<Option<Option<i32>>> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status.code()));
+        }
+        if start.elapsed() > within {
+            child.kill()?;
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
