@@ -181,7 +181,7 @@ static __always_inline int handle_arp(struct __sk_buff *ctx, const struct endpoi
 	return pass_to_stack(ctx, ep->endpoint_id);
 }
 
-/* ICMPv6 that the router fe80::1 answers itself; REPLY_NONE for everything else. */
+/* ICMPv6 that the routers fe80::<n> answer themselves; REPLY_NONE for everything else. */
 static __always_inline enum reply_result icmp6_answer(struct __sk_buff *ctx,
 						      const struct endpoint_info *ep)
 {

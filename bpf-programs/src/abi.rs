@@ -215,7 +215,7 @@ impl EndpointInfo {
         self
     }
 
-    /// Sets the endpoint's IPv6 address (its gateway is always `fe80::1`).
+    /// Sets the endpoint's IPv6 address (its gateway, `fe80::<n>`, is answered by pattern).
     pub const fn with_ipv6(mut self, addr: Ipv6Addr) -> Self {
         self.ipv6 = addr.octets();
         self.flags |= ENDPOINT_F_IPV6;

@@ -382,6 +382,7 @@ mod tests {
                     ipv6_pool: None,
                     mac: [2, 0, 0, 0, 0, n as u8],
                     gateway_ipv4: None,
+                    gateway_ipv6: None,
                     created_at: 0,
                     joined: None,
                     identity: Identity(255 + n),

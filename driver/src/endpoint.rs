@@ -35,6 +35,10 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// The link-local IPv4 gateway of the endpoint's pool.
     pub gateway_ipv4: Option<Ipv4Addr>,
+    /// The link-local IPv6 gateway of the endpoint's pool; records from before gateways were
+    /// per pool have none, theirs is `fe80::1` (see `ipv6_gateway`).
+    #[serde(default)]
+    pub gateway_ipv6: Option<Ipv6Addr>,
     pub created_at: u64,
     pub joined: Option<Joined>,
     /// The endpoint's security identity: init until its labels are known.
@@ -123,29 +127,31 @@ impl Endpoint {
         })
     }
 
-    /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link
-    /// route that makes the IPv4 gateway reachable (IPv6's `fe80::1` is on-link already).
-    /// Whether it is (or, not joined yet, would be) its container's first endpoint of ours.
-    fn first_in_sandbox(&self) -> bool {
-        self.joined.as_ref().is_none_or(|j| j.sandbox == self.number || j.sandbox == 0)
+    /// The IPv6 gateway the endpoint routes through, if it has an IPv6 address.
+    pub fn ipv6_gateway(&self) -> Option<Ipv6Addr> {
+        self.ipv6.map(|_| self.gateway_ipv6.unwrap_or(GATEWAY_IPV6))
     }
 
-    pub fn join_plan(&self) -> JoinPlan {
+    /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link
+    /// routes that make them reachable. `ipv6_gateway_routed` says another interface of the
+    /// container has this IPv6 gateway's route already (only networks from before per-pool
+    /// gateways share one, `fe80::1`): a second route to the same address would be refused.
+    pub fn join_plan(&self, ipv6_gateway_routed: bool) -> JoinPlan {
         JoinPlan {
             src_name: self.peer_ifname(),
             gateway_ipv4: self.ipv4.and(self.gateway_ipv4),
-            gateway_ipv6: self.ipv6.map(|_| GATEWAY_IPV6),
-            // Both gateways on-link from the start: dockerd looks a gateway's route up before it
-            // sets the default route, and the kernel adds fe80::/64 only once the interface's
-            // operational state is up (linkwatch, late on a busy host). fe80::1 is every
-            // network's: only the container's first interface of ours gets its route (a second
-            // one for the same address would be refused).
+            gateway_ipv6: self.ipv6_gateway(),
+            // Both gateways on-link from the start, each through its own interface: dockerd
+            // looks a gateway's route up before it sets the default route, and the kernel adds
+            // fe80::/64 only once the interface's operational state is up (linkwatch, late on a
+            // busy host) and on every interface alike, so the lookup could pick another network's.
             connected_routes: self
                 .ipv4
                 .and(self.gateway_ipv4)
-                .map(|gw| IpNet::from(IpAddr::V4(gw)))
+                .map(IpAddr::V4)
                 .into_iter()
-                .chain(self.ipv6.filter(|_| self.first_in_sandbox()).map(|_| IpNet::from(IpAddr::V6(GATEWAY_IPV6))))
+                .chain(self.ipv6_gateway().filter(|_| !ipv6_gateway_routed).map(IpAddr::V6))
+                .map(IpNet::from)
                 .collect(),
         }
     }
@@ -219,6 +225,7 @@ mod tests {
             ipv6_pool: None,
             mac: [2, 0x42, 10, 1, 0, 5],
             gateway_ipv4: Some(Ipv4Addr::new(169, 254, 1, 1)),
+            gateway_ipv6: Some("fe80::3".parse().expect("ip")),
             created_at: 0,
             joined: None,
             identity: Identity::INIT,
@@ -240,25 +247,24 @@ mod tests {
 
     #[test]
     fn join_plan_gives_link_local_gateways_and_the_on_link_route() {
-        let plan = endpoint().join_plan();
+        let plan = endpoint().join_plan(false);
         assert_eq!(plan.gateway_ipv4, Some(Ipv4Addr::new(169, 254, 1, 1)));
-        assert_eq!(plan.gateway_ipv6, Some(GATEWAY_IPV6));
+        assert_eq!(plan.gateway_ipv6, Some("fe80::3".parse().expect("ip")));
         let on_link = |nets: &[&str]| nets.iter().map(|n| n.parse::<IpNet>().expect("net")).collect::<Vec<_>>();
-        assert_eq!(plan.connected_routes, on_link(&["169.254.1.1/32", "fe80::1/128"]));
+        assert_eq!(plan.connected_routes, on_link(&["169.254.1.1/32", "fe80::3/128"]));
         let mut v6_only = endpoint();
         v6_only.ipv4 = None;
-        let plan = v6_only.join_plan();
-        assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, on_link(&["fe80::1/128"])));
-        // A second endpoint of the same container: fe80::1 is on-link through the first.
-        let mut second = endpoint();
-        second.joined = Some(Joined {
-            sandbox_key: "k".into(),
-            sandbox: 3,
-            host_ifindex: 9,
-            host_mac: [2, 0, 0, 0, 0, 9],
-            mtu: 1500,
-        });
-        assert_eq!(second.join_plan().connected_routes, on_link(&["169.254.1.1/32"]));
+        let plan = v6_only.join_plan(false);
+        assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, on_link(&["fe80::3/128"])));
+        // A record from before per-pool gateways: fe80::1, routed already through another
+        // interface of the container.
+        let mut legacy = endpoint();
+        legacy.gateway_ipv6 = None;
+        let plan = legacy.join_plan(true);
+        assert_eq!((plan.gateway_ipv6, plan.connected_routes), (Some(GATEWAY_IPV6), on_link(&["169.254.1.1/32"])));
+        let mut v4_only = endpoint();
+        v4_only.ipv6 = None;
+        assert_eq!(v4_only.join_plan(false).gateway_ipv6, None);
     }
 
     #[test]

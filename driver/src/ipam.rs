@@ -3,8 +3,9 @@
 //! Pools are handed to dockerd (`RequestPool`) or taken by the driver itself (the IPv6 pool of a
 //! network created without `--ipv6`). Endpoint addresses are host routes (/32 and /128), so every
 //! address of a subnet but the network address (and the IPv4 broadcast address) is usable, and
-//! gateways live outside the subnets: `fe80::1` for IPv6, one `169.254.0.0/16` address per IPv4
-//! pool (distinct per pool, so a container on several networks gets distinct on-link routes).
+//! gateways live outside the subnets, distinct per pool so a container on several networks gets
+//! distinct on-link routes: one `fe80::<n>` (n in 1..=0xffff) per IPv6 pool, one `169.254.0.0/16`
+//! address per IPv4 pool.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +20,21 @@ use crate::input::quoted;
 pub const LOCAL_ADDRESS_SPACE: &str = "CiliumRsLocal";
 /// Address space reported to dockerd for global-scope networks (unused by a local driver).
 pub const GLOBAL_ADDRESS_SPACE: &str = "CiliumRsGlobal";
-/// The IPv6 gateway of every endpoint: link-local, answered by the datapath on each veth.
+/// The first IPv6 gateway, and every endpoint's before gateways were per pool: link-local like
+/// all of them (`fe80::<n>`, n in 1..=0xffff), answered by the datapath on each veth.
 pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Whether `addr` is a gateway as pools get them: `fe80::<n>` (n in 1..=0xffff) or an address of
+/// 169.254.0.0/16.
+pub fn is_link_local_gateway(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            s[0] == 0xfe80 && s[1..7].iter().all(|x| *x == 0) && s[7] != 0
+        }
+    }
+}
+
 /// Cloud metadata address: never handed out as a gateway.
 const METADATA_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
@@ -160,8 +174,8 @@ pub enum IpamError {
         "no free IPv{family} subnet left in {range} (/{prefix} each): pass --subnet or widen the daemon's pool range"
     )]
     NoFreeSubnet { family: u8, range: IpNet, prefix: u8 },
-    #[error("no free link-local IPv4 gateway left in 169.254.0.0/16")]
-    NoFreeGateway,
+    #[error("no free link-local {} gateway left", if *v6 { "IPv6 (fe80::1 to fe80::ffff)" } else { "IPv4 (169.254.0.0/16)" })]
+    NoFreeGateway { v6: bool },
     #[error("unknown pool {0}")]
     UnknownPool(PoolId),
     #[error("address {addr} is outside pool {subnet}")]
@@ -229,7 +243,7 @@ impl Ipam {
                 Some(range)
             }
         };
-        let gateway = if request.v6 { IpAddr::V6(GATEWAY_IPV6) } else { IpAddr::V4(self.free_gateway()?) };
+        let gateway = self.free_gateway(request.v6)?;
         self.next_serial += 1;
         let id = PoolId(format!("{subnet}@{}", self.next_serial));
         let pool = Pool {
@@ -332,13 +346,21 @@ impl Ipam {
         candidates.find(|c| !taken(c)).ok_or(none_free)
     }
 
-    /// The lowest 169.254.x.y (x, y in 1..=254) that no IPv4 pool uses as its gateway.
-    fn free_gateway(&self) -> Result<Ipv4Addr, IpamError> {
+    /// The lowest gateway no pool uses: `fe80::<n>` (n in 1..=0xffff, the datapath answers
+    /// for each) for IPv6, 169.254.x.y (x, y in 1..=254) for IPv4.
+    pub fn free_gateway(&self, v6: bool) -> Result<IpAddr, IpamError> {
         let used: std::collections::BTreeSet<IpAddr> = self.pools.values().map(|p| p.gateway).collect();
-        (1..=254u8)
-            .flat_map(|x| (1..=254u8).map(move |y| Ipv4Addr::new(169, 254, x, y)))
-            .find(|gw| *gw != METADATA_IPV4 && !used.contains(&IpAddr::V4(*gw)))
-            .ok_or(IpamError::NoFreeGateway)
+        let mut candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {
+            Box::new((1..=0xffffu16).map(|n| IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n))))
+        } else {
+            Box::new(
+                (1..=254u8)
+                    .flat_map(|x| (1..=254u8).map(move |y| Ipv4Addr::new(169, 254, x, y)))
+                    .filter(|gw| *gw != METADATA_IPV4)
+                    .map(IpAddr::V4),
+            )
+        };
+        candidates.find(|gw| !used.contains(gw)).ok_or(IpamError::NoFreeGateway { v6 })
     }
 }
 
@@ -530,15 +552,26 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_pools_get_distinct_link_local_gateways_and_ipv6_pools_fe80_1() {
+    fn pools_get_distinct_link_local_gateways_per_family() {
         let cfg = IpamConfig::default();
         let mut ipam = Ipam::default();
         let a = ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("pool").gateway;
         let b = ipam.request_pool(&cfg, &v4(None, None), &[], 1).expect("pool").gateway;
-        let c = ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").gateway;
+        let c = ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").id.clone();
+        let d = ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").gateway;
         assert_eq!(a, ip("169.254.1.1"));
         assert_eq!(b, ip("169.254.1.2"));
-        assert_eq!(c, ip("fe80::1"));
+        let c_gateway = ipam.pools[&c].gateway;
+        assert_eq!((c_gateway, d), (ip("fe80::1"), ip("fe80::2")));
+        // A released pool's gateway is the next one handed out.
+        assert!(ipam.release_pool(&c).is_some());
+        assert_eq!(ipam.request_pool(&cfg, &v6(None), &[], 1).expect("pool").gateway, ip("fe80::1"));
+        for gateway in [a, b, c_gateway, d] {
+            assert!(is_link_local_gateway(&gateway), "{gateway}");
+        }
+        for other in ["fe80::1:0", "fe80::", "fe81::1", "10.0.0.1", "fdc1::1"] {
+            assert!(!is_link_local_gateway(&ip(other)), "{other}");
+        }
     }
 
     #[test]

@@ -9,7 +9,6 @@ use crate::datapath::{Counters, DatapathInfo};
 use crate::endpoint::{format_mac, Endpoint};
 use crate::health::{DockerView, LoggedError};
 use crate::identity::Identity;
-use crate::ipam::GATEWAY_IPV6;
 use crate::policy::{EnforcementMode, IdentityInfo, RuleId};
 use crate::state::State;
 use crate::store::StoreHealth;
@@ -226,7 +225,7 @@ pub fn endpoint_detail(state: &State, ep: &Endpoint) -> EndpointDetail {
         endpoint: endpoint(ep, network.and_then(|n| n.name.as_deref())),
         sandbox: ep.joined.as_ref().map(|j| j.sandbox),
         sandbox_key: ep.joined.as_ref().map(|j| j.sandbox_key.clone()).filter(|k| !k.is_empty()),
-        gateway_ipv6: ep.ipv6.map(|_| GATEWAY_IPV6.to_string()),
+        gateway_ipv6: ep.ipv6_gateway().map(|g| g.to_string()),
         gateway_ipv4: ep.gateway_ipv4.map(|g| g.to_string()),
         mtu: ep.joined.as_ref().map(|j| j.mtu),
         internal: ep.internal,

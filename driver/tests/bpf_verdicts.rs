@@ -198,8 +198,9 @@ fn host_ip(fam: Fam) -> IpAddr {
     }
 }
 
+/// A link-local address as the kernel makes them (EUI-64: never a gateway `fe80::<n>`).
 fn ll(last: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last)
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0x200, 0x5eff, 0xfe00, last)
 }
 
 /// What a policy key matches after the identities and the direction.
@@ -2036,50 +2037,69 @@ fn solicitation(target: Ipv6Addr, mac: Option<[u8; 6]>) -> L4 {
     L4::icmp6(135, 0, [0; 4], &body)
 }
 
-/// The router's advertisement for fe80::1 (target link-layer option `mac`).
-fn advertisement(flags: u8, mac: [u8; 6]) -> L4 {
-    let mut body = ROUTER_V6.octets().to_vec();
+/// The advertisement of the router `target` (target link-layer option `mac`).
+fn advertisement(target: Ipv6Addr, flags: u8, mac: [u8; 6]) -> L4 {
+    let mut body = target.octets().to_vec();
     body.extend_from_slice(&nd_option(2, mac));
     L4::icmp6(136, 0, [flags, 0, 0, 0], &body)
 }
 
-const SOLICITED_NODE_ROUTER: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
+/// The solicited-node multicast address of `target` and its MAC.
+fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let [.., a, b, c] = target.octets();
+    let addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(a), u16::from_be_bytes([b, c]));
+    (addr, [0x33, 0x33, 0xff, a, b, c])
+}
+
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// Every pool has its own gateway `fe80::<n>`, n in 1..=0xffff: the first, one, the last.
+const ROUTERS_V6: [Ipv6Addr; 3] =
+    [ROUTER_V6, Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x2a), Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0xffff)];
+/// Link-local addresses that are no gateway: the container's neighbours, not answered for.
+const NOT_ROUTERS_V6: [Ipv6Addr; 2] =
+    [Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 1, 0), Ipv6Addr::new(0xfe80, 0, 0, 0, 0x200, 0x5eff, 0xfe00, 1)];
 
 #[test]
 fn neighbour_solicitation_for_the_router_is_answered() {
     with_env("ndisc", |env| {
         // No policy entries: the router's answers are not policed.
         let a = env.endpoint(1, 1001);
-        let mcast = [0x33, 0x33, 0xff, 0, 0, 1];
-        for (src, option) in [(a.ll(), true), (a.ll(), false), (a.ip6, true)] {
-            let ns = Ipv6::new(src, SOLICITED_NODE_ROUTER)
-                .hop_limit(255)
-                .packet(&solicitation(ROUTER_V6, option.then_some(a.mac)));
-            let out = env.send(&a, &eth(mcast, a.mac, ETH_P_IPV6, &ns)).expect(
+        for router in ROUTERS_V6 {
+            let (group, mcast) = solicited_node(router);
+            for (src, option) in [(a.ll(), true), (a.ll(), false), (a.ip6, true)] {
+                let ns = Ipv6::new(src, group).hop_limit(255).packet(&solicitation(router, option.then_some(a.mac)));
+                let out = env.send(&a, &eth(mcast, a.mac, ETH_P_IPV6, &ns)).expect(
+                    REDIRECT,
+                    &[eg(a.n, Forwarded)],
+                    &format!("NS for {router} from {src} (source option {option})"),
+                );
+                let na = Ipv6::new(router, src).hop_limit(255).packet(&advertisement(router, 0xe0, a.host_mac));
+                assert_eq!(out.frame, eth(a.mac, a.host_mac, ETH_P_IPV6, &na), "router + solicited + override");
+            }
+            // Duplicate address detection: to all nodes, without the solicited flag.
+            let dad = Ipv6::new(Ipv6Addr::UNSPECIFIED, group).hop_limit(255).packet(&solicitation(router, None));
+            let out = env.send(&a, &eth(mcast, a.mac, ETH_P_IPV6, &dad)).expect(
                 REDIRECT,
                 &[eg(a.n, Forwarded)],
-                &format!("NS from {src} (source option {option})"),
+                &format!("DAD solicitation of {router}"),
             );
-            let na = Ipv6::new(ROUTER_V6, src).hop_limit(255).packet(&advertisement(0xe0, a.host_mac));
-            assert_eq!(out.frame, eth(a.mac, a.host_mac, ETH_P_IPV6, &na), "router + solicited + override");
+            let na = Ipv6::new(router, ALL_NODES).hop_limit(255).packet(&advertisement(router, 0xa0, a.host_mac));
+            assert_eq!(out.frame, eth([0x33, 0x33, 0, 0, 0, 1], a.host_mac, ETH_P_IPV6, &na), "to all nodes");
         }
-        // Duplicate address detection: to all nodes, without the solicited flag.
-        let dad = Ipv6::new(Ipv6Addr::UNSPECIFIED, SOLICITED_NODE_ROUTER)
-            .hop_limit(255)
-            .packet(&solicitation(ROUTER_V6, None));
-        let out = env.send(&a, &eth(mcast, a.mac, ETH_P_IPV6, &dad)).expect(
-            REDIRECT,
-            &[eg(a.n, Forwarded)],
-            "DAD solicitation",
-        );
-        let na = Ipv6::new(ROUTER_V6, ALL_NODES).hop_limit(255).packet(&advertisement(0xa0, a.host_mac));
-        assert_eq!(out.frame, eth([0x33, 0x33, 0, 0, 0, 1], a.host_mac, ETH_P_IPV6, &na), "to all nodes");
         // Hop limit other than 255: not a valid solicitation, not answered (link control: passes).
-        let ns = Ipv6::new(a.ll(), SOLICITED_NODE_ROUTER).hop_limit(64).packet(&solicitation(ROUTER_V6, Some(a.mac)));
+        let (group, mcast) = solicited_node(ROUTER_V6);
+        let ns = Ipv6::new(a.ll(), group).hop_limit(64).packet(&solicitation(ROUTER_V6, Some(a.mac)));
         let frame = eth(mcast, a.mac, ETH_P_IPV6, &ns);
         let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], "NS with hop limit 64");
         assert_eq!(out.frame, frame);
+        // Any other link-local target is no router of ours: to the host side unanswered.
+        for other in NOT_ROUTERS_V6 {
+            let (group, mcast) = solicited_node(other);
+            let ns = Ipv6::new(a.ll(), group).hop_limit(255).packet(&solicitation(other, Some(a.mac)));
+            let frame = eth(mcast, a.mac, ETH_P_IPV6, &ns);
+            let out = env.send(&a, &frame).expect(PASS, &[eg(a.n, Forwarded)], &format!("NS for {other}"));
+            assert_eq!(out.frame, frame, "NS for {other} is not answered");
+        }
     });
 }
 
@@ -2087,15 +2107,15 @@ fn neighbour_solicitation_for_the_router_is_answered() {
 fn echo_requests_to_the_gateways_are_answered() {
     with_env("gwecho", |env| {
         let a = env.endpoint(1, 1001);
-        for src in [a.ip6, a.ll()] {
-            let request = Ipv6::new(src, ROUTER_V6).hop_limit(17).packet(&L4::echo6(true, 0x77, 3));
+        for (router, src) in ROUTERS_V6.into_iter().flat_map(|r| [(r, a.ip6), (r, a.ll())]) {
+            let request = Ipv6::new(src, router).hop_limit(17).packet(&L4::echo6(true, 0x77, 3));
             let out = env.send(&a, &a.tx_ip(ETH_P_IPV6, &request)).expect(
                 REDIRECT,
                 &[eg(a.n, Forwarded)],
-                &format!("echo request from {src} to fe80::1"),
+                &format!("echo request from {src} to {router}"),
             );
-            let reply = Ipv6::new(ROUTER_V6, src).hop_limit(64).packet(&L4::echo6(false, 0x77, 3));
-            assert_eq!(out.frame, eth(a.mac, a.host_mac, ETH_P_IPV6, &reply), "echo reply from fe80::1");
+            let reply = Ipv6::new(router, src).hop_limit(64).packet(&L4::echo6(false, 0x77, 3));
+            assert_eq!(out.frame, eth(a.mac, a.host_mac, ETH_P_IPV6, &reply), "echo reply from {router}");
         }
         let request = Ipv4::new(a.ip4, GATEWAY_V4).ttl(17).packet(&L4::echo4(true, 0x77, 3));
         let out = env.send(&a, &a.tx_ip(ETH_P_IP, &request)).expect(
@@ -2211,7 +2231,11 @@ fn neighbour_discovery_and_mld_pass_unpoliced() {
                 L4::icmp6(134, 0, [64, 0, 0, 0], &[0; 8]),
                 "router advertisement",
             ),
-            (Ipv6::new(ROUTER_V6, a.ll()).hop_limit(255), advertisement(0xe0, a.host_mac), "NA from the router"),
+            (
+                Ipv6::new(ROUTER_V6, a.ll()).hop_limit(255),
+                advertisement(ROUTER_V6, 0xe0, a.host_mac),
+                "NA from the router",
+            ),
             (
                 Ipv6::new(ROUTER_V6, ALL_NODES).hop_limit(1).ext(Ext::RouterAlert),
                 L4::icmp6(130, 0, [0x03, 0xe8, 0, 0], &[0; 16]),

@@ -243,6 +243,23 @@ fn connect_disconnect_and_two_networks() {
     assert_eq!(env.daemon.endpoints().expect("endpoints").len(), 2);
     ping(&a, &b6).expect("still routed through eth0");
 
+    // The other way round: b joins n1, then leaves n2, its first network. Each network has its
+    // own IPv6 gateway, on-link through its own interface, so dockerd's default route is on the
+    // interface of the network it chose and survives the other one going.
+    docker(&["network", "connect", &n1, &b]).expect("connect b to n1");
+    let (_, routes6) = exec(&b, &["ip", "-6", "route"]).expect("routes");
+    // Host routes print without their /128: one per interface, to distinct gateways.
+    let gateways: Vec<&str> =
+        routes6.lines().filter(|l| l.starts_with("fe80::") && !l.starts_with("fe80::/")).collect();
+    assert_eq!(gateways.len(), 2, "one on-link gateway route per interface:\n{routes6}");
+    docker(&["network", "disconnect", &n2, &b]).expect("disconnect b from its first network");
+    let (_, routes6) = exec(&b, &["ip", "-6", "route"]).expect("routes");
+    assert!(routes6.lines().any(|l| l.starts_with("default via fe80::") && l.contains("dev eth1")), "{routes6}");
+    let (a4, a6) = addresses(&a, &n1).expect("a on n1");
+    ping(&b, &a6).expect("b reaches a over IPv6 through its remaining network");
+    ping(&b, &a4).expect("and over IPv4");
+    let (_, b6) = addresses(&b, &n1).expect("b on n1");
+
     // Attached to both networks from the start.
     let label = format!("{TEST_LABEL}=1");
     docker(&["create", "--name", &both, "--label", &label, "--network", &n1, IMAGE, "sleep", "3600"]).expect("create");

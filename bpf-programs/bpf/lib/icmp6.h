@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
- * ICMPv6 answered on behalf of the router fe80::1: neighbour advertisements for solicitations
- * of fe80::1 (RFC 4861) and echo replies, both generated in place.
+ * ICMPv6 answered on behalf of the routers fe80::<n>: neighbour advertisements for solicitations
+ * of a router (RFC 4861) and echo replies, both generated in place.
  */
 #ifndef CRS_ICMP6_H
 #define CRS_ICMP6_H
@@ -61,7 +61,7 @@ static __always_inline __sum16 nd_na_checksum(const struct ipv6hdr *ip6, const s
 }
 
 /*
- * Turns a neighbour solicitation for fe80::1 into the router's advertisement: router, solicited
+ * Turns a neighbour solicitation for a router into that router's advertisement: router, solicited
  * and override flags, target link-layer option with `router_mac`. It goes to the solicitation's
  * source, or to all nodes (without the solicited flag, RFC 4861 7.2.4) when that source is the
  * unspecified address. The solicitation may or may not carry a source link-layer option.
@@ -75,7 +75,7 @@ static __always_inline enum reply_result icmp6_ndisc_advertise(struct __sk_buff 
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct nd_msg *nd = data + ETH_HLEN + sizeof(struct ipv6hdr);
 	__u8 requester_mac[ETH_ALEN];
-	struct in6_addr requester;
+	struct in6_addr requester, router;
 	__u32 flags = ND_NA_FLAG_ROUTER | ND_NA_FLAG_SOLICITED | ND_NA_FLAG_OVERRIDE;
 	bool to_all_nodes;
 
@@ -87,6 +87,7 @@ static __always_inline enum reply_result icmp6_ndisc_advertise(struct __sk_buff 
 
 	__builtin_memcpy(requester_mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(&requester, &ip6->saddr, sizeof(requester));
+	__builtin_memcpy(&router, &nd->target, sizeof(router));
 	to_all_nodes = ipv6_is_unspecified(&requester);
 	if (to_all_nodes)
 		flags &= ~ND_NA_FLAG_SOLICITED;
@@ -121,13 +122,13 @@ static __always_inline enum reply_result icmp6_ndisc_advertise(struct __sk_buff 
 	ip6->payload_len = bpf_htons(sizeof(struct nd_msg));
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = IPV6_HOP_LIMIT_ND;
-	ipv6_set_router(&ip6->saddr);
+	__builtin_memcpy(&ip6->saddr, &router, sizeof(router));
 
 	nd->type = ND_NEIGHBOUR_ADVERT;
 	nd->code = 0;
 	nd->checksum = 0;
 	nd->flags = bpf_htonl(flags);
-	ipv6_set_router(&nd->target);
+	__builtin_memcpy(&nd->target, &router, sizeof(router));
 	nd->opt_type = ND_OPT_TARGET_LL_ADDR;
 	nd->opt_len = 1;
 	__builtin_memcpy(nd->opt_mac, router_mac, ETH_ALEN);
@@ -135,7 +136,7 @@ static __always_inline enum reply_result icmp6_ndisc_advertise(struct __sk_buff 
 	return REPLY_READY;
 }
 
-/* Turns an echo request addressed to fe80::1 into the router's echo reply. */
+/* Turns an echo request addressed to a router into that router's echo reply. */
 static __always_inline enum reply_result icmp6_echo_reply(struct __sk_buff *ctx,
 							  const __u8 *router_mac)
 {
@@ -144,6 +145,7 @@ static __always_inline enum reply_result icmp6_echo_reply(struct __sk_buff *ctx,
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct icmp6hdr *icmp6 = data + ETH_HLEN + sizeof(struct ipv6hdr);
+	struct in6_addr router;
 	__u16 from;
 
 	if ((void *)(icmp6 + 1) > data_end)
@@ -156,8 +158,9 @@ static __always_inline enum reply_result icmp6_echo_reply(struct __sk_buff *ctx,
 	csum_replace2(&icmp6->icmp6_cksum, from, *(__u16 *)icmp6);
 
 	/* Swapping the addresses leaves the pseudo-header sum unchanged. */
+	__builtin_memcpy(&router, &ip6->daddr, sizeof(router));
 	__builtin_memcpy(&ip6->daddr, &ip6->saddr, sizeof(ip6->daddr));
-	ipv6_set_router(&ip6->saddr);
+	__builtin_memcpy(&ip6->saddr, &router, sizeof(router));
 	ip6->hop_limit = ICMP6_REPLY_HOP_LIMIT;
 	eth_reply_macs(eth, router_mac);
 	return REPLY_READY;

@@ -618,6 +618,10 @@ impl Driver {
             IpAddr::V4(gw) => Some(gw),
             IpAddr::V6(_) => None,
         });
+        let gateway_ipv6 = ipv6.and_then(|addr| match txn.state().ipam.pool_containing(addr)?.gateway {
+            IpAddr::V6(gw) => Some(gw),
+            IpAddr::V4(_) => None,
+        });
         let number = txn.state_mut().take_number();
         let endpoint = Endpoint {
             id: request.endpoint.clone(),
@@ -634,6 +638,7 @@ impl Driver {
             ipv6_pool,
             mac,
             gateway_ipv4,
+            gateway_ipv6,
             created_at: now,
             joined: None,
             identity: Identity::INIT,
@@ -662,11 +667,11 @@ impl Driver {
         ports: &[PortRequest],
     ) -> Result<JoinPlan, DriverError> {
         let _held = self.endpoint_locks.lock(id).await;
-        let (mut endpoint, mtu, sandbox, publish) = {
+        let (mut endpoint, mtu, sandbox, publish, ipv6_gateway_routed) = {
             let state = self.state();
             let endpoint = lookup(&state, network, id)?.clone();
-            if endpoint.joined.is_some() {
-                return Ok(endpoint.join_plan());
+            if let Some(joined) = &endpoint.joined {
+                return Ok(endpoint.join_plan(ipv6_gateway_routed(&state, &endpoint, &joined.sandbox_key)));
             }
             let mtu = state.networks.get(network).and_then(|n| n.mtu).or(self.config.mtu);
             // All endpoints of one container share the sandbox key dockerd sends (its netns
@@ -682,7 +687,8 @@ impl Driver {
                 info!(endpoint = id.short(), "ports are not published on an internal network");
             }
             let publish = !ports.is_empty() && !endpoint.internal && !published_elsewhere;
-            (endpoint, mtu, sandbox, publish)
+            let routed = ipv6_gateway_routed(&state, &endpoint, sandbox_key);
+            (endpoint, mtu, sandbox, publish, routed)
         };
         let hold = if publish {
             let (mut published, hold) = ports::hold(ports, self.config.nat_ports).map_err(DriverError::Conflict)?;
@@ -729,7 +735,7 @@ impl Driver {
         // Its identity is resolved in the background, from Docker's view of the container.
         self.timing().joined_at.insert(id.clone(), std::time::Instant::now());
         self.joined.notify_one();
-        Ok(endpoint.join_plan())
+        Ok(endpoint.join_plan(ipv6_gateway_routed))
     }
 
     async fn apply_join(
@@ -1269,6 +1275,19 @@ fn lookup<'a>(state: &'a State, network: &NetworkId, id: &EndpointId) -> Result<
         .get(id)
         .filter(|e| &e.network == network)
         .ok_or_else(|| DriverError::UnknownEndpoint(id.short().to_owned()))
+}
+
+/// Whether another endpoint joined to the sandbox `sandbox_key` has the same IPv6 gateway as
+/// `endpoint`, so its on-link route is in the container already (networks from before per-pool
+/// gateways all have `fe80::1`).
+fn ipv6_gateway_routed(state: &State, endpoint: &Endpoint, sandbox_key: &str) -> bool {
+    endpoint.ipv6_gateway().is_some_and(|gateway| {
+        state.endpoints.values().any(|e| {
+            e.id != endpoint.id
+                && e.ipv6_gateway() == Some(gateway)
+                && e.joined.as_ref().is_some_and(|j| !sandbox_key.is_empty() && j.sandbox_key == sandbox_key)
+        })
+    })
 }
 
 /// A locally administered unicast MAC derived from the endpoint id (each veth is its own

@@ -17,7 +17,7 @@ use ipnet::{IpNet, Ipv6Net};
 
 use crate::endpoint::{host_ifname, Endpoint, Joined};
 use crate::identity::Identity;
-use crate::ipam::{AllocationKind, IpamConfig, PoolId, PoolRequest};
+use crate::ipam::{is_link_local_gateway, AllocationKind, IpamConfig, PoolId, PoolRequest};
 use crate::network::Network;
 use crate::ports::{Proto, PublishedPort};
 use crate::state::{State, StateError};
@@ -103,14 +103,14 @@ fn rebuild_network(
         let v6 = pool.subnet.addr().is_ipv6();
         let request = PoolRequest { v6, subnet: Some(pool.subnet), range: pool.range, internal: false };
         let id = rebuilt_pool(state, config, &request, now)?;
-        if !v6 {
-            // The link-local gateway the endpoints route through: Docker's, or the kernel's.
-            let gateway = pool.gateway.or_else(|| {
-                kernel_rows().find_map(|k| k.row.gateway_ipv4.filter(|g| !g.is_unspecified()).map(IpAddr::V4))
-            });
-            if let (Some(gateway), Some(p)) = (gateway, state.ipam.pools.get_mut(&id)) {
-                p.gateway = gateway;
-            }
+        // The link-local gateway the endpoints route through: Docker's (the one RequestPool
+        // gave, unless a --gateway inside the subnet replaced it), else for IPv4 the kernel's.
+        let gateway = pool.gateway.filter(is_link_local_gateway).or_else(|| match v6 {
+            true => None,
+            false => kernel_rows().find_map(|k| k.row.gateway_ipv4.filter(|g| !g.is_unspecified()).map(IpAddr::V4)),
+        });
+        if let (Some(gateway), Some(p)) = (gateway, state.ipam.pools.get_mut(&id)) {
+            p.gateway = gateway;
         }
         if v6 {
             ipv6_pools.push(id)
@@ -184,15 +184,14 @@ fn rebuild_endpoint(
         (Some(_), true) => record.driver_ipv6_pool.clone(),
         _ => None,
     };
-    let mut gateway_ipv4 = kernel.and_then(|k| k.row.gateway_ipv4);
+    let (mut gateway_ipv4, mut gateway_ipv6) = (kernel.and_then(|k| k.row.gateway_ipv4), None);
     for addr in ipv4.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6)) {
         let pool = state.ipam.pool_containing(addr).map(|p| (p.id.clone(), p.gateway));
         let Some((pool, gateway)) = pool else { return Err(format!("{addr} is in no pool of its network")) };
-        if addr.is_ipv4() && gateway_ipv4.is_none() {
-            gateway_ipv4 = match gateway {
-                IpAddr::V4(g) => Some(g),
-                IpAddr::V6(_) => None,
-            };
+        match gateway {
+            IpAddr::V4(g) if addr.is_ipv4() && gateway_ipv4.is_none() => gateway_ipv4 = Some(g),
+            IpAddr::V6(g) if addr.is_ipv6() => gateway_ipv6 = Some(g),
+            _ => {}
         }
         let kind = if Some(&pool) == ipv6_pool.as_ref() { AllocationKind::Driver } else { AllocationKind::Address };
         if !state.ipam.pool(&pool).map_err(|e| e.to_string())?.allocations.contains_key(&addr) {
@@ -218,6 +217,7 @@ fn rebuild_endpoint(
             ipv6_pool,
             mac,
             gateway_ipv4,
+            gateway_ipv6,
             created_at: now,
             joined,
             // Matched to its container and resolved from its labels as soon as the daemon
@@ -317,7 +317,11 @@ mod tests {
             options: NetworkOptions { ipv6_enabled: true, ..NetworkOptions::default() },
             pools: vec![
                 SurvivingPool { subnet: "10.9.0.0/24".parse().expect("net"), range: None, gateway: None },
-                SurvivingPool { subnet: "fdc1:9::/64".parse().expect("net"), range: None, gateway: None },
+                SurvivingPool {
+                    subnet: "fdc1:9::/64".parse().expect("net"),
+                    range: None,
+                    gateway: Some("fe80::7".parse().expect("ip")),
+                },
             ],
             members: vec![member('a', "10.9.0.5", "fdc1:9::5"), member('b', "10.9.0.6", "fdc1:9::6")],
         };
@@ -356,6 +360,7 @@ mod tests {
         let joined = a.joined.as_ref().expect("joined");
         assert_eq!((joined.sandbox, joined.host_ifindex, joined.mtu), (7, 40, 1400));
         assert_eq!(a.gateway_ipv4, Some("169.254.9.1".parse().expect("ip")));
+        assert_eq!(a.gateway_ipv6, Some("fe80::7".parse().expect("ip")), "Docker's gateway of the pool");
         assert_eq!(a.published, [PublishedPort { proto: Proto::Tcp, host_ip: None, host_port: 8080, port: 80 }]);
         let b = &state.endpoints[&network.members[1].endpoint];
         assert!(b.joined.is_none() && b.number != 7 && b.number != 0, "{b:?}");

@@ -65,7 +65,7 @@ fn status_of(e: &DriverError) -> StatusCode {
             | IpamError::InUse { .. }
             | IpamError::Exhausted { .. }
             | IpamError::NoFreeSubnet { .. }
-            | IpamError::NoFreeGateway => StatusCode::CONFLICT,
+            | IpamError::NoFreeGateway { .. } => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         },
         DriverError::Conflict(_) => StatusCode::CONFLICT,
