@@ -253,9 +253,13 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 	ip6 = data + ETH_HLEN;
 	if ((void *)(ip6 + 1) > data_end)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	/* A local endpoint first: the common case needs no ipcache lookup. */
+	dst = own_source && ip6->hop_limit > 1 ? lookup_local_ip6(&ip6->daddr) : NULL;
+	dst_ep = dst ? lookup_endpoint(dst->ifindex) : NULL;
+	dst_identity = dst_ep ? dst_ep->identity : stack_identity6(&ip6->daddr);
 	/* A published port of the host: the connection goes to its endpoint (hairpin). */
-	if (own_source && !ipv6_is_multicast(&ip6->daddr) &&
-	    stack_identity6(&ip6->daddr) == IDENTITY_HOST) {
+	if (own_source && !dst_ep && dst_identity == IDENTITY_HOST &&
+	    !ipv6_is_multicast(&ip6->daddr)) {
 		ret = crs_nat_in_translate(ctx, &flow, ctx->ifindex, true);
 		if (ret != FORWARDED && ret != NAT_NOT_OURS)
 			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
@@ -264,13 +268,12 @@ static __always_inline int handle_ipv6(struct __sk_buff *ctx, const struct endpo
 		ip6 = data + ETH_HLEN;
 		if ((void *)(ip6 + 1) > data_end)
 			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		if (ret == FORWARDED) {
+			dst = ip6->hop_limit > 1 ? lookup_local_ip6(&ip6->daddr) : NULL;
+			dst_ep = dst ? lookup_endpoint(dst->ifindex) : NULL;
+			dst_identity = dst_ep ? dst_ep->identity : stack_identity6(&ip6->daddr);
+		}
 	}
-	if (own_source && ip6->hop_limit > 1) {
-		dst = lookup_local_ip6(&ip6->daddr);
-		if (dst)
-			dst_ep = lookup_endpoint(dst->ifindex);
-	}
-	dst_identity = dst_ep ? dst_ep->identity : stack_identity6(&ip6->daddr);
 	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
@@ -349,9 +352,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 	ip4 = data + ETH_HLEN;
 	if ((void *)(ip4 + 1) > data_end)
 		return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+	/* A local endpoint first: the common case needs no ipcache lookup. */
+	daddr = ip4->daddr;
+	dst = ip4->ttl > 1 ? lookup_local_ip4(daddr) : NULL;
+	dst_ep = dst ? lookup_endpoint(dst->ifindex) : NULL;
+	dst_identity = dst_ep ? dst_ep->identity : stack_identity4(daddr, ep);
 	/* A published port of the host: the connection goes to its endpoint (hairpin). */
-	if (!ipv4_is_multicast_or_broadcast(ip4->daddr) &&
-	    stack_identity4(ip4->daddr, ep) == IDENTITY_HOST) {
+	if (!dst_ep && dst_identity == IDENTITY_HOST && !ipv4_is_multicast_or_broadcast(daddr)) {
 		ret = crs_nat_in_translate(ctx, &flow, ctx->ifindex, true);
 		if (ret != FORWARDED && ret != NAT_NOT_OURS)
 			return send_drop(ctx, ep->endpoint_id, ret, METRIC_EGRESS);
@@ -360,14 +367,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, const struct endpo
 		ip4 = data + ETH_HLEN;
 		if ((void *)(ip4 + 1) > data_end)
 			return send_drop(ctx, ep->endpoint_id, DROP_MALFORMED, METRIC_EGRESS);
+		if (ret == FORWARDED) {
+			daddr = ip4->daddr;
+			dst = ip4->ttl > 1 ? lookup_local_ip4(daddr) : NULL;
+			dst_ep = dst ? lookup_endpoint(dst->ifindex) : NULL;
+			dst_identity = dst_ep ? dst_ep->identity : stack_identity4(daddr, ep);
+		}
 	}
-	daddr = ip4->daddr;
-	if (ip4->ttl > 1) {
-		dst = lookup_local_ip4(daddr);
-		if (dst)
-			dst_ep = lookup_endpoint(dst->ifindex);
-	}
-	dst_identity = dst_ep ? dst_ep->identity : stack_identity4(daddr, ep);
 	if ((ep->flags & ENDPOINT_F_INTERNAL) && identity_is_outside(dst_identity))
 		return send_drop(ctx, ep->endpoint_id, DROP_INTERNAL_NETWORK, METRIC_EGRESS);
 
