@@ -132,26 +132,37 @@ impl Endpoint {
         self.ipv6.map(|_| self.gateway_ipv6.unwrap_or(GATEWAY_IPV6))
     }
 
-    /// What dockerd must be told at Join: the interface to move, the gateways, and the on-link
-    /// routes that make them reachable. `ipv6_gateway_routed` says another interface of the
-    /// container has this IPv6 gateway's route already (only networks from before per-pool
-    /// gateways share one, `fe80::1`): a second route to the same address would be refused.
-    pub fn join_plan(&self, ipv6_gateway_routed: bool) -> JoinPlan {
+    /// What dockerd must be told at Join: the interface to move, the gateways, the on-link
+    /// routes that make them reachable, and a route to each of `subnets` (those of the
+    /// endpoint's pools) through its family's gateway, so that the container reaches the
+    /// network's other members through this interface whichever network has its default route
+    /// (dockerd moves that as networks come and go). `ipv6_gateway_routed` says another
+    /// interface of the container has this IPv6 gateway's route already (only networks from
+    /// before per-pool gateways share one, `fe80::1`): a second route to the same address
+    /// would be refused, and a route through it could land on the other interface.
+    pub fn join_plan(&self, ipv6_gateway_routed: bool, subnets: &[IpNet]) -> JoinPlan {
+        let gateway_ipv4 = self.ipv4.and(self.gateway_ipv4);
+        let gateway_ipv6 = self.ipv6_gateway().filter(|_| !ipv6_gateway_routed);
         JoinPlan {
             src_name: self.peer_ifname(),
-            gateway_ipv4: self.ipv4.and(self.gateway_ipv4),
+            gateway_ipv4,
             gateway_ipv6: self.ipv6_gateway(),
             // Both gateways on-link from the start, each through its own interface: dockerd
             // looks a gateway's route up before it sets the default route, and the kernel adds
             // fe80::/64 only once the interface's operational state is up (linkwatch, late on a
             // busy host) and on every interface alike, so the lookup could pick another network's.
-            connected_routes: self
-                .ipv4
-                .and(self.gateway_ipv4)
+            connected_routes: gateway_ipv4
                 .map(IpAddr::V4)
                 .into_iter()
-                .chain(self.ipv6_gateway().filter(|_| !ipv6_gateway_routed).map(IpAddr::V6))
+                .chain(gateway_ipv6.map(IpAddr::V6))
                 .map(IpNet::from)
+                .collect(),
+            subnet_routes: subnets
+                .iter()
+                .filter_map(|subnet| match subnet {
+                    IpNet::V4(_) => gateway_ipv4.map(|gw| (*subnet, IpAddr::V4(gw))),
+                    IpNet::V6(_) => gateway_ipv6.map(|gw| (*subnet, IpAddr::V6(gw))),
+                })
                 .collect(),
         }
     }
@@ -164,6 +175,9 @@ pub struct JoinPlan {
     pub gateway_ipv6: Option<Ipv6Addr>,
     /// Routes installed on the container interface with scope link.
     pub connected_routes: Vec<IpNet>,
+    /// Routes to the endpoint's subnets, each through a gateway (after `connected_routes`,
+    /// which make the gateways reachable).
+    pub subnet_routes: Vec<(IpNet, IpAddr)>,
 }
 
 pub fn host_ifname(id: &EndpointId) -> String {
@@ -247,24 +261,29 @@ mod tests {
 
     #[test]
     fn join_plan_gives_link_local_gateways_and_the_on_link_route() {
-        let plan = endpoint().join_plan(false);
+        let nets = |nets: &[&str]| nets.iter().map(|n| n.parse::<IpNet>().expect("net")).collect::<Vec<_>>();
+        let subnets = nets(&["10.1.0.0/22", "fdc1:1a00::/64"]);
+        let plan = endpoint().join_plan(false, &subnets);
         assert_eq!(plan.gateway_ipv4, Some(Ipv4Addr::new(169, 254, 1, 1)));
         assert_eq!(plan.gateway_ipv6, Some("fe80::3".parse().expect("ip")));
-        let on_link = |nets: &[&str]| nets.iter().map(|n| n.parse::<IpNet>().expect("net")).collect::<Vec<_>>();
-        assert_eq!(plan.connected_routes, on_link(&["169.254.1.1/32", "fe80::3/128"]));
+        assert_eq!(plan.connected_routes, nets(&["169.254.1.1/32", "fe80::3/128"]));
+        let via = |gw: &str| gw.parse::<IpAddr>().expect("ip");
+        assert_eq!(plan.subnet_routes, [(subnets[0], via("169.254.1.1")), (subnets[1], via("fe80::3"))]);
         let mut v6_only = endpoint();
         v6_only.ipv4 = None;
-        let plan = v6_only.join_plan(false);
-        assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, on_link(&["fe80::3/128"])));
+        let plan = v6_only.join_plan(false, &subnets[1..]);
+        assert_eq!((plan.gateway_ipv4, plan.connected_routes), (None, nets(&["fe80::3/128"])));
+        assert_eq!(plan.subnet_routes, [(subnets[1], via("fe80::3"))]);
         // A record from before per-pool gateways: fe80::1, routed already through another
-        // interface of the container.
+        // interface of the container; no route through it from here.
         let mut legacy = endpoint();
         legacy.gateway_ipv6 = None;
-        let plan = legacy.join_plan(true);
-        assert_eq!((plan.gateway_ipv6, plan.connected_routes), (Some(GATEWAY_IPV6), on_link(&["169.254.1.1/32"])));
+        let plan = legacy.join_plan(true, &subnets);
+        assert_eq!((plan.gateway_ipv6, plan.connected_routes), (Some(GATEWAY_IPV6), nets(&["169.254.1.1/32"])));
+        assert_eq!(plan.subnet_routes, [(subnets[0], via("169.254.1.1"))]);
         let mut v4_only = endpoint();
         v4_only.ipv6 = None;
-        assert_eq!(v4_only.join_plan(false).gateway_ipv6, None);
+        assert_eq!(v4_only.join_plan(false, &subnets).gateway_ipv6, None);
     }
 
     #[test]

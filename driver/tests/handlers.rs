@@ -202,7 +202,13 @@ async fn network_and_container_lifecycle_with_ipv6() {
     assert_eq!(joined["GatewayIPv6"], "fe80::1");
     assert_eq!(
         joined["StaticRoutes"],
-        json!([{"Destination": "169.254.1.1/32", "RouteType": 1}, {"Destination": "fe80::1/128", "RouteType": 1}])
+        json!([
+            {"Destination": "169.254.1.1/32", "RouteType": 1},
+            {"Destination": "fe80::1/128", "RouteType": 1},
+            {"Destination": "fdc1:1a00::/64", "RouteType": 0, "NextHop": "fe80::1"},
+            {"Destination": "10.220.0.0/22", "RouteType": 0, "NextHop": "169.254.1.1"}
+        ]),
+        "the gateways on-link, then the network's subnets through them"
     );
     assert_eq!(joined["DisableGatewayService"], true);
     {

@@ -275,6 +275,37 @@ fn connect_disconnect_and_two_networks() {
 }
 
 #[test]
+fn replies_leave_by_the_default_route_of_another_network() {
+    let env = setup();
+    let (n1, n2) = (format!("{PREFIX}r1"), format!("{PREFIX}r2"));
+    env.network(&n1, &["--ipv6"]).expect("r1");
+    env.network(&n2, &["--ipv6"]).expect("r2");
+    let (a, b) = (format!("{PREFIX}ra"), format!("{PREFIX}rb"));
+    run_container(&a, &["--network", &n2]).expect("a");
+    run_container(&b, &["--network", &n2]).expect("b");
+    // dockerd moves b's default routes to r1, which sorts first; r2's subnets stay routed
+    // through r2's interface (eth0), so b answers a at once, while eth1's link-local address is
+    // still tentative (duplicate address detection) and could not resolve r1's gateway yet.
+    docker(&["network", "connect", &n1, &b]).expect("connect b to r1");
+    let (b4, b6) = addresses(&b, &n2).expect("b on r2");
+    for (to, what) in [(&b6, "IPv6"), (&b4, "IPv4")] {
+        let (ok, out) = exec(&a, &["ping", "-c", "1", "-W", "1", to]).expect("exec");
+        assert!(ok, "the first ping over {what} right after the connect is answered: {out}");
+    }
+    let (_, routes6) = exec(&b, &["ip", "-6", "route"]).expect("routes");
+    let (_, routes4) = exec(&b, &["ip", "route"]).expect("routes");
+    assert!(routes6.lines().any(|l| l.starts_with("default via fe80::") && l.contains("dev eth1")), "{routes6}");
+    for routes in [&routes6, &routes4] {
+        let subnet_routes = routes.lines().filter(|l| !l.starts_with("default") && l.contains(" via ")).count();
+        assert_eq!(subnet_routes, 2, "each network's subnet through its own gateway:\n{routes}");
+    }
+    let (a4, a6) = addresses(&a, &n2).expect("a on r2");
+    ping(&b, &a6).unwrap_or_else(|e| panic!("b reaches a over IPv6: {e}\n{routes6}"));
+    ping(&b, &a4).expect("and over IPv4");
+    env.finish(&[&a, &b], &[&n1, &n2]);
+}
+
+#[test]
 fn compose_stack_up_down_up() {
     let env = setup();
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/compose/docker-compose.yml");

@@ -271,7 +271,28 @@ fn soak_random_cycles_with_kill_9_keep_the_daemon_the_kernel_and_docker_in_agree
             let network = nets.iter().find(|n| now[b].1.contains(*n)).expect("a common network");
             let (_, b6) = addresses(b, network).expect("addresses");
             let (ok, out) = exec(a, &["ping", "-c", "1", "-W", "2", &b6]).expect("exec");
-            assert!(ok, "cycle {cycle}: {a} cannot ping {b} at {b6}: {out}");
+            if !ok {
+                let show = |c: &str| {
+                    let (_, addrs) = exec(c, &["ip", "-6", "addr"]).unwrap_or_default();
+                    let (_, routes) = exec(c, &["ip", "-6", "route"]).unwrap_or_default();
+                    format!("{c} on {:?}:\n{addrs}{routes}", now[c].1)
+                };
+                let drops: Vec<String> = env
+                    .daemon
+                    .endpoints()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|e| e["counters"]["drops"].as_object().is_some_and(|d| !d.is_empty()))
+                    .map(|e| format!("{} {}: {}", e["container_name"], e["ifname"], e["counters"]["drops"]))
+                    .collect();
+                panic!(
+                    "cycle {cycle} ({action}, seed {seed}): {a} cannot ping {b} at {b6}: {out}\n{}\n{}\ndrops:\n{}\n{}",
+                    show(a),
+                    show(b),
+                    drops.join("\n"),
+                    env.daemon.log_text()
+                );
+            }
             tally.pings += 1;
         }
         tally.cycles += 1;

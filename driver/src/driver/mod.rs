@@ -667,11 +667,12 @@ impl Driver {
         ports: &[PortRequest],
     ) -> Result<JoinPlan, DriverError> {
         let _held = self.endpoint_locks.lock(id).await;
-        let (mut endpoint, mtu, sandbox, publish, ipv6_gateway_routed) = {
+        let (mut endpoint, mtu, sandbox, publish, ipv6_gateway_routed, subnets) = {
             let state = self.state();
             let endpoint = lookup(&state, network, id)?.clone();
             if let Some(joined) = &endpoint.joined {
-                return Ok(endpoint.join_plan(ipv6_gateway_routed(&state, &endpoint, &joined.sandbox_key)));
+                let routed = ipv6_gateway_routed(&state, &endpoint, &joined.sandbox_key);
+                return Ok(endpoint.join_plan(routed, &subnets_of(&state, &endpoint)));
             }
             let mtu = state.networks.get(network).and_then(|n| n.mtu).or(self.config.mtu);
             // All endpoints of one container share the sandbox key dockerd sends (its netns
@@ -688,7 +689,8 @@ impl Driver {
             }
             let publish = !ports.is_empty() && !endpoint.internal && !published_elsewhere;
             let routed = ipv6_gateway_routed(&state, &endpoint, sandbox_key);
-            (endpoint, mtu, sandbox, publish, routed)
+            let subnets = subnets_of(&state, &endpoint);
+            (endpoint, mtu, sandbox, publish, routed, subnets)
         };
         let hold = if publish {
             let (mut published, hold) = ports::hold(ports, self.config.nat_ports).map_err(DriverError::Conflict)?;
@@ -735,7 +737,7 @@ impl Driver {
         // Its identity is resolved in the background, from Docker's view of the container.
         self.timing().joined_at.insert(id.clone(), std::time::Instant::now());
         self.joined.notify_one();
-        Ok(endpoint.join_plan(ipv6_gateway_routed))
+        Ok(endpoint.join_plan(ipv6_gateway_routed, &subnets))
     }
 
     async fn apply_join(
@@ -1275,6 +1277,11 @@ fn lookup<'a>(state: &'a State, network: &NetworkId, id: &EndpointId) -> Result<
         .get(id)
         .filter(|e| &e.network == network)
         .ok_or_else(|| DriverError::UnknownEndpoint(id.short().to_owned()))
+}
+
+/// The subnets of the pools holding the endpoint's addresses.
+fn subnets_of(state: &State, endpoint: &Endpoint) -> Vec<IpNet> {
+    endpoint.addresses().into_iter().filter_map(|addr| Some(state.ipam.pool_containing(addr)?.subnet)).collect()
 }
 
 /// Whether another endpoint joined to the sandbox `sandbox_key` has the same IPv6 gateway as

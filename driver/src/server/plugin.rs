@@ -391,6 +391,11 @@ async fn join(State(driver): State<Shared>, body: Body) -> Response {
                     route_type: spec::ROUTE_TYPE_CONNECTED,
                     next_hop: String::new(),
                 })
+                .chain(plan.subnet_routes.iter().map(|(dst, via)| spec::StaticRoute {
+                    destination: dst.to_string(),
+                    route_type: spec::ROUTE_TYPE_NEXTHOP,
+                    next_hop: via.to_string(),
+                }))
                 .collect(),
             disable_gateway_service: true,
         })
