@@ -16,8 +16,9 @@ use super::stats::median;
 use super::workload::{Servers, Workload};
 use super::{dual_stack_bridge, policy, wait_identities, PREFIX};
 
-/// Rounds of the matrix, and seconds of each measurement.
-pub const ROUNDS: usize = 3;
+/// Rounds of the matrix, and seconds of each measurement: about 100 s a round here, and a
+/// median of five survives two disturbed rounds.
+pub const ROUNDS: usize = 5;
 pub const SECONDS: u32 = 2;
 /// Where the client and the server of every column run (`taskset -c`).
 pub const CLIENT_CPU: usize = 0;
@@ -136,12 +137,27 @@ impl Matrix {
         Column::Crs(self.default_mode)
     }
 
+    /// The ratios beside the figures: cilium-rs (default mode) against the bridge and against
+    /// loopback, and netkit against veth.
+    pub fn ratios(&self, row: &str) -> [(&'static str, f64); 3] {
+        let at = |column: Column| self.median(row, column);
+        let crs = at(self.default_column());
+        [
+            ("crs_vs_bridge", crs / at(Column::Bridge)),
+            ("crs_vs_loopback", crs / at(Column::Loopback)),
+            ("netkit_vs_veth", at(Column::Crs(DeviceMode::Netkit)) / at(Column::Crs(DeviceMode::Veth))),
+        ]
+    }
+
     pub fn to_json(&self) -> Value {
         let medians: BTreeMap<&str, BTreeMap<&str, f64>> =
             ROWS.iter().map(|r| (r.key, COLUMNS.iter().map(|c| (c.key(), self.median(r.key, *c))).collect())).collect();
+        let ratios: BTreeMap<&str, BTreeMap<&str, f64>> =
+            ROWS.iter().map(|r| (r.key, self.ratios(r.key).into_iter().collect())).collect();
         json!({
             "rounds": self.samples,
             "medians": medians,
+            "ratios": ratios,
             "ip6tables_tcp1_v6": {"rules": IP6TABLES_RULES, "rounds": self.ip6tables, "median": median(&mut self.ip6tables.clone())},
             "default_device_mode": self.default_mode.name(),
             "rounds_count": ROUNDS,

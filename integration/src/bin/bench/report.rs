@@ -35,7 +35,6 @@ fn ratio_with(value: f64, target: Option<f64>) -> String {
 }
 
 fn matrix_table(m: &Matrix) -> String {
-    let crs = m.default_column();
     let mode = m.default_mode;
     let mut header: Vec<String> = vec!["workload".into()];
     header.extend(COLUMNS.iter().map(|c| c.title().to_owned()));
@@ -47,12 +46,12 @@ fn matrix_table(m: &Matrix) -> String {
     let rows: Vec<Vec<String>> = ROWS
         .iter()
         .map(|row| {
-            let at = |column: Column| m.median(row.key, column);
+            let [vs_bridge, vs_loopback, netkit_vs_veth] = m.ratios(row.key).map(|(_, r)| r);
             let mut cells = vec![row.title.to_owned()];
-            cells.extend(COLUMNS.iter().map(|c| figure(at(*c) / row.scale)));
-            cells.push(ratio_with(at(crs) / at(Column::Bridge), row.targets.vs_bridge));
-            cells.push(ratio_with(at(crs) / at(Column::Loopback), row.targets.vs_loopback));
-            cells.push(ratio(at(Column::Crs(DeviceMode::Netkit)) / at(Column::Crs(DeviceMode::Veth))));
+            cells.extend(COLUMNS.iter().map(|c| figure(m.median(row.key, *c) / row.scale)));
+            cells.push(ratio_with(vs_bridge, row.targets.vs_bridge));
+            cells.push(ratio_with(vs_loopback, row.targets.vs_loopback));
+            cells.push(ratio(netkit_vs_veth));
             cells
         })
         .collect();
@@ -133,7 +132,7 @@ fn other_lines(r: &Results) -> Vec<Line> {
         ),
         single(&format!("policy import of {} rules (ms)", policy::RULES), m.import_ms, Some(Goal::AtMost(2000.0))),
         pair(
-            "one-rule change median / max (ms)",
+            &format!("one-rule change on {} entries, median / max (ms)", m.entries),
             median(&mut m.one_rule_ms.clone()),
             m.one_rule_ms.iter().copied().fold(f64::NAN, f64::max),
             Some(Goal::AtMost(20.0)),
@@ -219,24 +218,33 @@ fn other_lines(r: &Results) -> Vec<Line> {
 pub fn print(r: &Results) {
     let m = &r.matrix;
     println!();
+    println!("## cilium-rs bench: the matrix");
+    println!();
     println!(
-        "## cilium-rs bench: the matrix — medians of {} interleaved rounds (every column in turn for each workload, \
-         each round starting at another column), {} s per measurement; client pinned to CPU {} and server to CPU {} \
-         (taskset -c) in every column; cilium-rs columns with {} policy entries loaded; `crs {}` in the ratios is \
-         cilium-rs in its default device mode; connect/request/close from {CRR_THREADS} client threads",
+        "- medians of {} interleaved rounds, {} s a measurement: each workload visits every column in turn, each \
+         round starting at another column",
         matrix::ROUNDS,
-        matrix::SECONDS,
-        matrix::CLIENT_CPU,
-        matrix::SERVER_CPU,
-        m.entries,
-        m.default_mode,
+        matrix::SECONDS
     );
+    println!(
+        "- client pinned to CPU {} and server to CPU {} (`taskset -c`), in every column alike",
+        matrix::CLIENT_CPU,
+        matrix::SERVER_CPU
+    );
+    println!(
+        "- the cilium-rs columns with {} rules loaded ({} policy entries); the ratios' `crs {}` is cilium-rs in its \
+         default device mode",
+        policy::RULES,
+        m.entries,
+        m.default_mode
+    );
+    println!("- connect/request/close from {CRR_THREADS} client threads; UDP: the rate the server received");
     println!();
     println!("{}", matrix_table(m));
     println!();
     println!(
-        "## the rest — medians of {ROUNDS} rounds (iperf3 {IPERF_SECONDS} s, connection rate {CRR_SECONDS} s, not \
-         pinned), {DOCKER_RUNS} docker runs, {} endpoints after {}",
+        "## the rest: medians of {ROUNDS} rounds (iperf3 {IPERF_SECONDS} s, connection rate {CRR_SECONDS} s, not \
+         pinned), {DOCKER_RUNS} docker runs, CreateEndpoint+Join of {} endpoints after {}",
         plugin::ENDPOINTS_MEASURED,
         plugin::ENDPOINTS_PRESENT,
     );
