@@ -12,8 +12,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use integration::{binary, docker, run_container, Daemon};
 
-use super::netns::{crr, iperf, start_iperf_server, CrrServer};
-use super::{pair, Rows, PREFIX, ROUNDS};
+use super::netns::Pair;
+use super::workload::{crr, iperf, Servers, CRR_PORT, CRR_SECONDS, IPERF_PORT, IPERF_SECONDS};
+use super::{Rows, PREFIX, ROUNDS};
 
 /// Daemons of their own: events off, and events unlimited.
 const QUIET: &str = "crs-bench-quiet";
@@ -83,14 +84,10 @@ pub fn monitored() -> Result<MonitorFigures> {
         let (server, client) = (name(&format!("m{tag}s")), name(&format!("m{tag}c")));
         run_container(&server, &["--network", &net])?;
         run_container(&client, &["--network", &net])?;
-        pairs.push((net, server.clone(), client.clone(), pair(&server, &client, &format!("{PREFIX}mon{tag}"))?));
+        pairs.push((net.clone(), server.clone(), client.clone(), Pair::containers(&server, &client, &net)?));
     }
     let (quiet_pair, loud_pair) = (&pairs[0].3, &pairs[1].3);
-    for p in [quiet_pair, loud_pair] {
-        start_iperf_server(&p.server)?;
-    }
-    let _crr: Vec<CrrServer> =
-        [&quiet_pair.server, &loud_pair.server].into_iter().map(CrrServer::start).collect::<Result<_>>()?;
+    let servers = [Servers::start(&quiet_pair.server)?, Servers::start(&loud_pair.server)?];
     let watcher = Watcher::start(&loud)?;
     std::thread::sleep(std::time::Duration::from_millis(500));
 
@@ -102,16 +99,18 @@ pub fn monitored() -> Result<MonitorFigures> {
             rows.entry(row).or_default().push(value?);
             Ok(())
         };
-        sample("tcp_v4_events_off", iperf(&quiet_pair.client, &quiet_pair.server_v4))?;
-        sample("tcp_v4_monitored", iperf(&loud_pair.client, &loud_pair.server_v4))?;
-        sample("crr_v4_events_off", crr(&quiet_pair.client, &quiet_pair.server_v4))?;
+        let stream = |p: &Pair| iperf(&p.client, &p.server_v4, IPERF_PORT, 1, IPERF_SECONDS);
+        let connections = |p: &Pair| crr(&p.client, &p.server_v4, CRR_PORT, CRR_SECONDS);
+        sample("tcp_v4_events_off", stream(quiet_pair))?;
+        sample("tcp_v4_monitored", stream(loud_pair))?;
+        sample("crr_v4_events_off", connections(quiet_pair))?;
         let (before, started) = (watcher.lines.load(Ordering::Relaxed), Instant::now());
-        sample("crr_v4_monitored", crr(&loud_pair.client, &loud_pair.server_v4))?;
+        sample("crr_v4_monitored", connections(loud_pair))?;
         let read = watcher.lines.load(Ordering::Relaxed) - before;
         lines_per_second.push(read as f64 / started.elapsed().as_secs_f64());
     }
     let lost = watcher.lost.load(Ordering::Relaxed);
-    drop(watcher);
+    drop((watcher, servers));
     for (net, server, client, _) in &pairs {
         let _ = docker(&["rm", "-f", server, client]);
         docker(&["network", "rm", net])?;

@@ -1,125 +1,130 @@
-//! Where the bench's workloads run: network namespaces (a container's, or a named one), iperf3
-//! and the connection-rate tool inside them, and the bare veth pairs the datapaths are compared
-//! with — one of them behind ip6tables rules.
+//! Where the bench's workloads run: network namespaces (a container's, a named one, a fresh
+//! one with only loopback), optionally pinned to a CPU, and the bare veth pairs the datapaths
+//! are compared with — one of them behind ip6tables rules.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-use integration::{inspect, run};
-use serde_json::Value;
+use integration::{addresses, inspect, run};
 
-/// Seconds of each iperf3 run.
-pub const IPERF_SECONDS: &str = "3";
-/// Seconds of each connection-rate run, and its client threads.
-pub const CRR_SECONDS: &str = "2";
-pub const CRR_THREADS: &str = "4";
-pub const CRR_PORT: u16 = 7000;
+use super::workload::IPERF_PORT;
 
-/// A network namespace to run a workload in: a container's or a named one.
+/// A network namespace to run a workload in (a container's or a named one), and the CPU its
+/// programs are pinned to, if any.
 #[derive(Clone)]
-pub struct Ns(pub String);
+pub struct Ns {
+    pub path: String,
+    pub cpu: Option<usize>,
+}
 
 impl Ns {
     pub fn container(name: &str) -> Result<Ns> {
         let pid = inspect(name)?["State"]["Pid"].as_u64().context("no pid")?;
-        Ok(Ns(format!("/proc/{pid}/ns/net")))
+        Ok(Ns { path: format!("/proc/{pid}/ns/net"), cpu: None })
     }
 
     pub fn named(name: &str) -> Ns {
-        Ns(format!("/run/netns/{name}"))
+        Ns { path: format!("/run/netns/{name}"), cpu: None }
     }
 
     /// The host's own namespace.
     pub fn host() -> Ns {
-        Ns("/proc/self/ns/net".to_owned())
+        Ns { path: "/proc/self/ns/net".to_owned(), cpu: None }
+    }
+
+    /// The same namespace, its programs pinned to `cpu` (`taskset -c`).
+    pub fn on_cpu(&self, cpu: usize) -> Ns {
+        Ns { path: self.path.clone(), cpu: Some(cpu) }
     }
 
     pub fn cmd(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.0)).arg("--").args(argv);
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(cpu.to_string()).arg("nsenter");
+                cmd
+            }
+            None => Command::new("nsenter"),
+        };
+        cmd.arg(format!("--net={}", self.path)).arg("--").args(argv);
         cmd
     }
 }
 
-/// iperf3's port.
-pub const IPERF_PORT: u16 = 5201;
-
-/// One iperf3 TCP run from `client` to `server_ip` (server already listening); Gbit/s.
-pub fn iperf(client: &Ns, server_ip: &str) -> Result<f64> {
-    iperf_to(client, server_ip, IPERF_PORT)
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
-/// [`iperf`] to another port (a published one).
-pub fn iperf_to(client: &Ns, server_ip: &str, port: u16) -> Result<f64> {
-    let port = port.to_string();
-    let out = client.cmd(&["iperf3", "-c", server_ip, "-p", &port, "-t", IPERF_SECONDS, "-J"]).output()?;
-    let report: Value = serde_json::from_slice(&out.stdout).context("iperf3 json")?;
-    if let Some(err) = report["error"].as_str() {
-        bail!("iperf3 to {server_ip}: {err}");
+/// A client and a server namespace, and the server's addresses.
+pub struct Pair {
+    pub client: Ns,
+    pub server: Ns,
+    pub server_v4: String,
+    pub server_v6: String,
+}
+
+impl Pair {
+    /// Two containers on `network`.
+    pub fn containers(server: &str, client: &str, network: &str) -> Result<Pair> {
+        let (server_v4, server_v6) = addresses(server, network)?;
+        Ok(Pair { client: Ns::container(client)?, server: Ns::container(server)?, server_v4, server_v6 })
     }
-    let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")?;
-    Ok(bps / 1e9)
-}
 
-pub fn start_iperf_server(ns: &Ns) -> Result<()> {
-    let status = ns.cmd(&["iperf3", "-s", "-D"]).status()?;
-    if !status.success() {
-        bail!("iperf3 -s failed in {}", ns.0);
+    /// Both ends in one namespace, over `lo`.
+    pub fn loopback(lo: &Loopback) -> Pair {
+        Pair { client: lo.ns(), server: lo.ns(), server_v4: "127.0.0.1".to_owned(), server_v6: "::1".to_owned() }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(())
-}
 
-/// The connection-rate tool next to the bench binary.
-fn crr_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let tool = me.with_file_name("crr");
-    if !tool.exists() {
-        bail!("{} missing: build it with `cargo build --release -p integration`", tool.display());
+    /// The ends of a veth pair.
+    pub fn veth(veth: &VethPair) -> Pair {
+        Pair {
+            client: Ns::named(&veth.client),
+            server: Ns::named(&veth.server),
+            server_v4: veth.server_v4.clone(),
+            server_v6: veth.server_v6.clone(),
+        }
     }
-    Ok(tool)
-}
 
-/// Starts `crr server` in `ns`; killed on drop.
-pub struct CrrServer(Child);
+    /// The same pair, the client's programs on `client_cpu` and the server's on `server_cpu`.
+    pub fn pinned(self, client_cpu: usize, server_cpu: usize) -> Pair {
+        Pair { client: self.client.on_cpu(client_cpu), server: self.server.on_cpu(server_cpu), ..self }
+    }
 
-impl CrrServer {
-    pub fn start(ns: &Ns) -> Result<CrrServer> {
-        let tool = crr_binary()?;
-        let child = ns
-            .cmd(&[&tool.to_string_lossy(), "server", &CRR_PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start crr server")?;
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(CrrServer(child))
+    pub fn server_ip(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.server_v4,
+            Family::V6 => &self.server_v6,
+        }
     }
 }
 
-impl Drop for CrrServer {
+/// A fresh named namespace with only `lo` up: both ends of the loopback baseline; removed on
+/// drop.
+pub struct Loopback {
+    name: String,
+}
+
+impl Loopback {
+    pub fn create(name: &str) -> Result<Loopback> {
+        let _ = run(&["ip", "netns", "del", name]);
+        run(&["ip", "netns", "add", name])?;
+        let lo = Loopback { name: name.to_owned() };
+        run(&["nsenter", &format!("--net=/run/netns/{name}"), "ip", "link", "set", "lo", "up"])?;
+        Ok(lo)
+    }
+
+    pub fn ns(&self) -> Ns {
+        Ns::named(&self.name)
+    }
+}
+
+impl Drop for Loopback {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = run(&["ip", "netns", "del", &self.name]);
     }
-}
-
-/// One connection-rate run from `client` to `server_ip`; connections per second.
-pub fn crr(client: &Ns, server_ip: &str) -> Result<f64> {
-    crr_to(client, server_ip, CRR_PORT)
-}
-
-/// [`crr`] to another port (a published one).
-pub fn crr_to(client: &Ns, server_ip: &str, port: u16) -> Result<f64> {
-    let tool = crr_binary()?;
-    let out = client
-        .cmd(&[&tool.to_string_lossy(), "client", server_ip, &port.to_string(), CRR_SECONDS, CRR_THREADS])
-        .output()?;
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("crr output: {}", String::from_utf8_lossy(&out.stderr)))?;
-    report["connections_per_second"].as_f64().context("crr result")
 }
 
 /// Two named namespaces joined by a veth pair, with an IPv4 and an IPv6 address each side.
@@ -170,7 +175,7 @@ impl VethPair {
         Ok(pair)
     }
 
-    /// `rules` ip6tables rules in the server's INPUT chain that a TCP packet to port 5201 must
+    /// `rules` ip6tables rules in the server's INPUT chain that a TCP packet to iperf3's port must
     /// walk before the last one accepts it (what a linear firewall with that many rules costs);
     /// neighbour discovery is accepted first.
     pub fn add_ip6tables_rules(&self, rules: usize) -> Result<()> {
@@ -179,7 +184,7 @@ impl VethPair {
         for i in 0..rules.saturating_sub(1) {
             script.push_str(&format!("-A INPUT -s fdc1:1a00:ff::{:x} -p tcp --dport {} -j ACCEPT\n", i + 1, 20000 + i));
         }
-        script.push_str("-A INPUT -p tcp --dport 5201 -j ACCEPT\nCOMMIT\n");
+        script.push_str(&format!("-A INPUT -p tcp --dport {IPERF_PORT} -j ACCEPT\nCOMMIT\n"));
         let mut child = Ns::named(&self.server)
             .cmd(&["ip6tables-restore"])
             .stdin(Stdio::piped())

@@ -1,5 +1,6 @@
 //! CreateEndpoint+Join latency measured on the plugin socket itself (no dockerd in between),
-//! with many endpoints present and a big policy loaded, and the daemon's memory.
+//! with many endpoints present and a big policy loaded, in a network of each device mode, and
+//! the daemon's memory.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use integration::Daemon;
 use serde_json::{json, Value};
 
+use super::device_mode::{self, DeviceMode};
 use super::policy;
 
 pub const ENDPOINTS_PRESENT: usize = 500;
@@ -20,6 +22,7 @@ struct Plugin<'a> {
 }
 
 impl Plugin<'_> {
+    /// One call; an answer carrying `Err` fails it.
     fn call(&self, method: &str, body: Value) -> Result<Value> {
         let bytes = self.runtime.block_on(cilium_rs::http_unix::request(
             self.socket,
@@ -27,7 +30,11 @@ impl Plugin<'_> {
             &format!("/{method}"),
             Some(format!("{body}\n").into_bytes()),
         ))?;
-        Ok(serde_json::from_slice(&bytes)?)
+        let answer: Value = serde_json::from_slice(&bytes)?;
+        if let Some(err) = answer.get("Err").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+            bail!("{method}: {err}");
+        }
+        Ok(answer)
     }
 }
 
@@ -43,12 +50,14 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 pub struct PluginLatency {
+    pub mode: DeviceMode,
     pub create_join_ms: Vec<f64>,
     pub rss_kib: u64,
 }
 
-/// CreateEndpoint+Join latency with `ENDPOINTS_PRESENT` endpoints and the big policy loaded.
-pub fn plugin_latency() -> Result<PluginLatency> {
+/// CreateEndpoint+Join latency with `ENDPOINTS_PRESENT` endpoints and the big policy loaded, on
+/// a network in device mode `mode` (a daemon of its own each time).
+pub fn plugin_latency(mode: DeviceMode) -> Result<PluginLatency> {
     // A second daemon that no dockerd knows: reconciliation is off (no Docker socket), so the
     // endpoints created here through the socket are left alone.
     let daemon = Daemon::start_with("crs-bench-plugin", &[("CILIUM_RS_DOCKER_SOCKET", "/nonexistent/docker.sock")])?;
@@ -68,7 +77,8 @@ pub fn plugin_latency() -> Result<PluginLatency> {
     )?;
     plugin.call(
         "NetworkDriver.CreateNetwork",
-        json!({"NetworkID": network, "Options": {"com.docker.network.enable_ipv6": true, "com.docker.network.generic": {}},
+        json!({"NetworkID": network, "Options": {"com.docker.network.enable_ipv6": true,
+                                                 "com.docker.network.generic": {(device_mode::OPTION): mode.name()}},
                "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v4["Pool"], "Gateway": v4["Data"]["com.docker.network.gateway"]}],
                "IPv6Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v6["Pool"], "Gateway": v6["Data"]["com.docker.network.gateway"]}]}),
     )?;
@@ -82,7 +92,7 @@ pub fn plugin_latency() -> Result<PluginLatency> {
                 rss = rss_kib(daemon.pid().context("daemon pid")?)?;
             }
             if n.is_multiple_of(100) {
-                eprintln!("bench: endpoints {n}/{total}");
+                eprintln!("bench: {mode} endpoints {n}/{total}");
             }
             let endpoint = hex_id(0xe0000000, n);
             let a4 = plugin.call("IpamDriver.RequestAddress", json!({"PoolID": v4["PoolID"], "Address": ""}))?;
@@ -92,14 +102,11 @@ pub fn plugin_latency() -> Result<PluginLatency> {
                 "NetworkDriver.CreateEndpoint",
                 json!({"NetworkID": network, "EndpointID": endpoint, "Interface": {"Address": a4["Address"], "AddressIPv6": a6["Address"], "MacAddress": ""}, "Options": {}}),
             )?;
-            let join = plugin.call(
+            plugin.call(
                 "NetworkDriver.Join",
                 json!({"NetworkID": network, "EndpointID": endpoint, "SandboxKey": "", "Options": {}}),
             )?;
             let elapsed = start.elapsed().as_secs_f64() * 1000.0;
-            if join.get("Err").is_some() {
-                bail!("join failed: {join}");
-            }
             created.push((endpoint, a4, a6));
             if n >= ENDPOINTS_PRESENT {
                 samples.push(elapsed);
@@ -120,5 +127,5 @@ pub fn plugin_latency() -> Result<PluginLatency> {
     plugin.call("IpamDriver.ReleasePool", json!({"PoolID": v6["PoolID"]}))?;
     plugin.call("NetworkDriver.DeleteNetwork", json!({"NetworkID": network}))?;
     result?;
-    Ok(PluginLatency { create_join_ms: samples, rss_kib: rss })
+    Ok(PluginLatency { mode, create_join_ms: samples, rss_kib: rss })
 }

@@ -1,6 +1,7 @@
 //! The bench's policies: 10,000 rules that put 10,000 entries between a server and a client
 //! identity (the measured flows allowed among them), imported through the CLI and timed until
-//! enforced; and one-rule changes on top of them.
+//! enforced; one-rule changes on top of them; and the check that none of the bench's own
+//! packets met a policy drop.
 
 use std::time::Instant;
 
@@ -8,25 +9,29 @@ use anyhow::{Context, Result};
 use integration::Daemon;
 use serde_json::{json, Value};
 
+use super::workload::{CRR_PORT, IPERF_PORT, RR_PORT, UDP_PORT};
+
 /// Rules (and policy entries) of the big policy.
 pub const RULES: usize = 10_000;
 
-/// The ports the bench's flows use: iperf3 and the connection-rate tool.
-const FLOW_PORTS: [u16; 2] = [5201, super::netns::CRR_PORT];
+/// The ports and protocols the bench's flows use: iperf3, and the `crr` tool's servers (the
+/// UDP one with its TCP control channel).
+const FLOW_PORTS: [(u16, &str); 5] =
+    [(IPERF_PORT, "TCP"), (CRR_PORT, "TCP"), (RR_PORT, "TCP"), (UDP_PORT, "TCP"), (UDP_PORT, "UDP")];
 
 /// `RULES` rules: `role=<server>` may be reached from `role=<client>` on one port each (the
 /// measured ports among them).
 pub fn big_policy(server: &str, client: &str) -> String {
-    let rule = |port: u16| {
+    let rule = |port: u16, protocol: &str| {
         json!({
             "labels": [{"key": "bench", "value": "big"}],
             "endpointSelector": {"matchLabels": {"role": server}},
             "ingress": [{"fromEndpoints": [{"matchLabels": {"role": client}}],
-                         "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}]}]}]
+                         "toPorts": [{"ports": [{"port": port.to_string(), "protocol": protocol}]}]}]
         })
     };
-    let mut rules: Vec<Value> = FLOW_PORTS.iter().map(|p| rule(*p)).collect();
-    rules.extend((0..RULES - FLOW_PORTS.len()).map(|i| rule(20_000 + i as u16)));
+    let mut rules: Vec<Value> = FLOW_PORTS.iter().map(|(port, protocol)| rule(*port, protocol)).collect();
+    rules.extend((0..RULES - FLOW_PORTS.len()).map(|i| rule(20_000 + i as u16, "TCP")));
     Value::Array(rules).to_string()
 }
 
@@ -60,4 +65,16 @@ pub fn one_rule_changes(daemon: &Daemon, server: &str, client: &str, rounds: usi
 pub fn entries(daemon: &Daemon) -> Result<u64> {
     let (_, status) = daemon.status()?;
     status["policy_entries"].as_u64().context("policy_entries in the status")
+}
+
+/// Packets of the daemon's endpoints dropped by policy (any `POLICY…` reason): the bench's flows
+/// are all allowed, so anything here voids the comparison.
+pub fn denied_packets(daemon: &Daemon) -> Result<u64> {
+    Ok(daemon
+        .endpoints()?
+        .iter()
+        .flat_map(|e| e["counters"]["drops"].as_object().cloned().unwrap_or_default())
+        .filter(|(k, _)| k.starts_with("POLICY"))
+        .map(|(_, v)| v["packets"].as_u64().unwrap_or(0))
+        .sum())
 }

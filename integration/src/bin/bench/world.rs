@@ -7,7 +7,8 @@ use anyhow::Result;
 use integration::outside::{Outside, HOST4, OUTSIDE4};
 use integration::{docker, run_container};
 
-use super::netns::{crr_to, iperf_to, start_iperf_server, CrrServer, Ns, CRR_PORT, IPERF_PORT};
+use super::netns::Ns;
+use super::workload::{crr, iperf, Servers, CRR_PORT, CRR_SECONDS, IPERF_PORT, IPERF_SECONDS};
 use super::{Rows, PLUGIN, PREFIX, ROUNDS};
 
 /// Host ports the bench publishes: iperf3 and crr, cilium-rs and Docker's bridge.
@@ -31,11 +32,10 @@ pub fn outside(outside: &Outside) -> Result<Rows> {
     let (crs_client, crs_server) = (Ns::container(&name("oc"))?, Ns::container(&name("os"))?);
     let (bridge_client, bridge_server) = (Ns::container(&name("obc"))?, Ns::container(&name("obs"))?);
     let world = Ns::named(outside.ns());
-    for ns in [&crs_server, &bridge_server, &world] {
-        start_iperf_server(ns)?;
-    }
-    let _crr: Vec<CrrServer> =
-        [&crs_server, &bridge_server, &world].into_iter().map(CrrServer::start).collect::<Result<_>>()?;
+    let _servers: Vec<Servers> =
+        [&crs_server, &bridge_server, &world].map(Servers::start).into_iter().collect::<Result<_>>()?;
+    let iperf_to = |client: &Ns, ip: &str, port: u16| iperf(client, ip, port, 1, IPERF_SECONDS);
+    let crr_to = |client: &Ns, ip: &str, port: u16| crr(client, ip, port, CRR_SECONDS);
 
     let mut rows = Rows::new();
     for round in 0..ROUNDS {

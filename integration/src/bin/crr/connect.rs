@@ -1,14 +1,6 @@
-//! `crr`: the connection-rate workload of `make bench` — connect, send one byte, get one byte
-//! back, close — as fast as the path allows. Run it inside a network namespace (the bench uses
-//! `nsenter --net`):
-//!
-//! ```text
-//! crr server PORT                      answer on every address of the namespace
-//! crr client ADDR PORT SECONDS THREADS print completed connections per second
-//! ```
-//!
-//! The server closes first, so TIME_WAIT sits on its side and the client never runs out of
-//! ephemeral ports.
+//! The connection rate: connect, send one byte, get one byte back, close — as fast as the path
+//! allows, from several client threads. The server closes first, so TIME_WAIT sits on its side
+//! and the client never runs out of ephemeral ports.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -16,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
 
 const SERVER_THREADS: usize = 8;
 
-fn serve(port: u16) -> Result<()> {
+pub fn serve(port: u16) -> Result<()> {
     // `[::]` takes IPv4 too (dual stack).
     let listener = TcpListener::bind(("::", port)).with_context(|| format!("listen on port {port}"))?;
     let mut workers = Vec::new();
@@ -54,7 +47,7 @@ fn one(addr: SocketAddr) -> bool {
     matches!(stream.read(&mut byte), Ok(0))
 }
 
-fn client(addr: IpAddr, port: u16, seconds: f64, threads: usize) -> Result<()> {
+pub fn client(addr: IpAddr, port: u16, seconds: f64, threads: usize) -> Value {
     let target = SocketAddr::new(addr, port);
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -79,23 +72,5 @@ fn client(addr: IpAddr, port: u16, seconds: f64, threads: usize) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!(
-        "{{\"connections_per_second\": {:.1}, \"completed\": {done}, \"failed\": {failed}}}",
-        done as f64 / elapsed
-    );
-    Ok(())
-}
-
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["server", port] => serve(port.parse().context("port")?),
-        ["client", addr, port, seconds, threads] => client(
-            addr.parse().context("address")?,
-            port.parse().context("port")?,
-            seconds.parse().context("seconds")?,
-            threads.parse().context("threads")?,
-        ),
-        _ => bail!("usage: crr server PORT | crr client ADDR PORT SECONDS THREADS"),
-    }
+    json!({"connections_per_second": done as f64 / elapsed, "completed": done, "failed": failed})
 }

@@ -1,0 +1,289 @@
+//! The performance matrix: every workload of [`ROWS`] through every path of [`COLUMNS`] —
+//! loopback in one namespace (the limit), a bare veth pair, Docker's bridge, cilium-rs with veth
+//! and with netkit devices (the big policy loaded) — in interleaved rounds, client and server
+//! pinned to different CPUs; and the TCP IPv6 stream through a veth pair behind as many
+//! ip6tables rules as the policy has entries.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use integration::{docker, run_container, Daemon};
+use serde_json::{json, Value};
+
+use super::device_mode::{self, DeviceMode, MODES};
+use super::netns::{Family, Loopback, Pair, VethPair};
+use super::stats::median;
+use super::workload::{Servers, Workload};
+use super::{dual_stack_bridge, policy, wait_identities, PREFIX};
+
+/// Rounds of the matrix, and seconds of each measurement: about 100 s a round here, and a
+/// median of five survives two disturbed rounds.
+pub const ROUNDS: usize = 5;
+pub const SECONDS: u32 = 2;
+/// Where the client and the server of every column run (`taskset -c`).
+pub const CLIENT_CPU: usize = 0;
+pub const SERVER_CPU: usize = 1;
+/// One-rule changes timed on top of the big policy.
+const ONE_RULE_CHANGES: usize = 10;
+/// Rules of the ip6tables baseline, as many as policy entries.
+const IP6TABLES_RULES: usize = policy::RULES;
+
+/// A path the workloads cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Loopback,
+    Veth,
+    Bridge,
+    Crs(DeviceMode),
+}
+
+pub const COLUMNS: [Column; 5] =
+    [Column::Loopback, Column::Veth, Column::Bridge, Column::Crs(DeviceMode::Veth), Column::Crs(DeviceMode::Netkit)];
+
+impl Column {
+    pub fn key(self) -> &'static str {
+        match self {
+            Column::Loopback => "loopback",
+            Column::Veth => "veth",
+            Column::Bridge => "bridge",
+            Column::Crs(DeviceMode::Veth) => "crs_veth",
+            Column::Crs(DeviceMode::Netkit) => "crs_netkit",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Column::Loopback => "loopback",
+            Column::Veth => "veth pair",
+            Column::Bridge => "Docker bridge",
+            Column::Crs(DeviceMode::Veth) => "crs veth",
+            Column::Crs(DeviceMode::Netkit) => "crs netkit",
+        }
+    }
+}
+
+/// What cilium-rs in its default mode should reach, as ratios.
+#[derive(Clone, Copy, Debug)]
+pub struct Targets {
+    pub vs_bridge: Option<f64>,
+    pub vs_loopback: Option<f64>,
+}
+
+/// A workload in one address family, and how it is shown.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub key: &'static str,
+    pub title: &'static str,
+    pub workload: Workload,
+    pub family: Family,
+    /// Shown as value / `scale`, in the unit the title names.
+    pub scale: f64,
+    pub targets: Targets,
+}
+
+const STREAM: Targets = Targets { vs_bridge: Some(1.1), vs_loopback: Some(0.9) };
+const RR: Targets = Targets { vs_bridge: Some(1.2), vs_loopback: None };
+const CRR: Targets = Targets { vs_bridge: Some(1.0), vs_loopback: None };
+const UDP: Targets = Targets { vs_bridge: Some(1.2), vs_loopback: None };
+
+const fn row(
+    key: &'static str,
+    title: &'static str,
+    workload: Workload,
+    family: Family,
+    scale: f64,
+    targets: Targets,
+) -> Row {
+    Row { key, title, workload, family, scale, targets }
+}
+
+pub const ROWS: [Row; 10] = [
+    row("tcp1_v4", "TCP stream, 1 flow, IPv4 (Gbit/s)", Workload::Stream { flows: 1 }, Family::V4, 1.0, STREAM),
+    row("tcp1_v6", "TCP stream, 1 flow, IPv6 (Gbit/s)", Workload::Stream { flows: 1 }, Family::V6, 1.0, STREAM),
+    row("tcp4_v4", "TCP stream, 4 flows, IPv4 (Gbit/s)", Workload::Stream { flows: 4 }, Family::V4, 1.0, STREAM),
+    row("tcp4_v6", "TCP stream, 4 flows, IPv6 (Gbit/s)", Workload::Stream { flows: 4 }, Family::V6, 1.0, STREAM),
+    row("rr_v4", "TCP request/response 1 B, IPv4 (k trans/s)", Workload::RequestResponse, Family::V4, 1e3, RR),
+    row("rr_v6", "TCP request/response 1 B, IPv6 (k trans/s)", Workload::RequestResponse, Family::V6, 1e3, RR),
+    row("crr_v4", "TCP connect/request/close, IPv4 (k conn/s)", Workload::ConnectRequestClose, Family::V4, 1e3, CRR),
+    row("crr_v6", "TCP connect/request/close, IPv6 (k conn/s)", Workload::ConnectRequestClose, Family::V6, 1e3, CRR),
+    row("udp_v4", "UDP 64 B received, IPv4 (k packets/s)", Workload::UdpPackets, Family::V4, 1e3, UDP),
+    row("udp_v6", "UDP 64 B received, IPv6 (k packets/s)", Workload::UdpPackets, Family::V6, 1e3, UDP),
+];
+
+/// The row the ip6tables baseline repeats.
+pub const IP6TABLES_ROW: &str = "tcp1_v6";
+
+/// Samples by row, then column key.
+pub type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>;
+
+pub struct Matrix {
+    pub samples: Samples,
+    /// TCP IPv6, 1 flow, through the veth pair behind the ip6tables rules (Gbit/s).
+    pub ip6tables: Vec<f64>,
+    /// The device mode of a cilium-rs network created without the option.
+    pub default_mode: DeviceMode,
+    pub import_ms: f64,
+    pub one_rule_ms: Vec<f64>,
+    pub entries: u64,
+}
+
+impl Matrix {
+    pub fn median(&self, row: &str, column: Column) -> f64 {
+        median(&mut self.samples.get(row).and_then(|c| c.get(column.key())).cloned().unwrap_or_default())
+    }
+
+    /// The column of cilium-rs in its default mode.
+    pub fn default_column(&self) -> Column {
+        Column::Crs(self.default_mode)
+    }
+
+    /// The ratios beside the figures: cilium-rs (default mode) against the bridge and against
+    /// loopback, and netkit against veth.
+    pub fn ratios(&self, row: &str) -> [(&'static str, f64); 3] {
+        let at = |column: Column| self.median(row, column);
+        let crs = at(self.default_column());
+        [
+            ("crs_vs_bridge", crs / at(Column::Bridge)),
+            ("crs_vs_loopback", crs / at(Column::Loopback)),
+            ("netkit_vs_veth", at(Column::Crs(DeviceMode::Netkit)) / at(Column::Crs(DeviceMode::Veth))),
+        ]
+    }
+
+    pub fn to_json(&self) -> Value {
+        let medians: BTreeMap<&str, BTreeMap<&str, f64>> =
+            ROWS.iter().map(|r| (r.key, COLUMNS.iter().map(|c| (c.key(), self.median(r.key, *c))).collect())).collect();
+        let ratios: BTreeMap<&str, BTreeMap<&str, f64>> =
+            ROWS.iter().map(|r| (r.key, self.ratios(r.key).into_iter().collect())).collect();
+        json!({
+            "rounds": self.samples,
+            "medians": medians,
+            "ratios": ratios,
+            "ip6tables_tcp1_v6": {"rules": IP6TABLES_RULES, "rounds": self.ip6tables, "median": median(&mut self.ip6tables.clone())},
+            "default_device_mode": self.default_mode.name(),
+            "rounds_count": ROUNDS,
+            "seconds_per_measurement": SECONDS,
+            "pinned": {"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU},
+        })
+    }
+}
+
+/// The paths of the matrix, with what keeps them alive (namespaces, servers).
+struct Paths {
+    pairs: Vec<(Column, Pair)>,
+    walled: Pair,
+    _servers: Vec<Servers>,
+    _namespaces: (Loopback, VethPair, VethPair),
+}
+
+fn name(n: &str) -> String {
+    format!("{PREFIX}{n}")
+}
+
+/// The Docker networks of the matrix: one cilium-rs network per device mode, a dual-stack
+/// bridge.
+fn networks() -> [(Column, String); 3] {
+    [
+        (Column::Crs(DeviceMode::Veth), name("veth")),
+        (Column::Crs(DeviceMode::Netkit), name("netkit")),
+        (Column::Bridge, name("bridge")),
+    ]
+}
+
+/// The client and server container names of a column on a Docker network.
+fn containers(column: Column) -> (String, String) {
+    let tag = match column {
+        Column::Crs(DeviceMode::Veth) => "v",
+        Column::Crs(DeviceMode::Netkit) => "k",
+        _ => "b",
+    };
+    (name(&format!("{tag}s")), name(&format!("{tag}c")))
+}
+
+fn create(daemon: &Daemon) -> Result<Paths> {
+    for mode in MODES {
+        mode.create_network(&name(mode.name()))?;
+    }
+    dual_stack_bridge(&name("bridge"), 0x96, 236)?;
+    let mut labelled = Vec::new();
+    for (column, network) in networks() {
+        let (server, client) = containers(column);
+        for (container, role) in [(&server, "role=pserver"), (&client, "role=pclient")] {
+            let mut args = vec!["--network", network.as_str()];
+            if let Column::Crs(_) = column {
+                args.extend(["-l", role]);
+                labelled.push(container.clone());
+            }
+            run_container(container, &args)?;
+        }
+    }
+    wait_identities(daemon, &labelled)?;
+
+    let lo = Loopback::create(&name("lo"))?;
+    let veth = VethPair::create("crs-bench-veth", 9)?;
+    let walled = VethPair::create("crs-bench-ip6t", 10)?;
+    walled.add_ip6tables_rules(IP6TABLES_RULES)?;
+    let mut pairs = vec![(Column::Loopback, Pair::loopback(&lo)), (Column::Veth, Pair::veth(&veth))];
+    for (column, network) in networks() {
+        let (server, client) = containers(column);
+        pairs.push((column, Pair::containers(&server, &client, &network)?));
+    }
+    let pairs: Vec<(Column, Pair)> = pairs.into_iter().map(|(c, p)| (c, p.pinned(CLIENT_CPU, SERVER_CPU))).collect();
+    let walled_pair = Pair::veth(&walled).pinned(CLIENT_CPU, SERVER_CPU);
+    let mut servers = Vec::new();
+    for (_, pair) in &pairs {
+        servers.push(Servers::start(&pair.server)?);
+    }
+    servers.push(Servers::start(&walled_pair.server)?);
+    Ok(Paths { pairs, walled: walled_pair, _servers: servers, _namespaces: (lo, veth, walled) })
+}
+
+fn remove() {
+    for (column, network) in networks() {
+        let (server, client) = containers(column);
+        let _ = docker(&["rm", "-f", &server, &client]);
+        let _ = docker(&["network", "rm", &network]);
+    }
+}
+
+/// Sets the matrix up, imports the big policy (timed, with one-rule changes), runs the rounds
+/// and takes it all down again.
+pub fn run(daemon: &Daemon) -> Result<Matrix> {
+    let default_mode = device_mode::default_mode()?;
+    let paths = create(daemon);
+    let result = paths.and_then(|paths| measure(daemon, &paths, default_mode));
+    remove();
+    let _ = daemon.cli(&["policy", "delete", "--all"]);
+    result
+}
+
+fn measure(daemon: &Daemon, paths: &Paths, default_mode: DeviceMode) -> Result<Matrix> {
+    eprintln!("bench: importing {} rules", policy::RULES);
+    let import_ms = policy::timed_import(daemon, &policy::big_policy("pserver", "pclient"))?;
+    let entries = policy::entries(daemon)?;
+    eprintln!("bench: {entries} policy entries after {import_ms:.0} ms; one-rule changes");
+    let one_rule_ms = policy::one_rule_changes(daemon, "pserver", "pclient", ONE_RULE_CHANGES)?;
+
+    let mut samples = Samples::new();
+    let mut ip6tables = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!("bench: matrix round {}/{ROUNDS}", round + 1);
+        for row in &ROWS {
+            // Each round starts the columns at another one, so that no column always follows
+            // the same neighbour.
+            for i in 0..paths.pairs.len() {
+                let (column, pair) = &paths.pairs[(i + round) % paths.pairs.len()];
+                let value = row.workload.run(&pair.client, pair.server_ip(row.family), SECONDS)?;
+                samples.entry(row.key).or_default().entry(column.key()).or_default().push(value);
+            }
+            if row.key == IP6TABLES_ROW {
+                let walled = &paths.walled;
+                ip6tables.push(row.workload.run(&walled.client, walled.server_ip(row.family), SECONDS)?);
+            }
+        }
+    }
+    let denied = policy::denied_packets(daemon)?;
+    if denied > 0 {
+        bail!("the bench's own flows were refused by policy ({denied} packets): the comparison is void");
+    }
+    Ok(Matrix { samples, ip6tables, default_mode, import_ms, one_rule_ms, entries })
+}
