@@ -45,7 +45,7 @@ soak: setup
 	$(CARGO) build --workspace --all-targets --locked
 	CRS_SOAK_CYCLES=$(SOAK_CYCLES) CRS_SOAK_SEED=$${CRS_SOAK_SEED:-random} $(CARGO) test -p integration --test soak --locked -- --nocapture
 
-## bench: the performance matrix (loopback, veth pair, Docker bridge, cilium-rs veth and netkit), docker run
+## bench: the performance matrix (loopback, veth pair, Docker bridge, cilium-rs), docker run
 ## and plugin latency side by side (markdown tables; target/bench/results.json)
 bench: setup
 	$(CARGO) build --release --locked -p cilium-rs -p integration

@@ -45,9 +45,11 @@ fn has_netkit() -> bool {
     }
 }
 
-/// Whether a `/proc/kallsyms` line names one of netkit's functions.
+/// Whether a `/proc/kallsyms` line names the netkit driver's transmit function. Not any
+/// `netkit_` symbol: the core keeps `netkit_peer_dev` (for `bpf_redirect_peer`) in kernels built
+/// without the driver (CONFIG_NETKIT unset), as this machine's is.
 fn names_netkit(line: &str) -> bool {
-    line.split_whitespace().nth(2).is_some_and(|symbol| symbol.starts_with("netkit_"))
+    line.split_whitespace().nth(2) == Some("netkit_xmit")
 }
 
 #[cfg(test)]
@@ -56,8 +58,9 @@ mod tests {
 
     #[test]
     fn netkit_symbols_are_recognised() {
-        assert!(names_netkit("ffffffff81e89590 t netkit_peer_dev"));
-        assert!(!names_netkit("ffffffff81e89590 t __pfx_netkit_peer_dev"));
+        assert!(names_netkit("ffffffffc0a01230 t netkit_xmit"));
+        assert!(!names_netkit("ffffffff81e89590 t netkit_peer_dev"), "the core's, not the driver's");
+        assert!(!names_netkit("ffffffff81e89590 t __pfx_netkit_xmit"));
         assert!(!names_netkit("ffffffff81e89590 t veth_xmit"));
         assert!(!names_netkit(""));
     }

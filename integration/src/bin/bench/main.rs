@@ -2,7 +2,6 @@
 //! one run, as medians of interleaved rounds and ratios; the tables go to stdout (markdown) and
 //! everything, raw rounds included, to target/bench/results.json.
 
-mod device_mode;
 mod matrix;
 mod monitor;
 mod netns;
@@ -21,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use integration::{docker, remove_docker_leftovers, wait_until, Daemon};
-
-use device_mode::MODES;
 
 const PLUGIN: &str = "crs-bench";
 const PREFIX: &str = "crs-bench-";
@@ -78,7 +75,7 @@ fn main() -> Result<()> {
     let runs = runs::docker_runs(&daemon)?;
     drop(leftovers);
     drop(daemon);
-    let latency = MODES.into_iter().map(plugin::plugin_latency).collect::<Result<Vec<_>>>()?;
+    let latency = plugin::plugin_latency()?;
 
     let results = report::Results { matrix, world, monitored, runs, latency, seconds: started.elapsed().as_secs_f64() };
     report::print(&results);

@@ -1,8 +1,8 @@
 //! The performance matrix: every workload of [`ROWS`] through every path of [`COLUMNS`] —
-//! loopback in one namespace (the limit), a bare veth pair, Docker's bridge, cilium-rs with veth
-//! and with netkit devices (the big policy loaded) — in interleaved rounds, client and server
-//! pinned to different CPUs; and the TCP IPv6 stream through a veth pair behind as many
-//! ip6tables rules as the policy has entries.
+//! loopback in one namespace (the limit), a bare veth pair, Docker's bridge, cilium-rs (the big
+//! policy loaded) — in interleaved rounds, client and server pinned to different CPUs; and the
+//! TCP IPv6 stream through a veth pair behind as many ip6tables rules as the policy has
+//! entries. There is no netkit column: this machine's kernel is built without CONFIG_NETKIT.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +10,10 @@ use anyhow::{bail, Result};
 use integration::{docker, run_container, Daemon};
 use serde_json::{json, Value};
 
-use super::device_mode::{self, DeviceMode, MODES};
 use super::netns::{Family, Loopback, Pair, VethPair};
 use super::stats::median;
 use super::workload::{Servers, Workload};
-use super::{dual_stack_bridge, policy, wait_identities, PREFIX};
+use super::{dual_stack_bridge, policy, wait_identities, PLUGIN, PREFIX};
 
 /// Rounds of the matrix, and seconds of each measurement: about 100 s a round here, and a
 /// median of five survives two disturbed rounds.
@@ -34,11 +33,10 @@ pub enum Column {
     Loopback,
     Veth,
     Bridge,
-    Crs(DeviceMode),
+    Crs,
 }
 
-pub const COLUMNS: [Column; 5] =
-    [Column::Loopback, Column::Veth, Column::Bridge, Column::Crs(DeviceMode::Veth), Column::Crs(DeviceMode::Netkit)];
+pub const COLUMNS: [Column; 4] = [Column::Loopback, Column::Veth, Column::Bridge, Column::Crs];
 
 impl Column {
     pub fn key(self) -> &'static str {
@@ -46,8 +44,7 @@ impl Column {
             Column::Loopback => "loopback",
             Column::Veth => "veth",
             Column::Bridge => "bridge",
-            Column::Crs(DeviceMode::Veth) => "crs_veth",
-            Column::Crs(DeviceMode::Netkit) => "crs_netkit",
+            Column::Crs => "crs",
         }
     }
 
@@ -56,13 +53,12 @@ impl Column {
             Column::Loopback => "loopback",
             Column::Veth => "veth pair",
             Column::Bridge => "Docker bridge",
-            Column::Crs(DeviceMode::Veth) => "crs veth",
-            Column::Crs(DeviceMode::Netkit) => "crs netkit",
+            Column::Crs => "cilium-rs",
         }
     }
 }
 
-/// What cilium-rs in its default mode should reach, as ratios.
+/// What cilium-rs should reach, as ratios.
 #[derive(Clone, Copy, Debug)]
 pub struct Targets {
     pub vs_bridge: Option<f64>,
@@ -120,8 +116,6 @@ pub struct Matrix {
     pub samples: Samples,
     /// TCP IPv6, 1 flow, through the veth pair behind the ip6tables rules (Gbit/s).
     pub ip6tables: Vec<f64>,
-    /// The device mode of a cilium-rs network created without the option.
-    pub default_mode: DeviceMode,
     pub import_ms: f64,
     pub one_rule_ms: Vec<f64>,
     pub entries: u64,
@@ -132,21 +126,11 @@ impl Matrix {
         median(&mut self.samples.get(row).and_then(|c| c.get(column.key())).cloned().unwrap_or_default())
     }
 
-    /// The column of cilium-rs in its default mode.
-    pub fn default_column(&self) -> Column {
-        Column::Crs(self.default_mode)
-    }
-
-    /// The ratios beside the figures: cilium-rs (default mode) against the bridge and against
-    /// loopback, and netkit against veth.
-    pub fn ratios(&self, row: &str) -> [(&'static str, f64); 3] {
+    /// The ratios beside the figures: cilium-rs against the bridge and against loopback.
+    pub fn ratios(&self, row: &str) -> [(&'static str, f64); 2] {
         let at = |column: Column| self.median(row, column);
-        let crs = at(self.default_column());
-        [
-            ("crs_vs_bridge", crs / at(Column::Bridge)),
-            ("crs_vs_loopback", crs / at(Column::Loopback)),
-            ("netkit_vs_veth", at(Column::Crs(DeviceMode::Netkit)) / at(Column::Crs(DeviceMode::Veth))),
-        ]
+        let crs = at(Column::Crs);
+        [("crs_vs_bridge", crs / at(Column::Bridge)), ("crs_vs_loopback", crs / at(Column::Loopback))]
     }
 
     pub fn to_json(&self) -> Value {
@@ -159,7 +143,6 @@ impl Matrix {
             "medians": medians,
             "ratios": ratios,
             "ip6tables_tcp1_v6": {"rules": IP6TABLES_RULES, "rounds": self.ip6tables, "median": median(&mut self.ip6tables.clone())},
-            "default_device_mode": self.default_mode.name(),
             "rounds_count": ROUNDS,
             "seconds_per_measurement": SECONDS,
             "pinned": {"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU},
@@ -179,37 +162,26 @@ fn name(n: &str) -> String {
     format!("{PREFIX}{n}")
 }
 
-/// The Docker networks of the matrix: one cilium-rs network per device mode, a dual-stack
-/// bridge.
-fn networks() -> [(Column, String); 3] {
-    [
-        (Column::Crs(DeviceMode::Veth), name("veth")),
-        (Column::Crs(DeviceMode::Netkit), name("netkit")),
-        (Column::Bridge, name("bridge")),
-    ]
+/// The Docker networks of the matrix: a cilium-rs network, a dual-stack bridge.
+fn networks() -> [(Column, String); 2] {
+    [(Column::Crs, name("crs")), (Column::Bridge, name("bridge"))]
 }
 
 /// The client and server container names of a column on a Docker network.
 fn containers(column: Column) -> (String, String) {
-    let tag = match column {
-        Column::Crs(DeviceMode::Veth) => "v",
-        Column::Crs(DeviceMode::Netkit) => "k",
-        _ => "b",
-    };
+    let tag = if column == Column::Crs { "c" } else { "b" };
     (name(&format!("{tag}s")), name(&format!("{tag}c")))
 }
 
 fn create(daemon: &Daemon) -> Result<Paths> {
-    for mode in MODES {
-        mode.create_network(&name(mode.name()))?;
-    }
+    docker(&["network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--ipv6", &name("crs")])?;
     dual_stack_bridge(&name("bridge"), 0x96, 236)?;
     let mut labelled = Vec::new();
     for (column, network) in networks() {
         let (server, client) = containers(column);
         for (container, role) in [(&server, "role=pserver"), (&client, "role=pclient")] {
             let mut args = vec!["--network", network.as_str()];
-            if let Column::Crs(_) = column {
+            if column == Column::Crs {
                 args.extend(["-l", role]);
                 labelled.push(container.clone());
             }
@@ -248,15 +220,14 @@ fn remove() {
 /// Sets the matrix up, imports the big policy (timed, with one-rule changes), runs the rounds
 /// and takes it all down again.
 pub fn run(daemon: &Daemon) -> Result<Matrix> {
-    let default_mode = device_mode::default_mode()?;
     let paths = create(daemon);
-    let result = paths.and_then(|paths| measure(daemon, &paths, default_mode));
+    let result = paths.and_then(|paths| measure(daemon, &paths));
     remove();
     let _ = daemon.cli(&["policy", "delete", "--all"]);
     result
 }
 
-fn measure(daemon: &Daemon, paths: &Paths, default_mode: DeviceMode) -> Result<Matrix> {
+fn measure(daemon: &Daemon, paths: &Paths) -> Result<Matrix> {
     eprintln!("bench: importing {} rules", policy::RULES);
     let import_ms = policy::timed_import(daemon, &policy::big_policy("pserver", "pclient"))?;
     let entries = policy::entries(daemon)?;
@@ -285,5 +256,5 @@ fn measure(daemon: &Daemon, paths: &Paths, default_mode: DeviceMode) -> Result<M
     if denied > 0 {
         bail!("the bench's own flows were refused by policy ({denied} packets): the comparison is void");
     }
-    Ok(Matrix { samples, ip6tables, default_mode, import_ms, one_rule_ms, entries })
+    Ok(Matrix { samples, ip6tables, import_ms, one_rule_ms, entries })
 }

@@ -1,6 +1,5 @@
 //! CreateEndpoint+Join latency measured on the plugin socket itself (no dockerd in between),
-//! with many endpoints present and a big policy loaded, in a network of each device mode, and
-//! the daemon's memory.
+//! with many endpoints present and a big policy loaded, and the daemon's memory.
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use integration::Daemon;
 use serde_json::{json, Value};
 
-use super::device_mode::{self, DeviceMode};
 use super::policy;
 
 pub const ENDPOINTS_PRESENT: usize = 500;
@@ -50,14 +48,13 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 pub struct PluginLatency {
-    pub mode: DeviceMode,
     pub create_join_ms: Vec<f64>,
     pub rss_kib: u64,
 }
 
-/// CreateEndpoint+Join latency with `ENDPOINTS_PRESENT` endpoints and the big policy loaded, on
-/// a network in device mode `mode` (a daemon of its own each time).
-pub fn plugin_latency(mode: DeviceMode) -> Result<PluginLatency> {
+/// CreateEndpoint+Join latency with `ENDPOINTS_PRESENT` endpoints and the big policy loaded (a
+/// daemon of its own).
+pub fn plugin_latency() -> Result<PluginLatency> {
     // A second daemon that no dockerd knows: reconciliation is off (no Docker socket), so the
     // endpoints created here through the socket are left alone.
     let daemon = Daemon::start_with("crs-bench-plugin", &[("CILIUM_RS_DOCKER_SOCKET", "/nonexistent/docker.sock")])?;
@@ -77,8 +74,7 @@ pub fn plugin_latency(mode: DeviceMode) -> Result<PluginLatency> {
     )?;
     plugin.call(
         "NetworkDriver.CreateNetwork",
-        json!({"NetworkID": network, "Options": {"com.docker.network.enable_ipv6": true,
-                                                 "com.docker.network.generic": {(device_mode::OPTION): mode.name()}},
+        json!({"NetworkID": network, "Options": {"com.docker.network.enable_ipv6": true},
                "IPv4Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v4["Pool"], "Gateway": v4["Data"]["com.docker.network.gateway"]}],
                "IPv6Data": [{"AddressSpace": "CiliumRsLocal", "Pool": v6["Pool"], "Gateway": v6["Data"]["com.docker.network.gateway"]}]}),
     )?;
@@ -92,7 +88,7 @@ pub fn plugin_latency(mode: DeviceMode) -> Result<PluginLatency> {
                 rss = rss_kib(daemon.pid().context("daemon pid")?)?;
             }
             if n.is_multiple_of(100) {
-                eprintln!("bench: {mode} endpoints {n}/{total}");
+                eprintln!("bench: endpoints {n}/{total}");
             }
             let endpoint = hex_id(0xe0000000, n);
             let a4 = plugin.call("IpamDriver.RequestAddress", json!({"PoolID": v4["PoolID"], "Address": ""}))?;
@@ -127,5 +123,5 @@ pub fn plugin_latency(mode: DeviceMode) -> Result<PluginLatency> {
     plugin.call("IpamDriver.ReleasePool", json!({"PoolID": v6["PoolID"]}))?;
     plugin.call("NetworkDriver.DeleteNetwork", json!({"NetworkID": network}))?;
     result?;
-    Ok(PluginLatency { mode, create_join_ms: samples, rss_kib: rss })
+    Ok(PluginLatency { create_join_ms: samples, rss_kib: rss })
 }

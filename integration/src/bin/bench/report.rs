@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::device_mode::DeviceMode;
 use super::matrix::{self, Column, Matrix, COLUMNS, ROWS};
 use super::monitor::MonitorFigures;
 use super::plugin::{self, PluginLatency};
@@ -22,7 +21,7 @@ pub struct Results {
     pub world: Rows,
     pub monitored: MonitorFigures,
     pub runs: RunLatency,
-    pub latency: Vec<PluginLatency>,
+    pub latency: PluginLatency,
     pub seconds: f64,
 }
 
@@ -35,23 +34,17 @@ fn ratio_with(value: f64, target: Option<f64>) -> String {
 }
 
 fn matrix_table(m: &Matrix) -> String {
-    let mode = m.default_mode;
     let mut header: Vec<String> = vec!["workload".into()];
     header.extend(COLUMNS.iter().map(|c| c.title().to_owned()));
-    header.extend([
-        format!("crs {mode}/bridge (target)"),
-        format!("crs {mode}/loopback (target)"),
-        "netkit/veth".into(),
-    ]);
+    header.extend(["cilium-rs/bridge (target)".into(), "cilium-rs/loopback (target)".into()]);
     let rows: Vec<Vec<String>> = ROWS
         .iter()
         .map(|row| {
-            let [vs_bridge, vs_loopback, netkit_vs_veth] = m.ratios(row.key).map(|(_, r)| r);
+            let [vs_bridge, vs_loopback] = m.ratios(row.key).map(|(_, r)| r);
             let mut cells = vec![row.title.to_owned()];
             cells.extend(COLUMNS.iter().map(|c| figure(m.median(row.key, *c) / row.scale)));
             cells.push(ratio_with(vs_bridge, row.targets.vs_bridge));
             cells.push(ratio_with(vs_loopback, row.targets.vs_loopback));
-            cells.push(ratio(netkit_vs_veth));
             cells
         })
         .collect();
@@ -107,7 +100,7 @@ fn other_lines(r: &Results) -> Vec<Line> {
         median(&mut runs.bridge_dual_stack.clone()),
     );
     let ip6t = median(&mut m.ip6tables.clone());
-    let crs_v6 = m.median(matrix::IP6TABLES_ROW, Column::Crs(DeviceMode::Veth));
+    let crs_v6 = m.median(matrix::IP6TABLES_ROW, Column::Crs);
     let mut lines = vec![
         compared(
             &format!("TCP stream 1 flow IPv6, {} rules (Gbit/s)", policy::RULES),
@@ -138,22 +131,18 @@ fn other_lines(r: &Results) -> Vec<Line> {
             Some(Goal::AtMost(20.0)),
         ),
     ];
-    for latency in &r.latency {
-        let mut samples = latency.create_join_ms.clone();
-        lines.push(pair(
-            &format!("CreateEndpoint+Join p50 / p99, {} devices (ms)", latency.mode),
-            percentile(&mut samples, 50.0),
-            percentile(&mut samples, 99.0),
-            Some(Goal::AtMost(20.0)),
-        ));
-    }
-    for latency in &r.latency {
-        lines.push(single(
-            &format!("daemon RSS at {} endpoints, {} devices (MB)", plugin::ENDPOINTS_PRESENT, latency.mode),
-            latency.rss_kib as f64 / 1024.0,
-            Some(Goal::AtMost(64.0)),
-        ));
-    }
+    let mut samples = r.latency.create_join_ms.clone();
+    lines.push(pair(
+        "CreateEndpoint+Join p50 / p99 (ms)",
+        percentile(&mut samples, 50.0),
+        percentile(&mut samples, 99.0),
+        Some(Goal::AtMost(20.0)),
+    ));
+    lines.push(single(
+        &format!("daemon RSS at {} endpoints (MB)", plugin::ENDPOINTS_PRESENT),
+        r.latency.rss_kib as f64 / 1024.0,
+        Some(Goal::AtMost(64.0)),
+    ));
     let w = |key: &str| med(&r.world, key);
     let at_least = |bound| Some(Goal::AtLeast(bound));
     lines.extend([
@@ -231,13 +220,8 @@ pub fn print(r: &Results) {
         matrix::CLIENT_CPU,
         matrix::SERVER_CPU
     );
-    println!(
-        "- the cilium-rs columns with {} rules loaded ({} policy entries); the ratios' `crs {}` is cilium-rs in its \
-         default device mode",
-        policy::RULES,
-        m.entries,
-        m.default_mode
-    );
+    println!("- the cilium-rs column with {} rules loaded ({} policy entries)", policy::RULES, m.entries);
+    println!("- no netkit column: this kernel is built without CONFIG_NETKIT");
     println!("- connect/request/close from {CRR_THREADS} client threads; UDP: the rate the server received");
     println!();
     println!("{}", matrix_table(m));
@@ -261,18 +245,9 @@ pub fn print(r: &Results) {
 pub fn json(r: &Results) -> Value {
     let runs = &r.runs;
     let medians = |rows: &Rows| rows.keys().map(|k| (k.to_string(), med(rows, k))).collect::<BTreeMap<_, _>>();
-    let latency: BTreeMap<&str, Value> = r
-        .latency
-        .iter()
-        .map(|l| {
-            let mut samples = l.create_join_ms.clone();
-            (
-                l.mode.name(),
-                json!({"p50": percentile(&mut samples, 50.0), "p99": percentile(&mut samples, 99.0),
-                       "samples": l.create_join_ms, "rss_mb": l.rss_kib as f64 / 1024.0}),
-            )
-        })
-        .collect();
+    let mut samples = r.latency.create_join_ms.clone();
+    let latency = json!({"p50": percentile(&mut samples, 50.0), "p99": percentile(&mut samples, 99.0),
+                         "samples": r.latency.create_join_ms, "rss_mb": r.latency.rss_kib as f64 / 1024.0});
     json!({
         "matrix": r.matrix.to_json(),
         "policy": {"rules": policy::RULES, "entries": r.matrix.entries, "import_ms": r.matrix.import_ms,
@@ -286,7 +261,7 @@ pub fn json(r: &Results) -> Value {
                                 "p99": percentile(&mut runs.identity_us.clone(), 99.0) / 1000.0,
                                 "samples_us": runs.identity_us},
         "create_endpoint_join_ms": {"endpoints_present": plugin::ENDPOINTS_PRESENT, "rules_loaded": policy::RULES,
-                                    "by_device_mode": latency},
+                                    "latency": latency},
         "monitor": {"rounds": r.monitored.rows, "medians": medians(&r.monitored.rows),
                     "lines_per_second": r.monitored.lines_per_second, "lost": r.monitored.lost},
         "outside_world": {"rounds": r.world, "medians": medians(&r.world)},
