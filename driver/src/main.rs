@@ -120,14 +120,8 @@ enum StateCommand {
     /// Compare the daemon's state with the kernel's endpoint entries and Docker's networks
     /// and running containers; prints every difference (exit status 1 when there is one).
     Check {
-        /// Where dockerd finds the plugin (its file name without .sock is the driver name).
-        #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
-        plugin_socket: PathBuf,
-        /// The driver name the daemon serves, when not the socket's file name (`--driver-name`).
-        #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
-        driver_name: Option<String>,
-        #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
-        docker_socket: PathBuf,
+        #[command(flatten)]
+        docker: DockerSide,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -135,18 +129,10 @@ enum StateCommand {
     /// backup, Docker's networks and containers, and the kernel's pinned endpoint entries:
     /// running containers keep their addresses and connectivity. The file replaced is kept.
     Recover {
-        /// Where dockerd finds the plugin (its file name without .sock is the driver name).
-        #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
-        plugin_socket: PathBuf,
-        /// The driver name the daemon serves, when not the socket's file name (`--driver-name`).
-        #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
-        driver_name: Option<String>,
-        #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
-        state_dir: PathBuf,
-        #[arg(long, env = "CILIUM_RS_BPF_ROOT", default_value = "/sys/fs/bpf/cilium-rs")]
-        bpf_root: PathBuf,
-        #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
-        docker_socket: PathBuf,
+        #[command(flatten)]
+        docker: DockerSide,
+        #[command(flatten)]
+        paths: StatePaths,
         /// Prefix length of the IPv6 subnets the daemon takes for networks without --ipv6.
         #[arg(long, env = "CILIUM_RS_IPV6_POOL_PREFIX", default_value_t = 64)]
         ipv6_pool_prefix: u8,
@@ -295,8 +281,9 @@ enum EnforcementArg {
     Never,
 }
 
+/// How the daemon meets Docker; the daemon, `state check` and `state recover` share these.
 #[derive(Debug, clap::Args)]
-struct DaemonArgs {
+struct DockerSide {
     /// Where dockerd finds the plugin; the file name (without .sock) is the driver name unless
     /// --driver-name says otherwise.
     #[arg(long, env = "CILIUM_RS_PLUGIN_SOCKET", default_value = "/run/docker/plugins/cilium-rs.sock")]
@@ -306,15 +293,35 @@ struct DaemonArgs {
     /// name with the tag, e.g. `cilium-rs:latest`.
     #[arg(long, env = "CILIUM_RS_DRIVER_NAME", value_parser = parse_driver_name)]
     driver_name: Option<String>,
+    /// Docker Engine API socket, used in the background to reconcile state.
+    #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
+}
+
+impl DockerSide {
+    /// The driver name: `--driver-name`, else the plugin socket's file name.
+    fn driver(&self) -> String {
+        self.driver_name.clone().unwrap_or_else(|| docker::plugin_name(&self.plugin_socket))
+    }
+}
+
+/// Where the daemon keeps what outlives it; the daemon and `state recover` share these.
+#[derive(Debug, clap::Args)]
+struct StatePaths {
     /// Persisted state (networks, pools, endpoints).
     #[arg(long, env = "CILIUM_RS_STATE_DIR", default_value = "/var/lib/cilium-rs")]
     state_dir: PathBuf,
     /// Pinned BPF maps and links.
     #[arg(long, env = "CILIUM_RS_BPF_ROOT", default_value = "/sys/fs/bpf/cilium-rs")]
     bpf_root: PathBuf,
-    /// Docker Engine API socket, used in the background to reconcile state.
-    #[arg(long, env = "CILIUM_RS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
-    docker_socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    docker: DockerSide,
+    #[command(flatten)]
+    paths: StatePaths,
     /// IPv4 subnets for networks created without --subnet are carved from here.
     #[arg(long, env = "CILIUM_RS_IPV4_POOL_RANGE", default_value = "10.220.0.0/16")]
     ipv4_pool_range: Ipv4Net,
@@ -432,11 +439,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let healthy = runtime.block_on(cli::status(api, output, verbose))?;
         return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    if let Command::State { command: StateCommand::Check { plugin_socket, driver_name, docker_socket, output } } =
-        &cli.command
-    {
-        let plugin = driver_name.clone().unwrap_or_else(|| docker::plugin_name(plugin_socket));
-        let agree = runtime.block_on(cli::state_check(api, docker_socket, &plugin, *output))?;
+    if let Command::State { command: StateCommand::Check { docker, output } } = &cli.command {
+        let agree = runtime.block_on(cli::state_check(api, &docker.docker_socket, &docker.driver(), *output))?;
         return Ok(if agree { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     runtime.block_on(run_command(cli))?;
@@ -468,27 +472,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command: ListCommand::List { output } } => cli::networks(api, output).await,
         Command::Identity { command: ListCommand::List { output } } => cli::identities(api, output).await,
         Command::Status { verbose, output } => cli::status(api, output, verbose).await.map(drop),
-        Command::State { command: StateCommand::Check { plugin_socket, driver_name, docker_socket, output } } => {
-            let plugin = driver_name.unwrap_or_else(|| docker::plugin_name(&plugin_socket));
-            cli::state_check(api, &docker_socket, &plugin, output).await.map(drop)
+        Command::State { command: StateCommand::Check { docker, output } } => {
+            cli::state_check(api, &docker.docker_socket, &docker.driver(), output).await.map(drop)
         }
-        Command::State {
-            command:
-                StateCommand::Recover {
-                    plugin_socket,
-                    driver_name,
-                    state_dir,
-                    bpf_root,
-                    docker_socket,
-                    ipv6_pool_prefix,
-                    output,
-                },
-        } => {
+        Command::State { command: StateCommand::Recover { docker, paths, ipv6_pool_prefix, output } } => {
             let options = RecoverOptions {
-                plugin: driver_name.unwrap_or_else(|| docker::plugin_name(&plugin_socket)),
-                state_dir,
-                bpf_root,
-                docker_socket,
+                plugin: docker.driver(),
+                state_dir: paths.state_dir,
+                bpf_root: paths.bpf_root,
+                docker_socket: docker.docker_socket,
                 ipam: IpamConfig { ipv6_prefix: ipv6_pool_prefix, ..IpamConfig::default() },
             };
             let recovered = recover::run::recover(&options).await.map_err(anyhow::Error::msg)?;
@@ -547,12 +539,12 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     let notifier = Notifier::from_env()?;
     // Sockets first: a second daemon stops here, before touching state or the kernel. dockerd's
     // calls queue in the backlog until the state is restored.
-    let plugin = match Socket::from_systemd(&args.plugin_socket)? {
+    let plugin = match Socket::from_systemd(&args.docker.plugin_socket)? {
         Some(socket) => socket,
-        None => Socket::bind(&args.plugin_socket, server::PLUGIN_SOCKET_MODE)?,
+        None => Socket::bind(&args.docker.plugin_socket, server::PLUGIN_SOCKET_MODE)?,
     };
     let api = Socket::bind(&api_socket, server::API_SOCKET_MODE)?;
-    let driver_name = args.driver_name.clone().unwrap_or_else(|| docker::plugin_name(&plugin.file.path));
+    let driver_name = args.docker.driver_name.clone().unwrap_or_else(|| docker::plugin_name(&plugin.file.path));
     let config = DriverConfig { driver_name: driver_name.clone(), ..config };
     let page = match args.ui_address {
         Some(address) => Some(UiListener::bind(address).await?),
@@ -562,7 +554,7 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
         Some(address) => Some(MetricsListener::bind(address, args.metrics_per_endpoint).await?),
         None => None,
     };
-    let store = Arc::new(RedbStore::open(&args.state_dir).map_err(|e| match e.needs_recovery() {
+    let store = Arc::new(RedbStore::open(&args.paths.state_dir).map_err(|e| match e.needs_recovery() {
         true => anyhow::Error::new(StateRefused(e.to_string())),
         false => e.into(),
     })?);
@@ -575,21 +567,21 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
             tracing::info!(%switch, "turned on forwarding: endpoints reach outside through the host");
         }
     }
-    let datapath = LinuxDatapath::new(&args.bpf_root, mode).await?;
+    let datapath = LinuxDatapath::new(&args.paths.bpf_root, mode).await?;
     let driver = Driver::start(config, Arc::new(datapath), store.clone()).await.map_err(|e| match e {
         DriverError::State(StateError::Corrupt { .. }) => anyhow::Error::new(StateRefused(format!(
             "{e} in {}. The daemon does not start on it, so that no running container loses its addresses \
              or policy (the datapath keeps forwarding). Rebuild the state with `cilium-rs state recover \
              --state-dir {}`",
             store.path().display(),
-            args.state_dir.display()
+            args.paths.state_dir.display()
         ))),
         e => e.into(),
     })?;
     let driver = Arc::new(driver);
     // dockerd's retries of what a crash left unanswered come with an empty body.
-    let journal = cilium_rs::inflight::InFlight::open(&args.state_dir.join("inflight"))
-        .with_context(|| format!("open the journal of calls in flight in {}", args.state_dir.display()))?;
+    let journal = cilium_rs::inflight::InFlight::open(&args.paths.state_dir.join("inflight"))
+        .with_context(|| format!("open the journal of calls in flight in {}", args.paths.state_dir.display()))?;
     driver.keep_calls_in_flight(journal);
     // The state the daemon started on is the last good one.
     let backup = state_file::backup_path(store.path());
@@ -609,11 +601,11 @@ async fn run_daemon(args: DaemonArgs, api_socket: PathBuf) -> anyhow::Result<()>
     let tasks = [
         tokio::spawn(docker::reconcile_forever(
             driver.clone(),
-            args.docker_socket.clone(),
+            args.docker.docker_socket.clone(),
             driver_name,
             Duration::from_secs(args.reconcile_interval),
         )),
-        tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker_socket.clone())),
+        tokio::spawn(identity_watch::resolve_forever(driver.clone(), args.docker.docker_socket.clone())),
         tokio::spawn(refresh_host_addresses(driver.clone(), Duration::from_secs(args.host_address_interval))),
         tokio::spawn(sweep_nat(driver.clone())),
     ];
