@@ -37,6 +37,18 @@ impl Ns {
         Ns { path: self.path.clone(), cpu: Some(cpu) }
     }
 
+    /// The MTU of `dev` in this namespace.
+    pub fn mtu(&self, dev: &str) -> Result<u32> {
+        let out = self.cmd(&["ip", "-o", "link", "show", "dev", dev]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        words
+            .find(|w| *w == "mtu")
+            .and_then(|_| words.next())
+            .and_then(|m| m.parse().ok())
+            .with_context(|| format!("MTU of {dev} in {}: {text:?}", self.path))
+    }
+
     pub fn cmd(&self, argv: &[&str]) -> Command {
         let mut cmd = match self.cpu {
             Some(cpu) => {
@@ -137,8 +149,8 @@ pub struct VethPair {
 
 impl VethPair {
     /// Namespaces `<name>-a` (client) and `<name>-b` (server) with `10.250.<n>.0/24` and
-    /// `fdc1:1a00:<n>::/64`.
-    pub fn create(name: &str, n: u8) -> Result<VethPair> {
+    /// `fdc1:1a00:<n>::/64`, the veths at `mtu`.
+    pub fn create(name: &str, n: u8, mtu: u32) -> Result<VethPair> {
         let pair = VethPair {
             client: format!("{name}-a"),
             server: format!("{name}-b"),
@@ -169,7 +181,7 @@ impl VethPair {
             let v6 = format!("fdc1:1a00:{n:x}::{host}/64");
             run(&["nsenter", &net, "ip", "addr", "add", &v4, "dev", dev])?;
             run(&["nsenter", &net, "ip", "addr", "add", &v6, "dev", dev, "nodad"])?;
-            run(&["nsenter", &net, "ip", "link", "set", dev, "up"])?;
+            run(&["nsenter", &net, "ip", "link", "set", dev, "mtu", &mtu.to_string(), "up"])?;
             run(&["nsenter", &net, "ip", "link", "set", "lo", "up"])?;
         }
         Ok(pair)

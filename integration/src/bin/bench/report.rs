@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::matrix::{self, Column, Matrix, COLUMNS, ROWS};
+use super::matrix::{self, Column, Matrix, COLUMNS};
 use super::monitor::MonitorFigures;
 use super::plugin::{self, PluginLatency};
 use super::runs::{RunLatency, DOCKER_RUNS};
@@ -37,7 +37,8 @@ fn matrix_table(m: &Matrix) -> String {
     let mut header: Vec<String> = vec!["workload".into()];
     header.extend(COLUMNS.iter().map(|c| c.title().to_owned()));
     header.extend(["cilium-rs/bridge (target)".into(), "cilium-rs/loopback (target)".into()]);
-    let rows: Vec<Vec<String>> = ROWS
+    let rows: Vec<Vec<String>> = m
+        .rows
         .iter()
         .map(|row| {
             let [vs_bridge, vs_loopback] = m.ratios(row.key).map(|(_, r)| r);
@@ -203,9 +204,8 @@ fn other_lines(r: &Results) -> Vec<Line> {
     lines
 }
 
-/// Both tables, with what they were measured under.
-pub fn print(r: &Results) {
-    let m = &r.matrix;
+/// The matrix, with what it was measured under.
+pub fn print_matrix(m: &Matrix) {
     println!();
     println!("## cilium-rs bench: the matrix");
     println!();
@@ -216,15 +216,27 @@ pub fn print(r: &Results) {
         matrix::SECONDS
     );
     println!(
-        "- client pinned to CPU {} and server to CPU {} (`taskset -c`), in every column alike",
+        "- client pinned to CPU {} and server to CPU {} (`taskset -c`), in every column alike; the \"one CPU\" rows \
+         run both on CPU {}",
         matrix::CLIENT_CPU,
+        matrix::SERVER_CPU,
         matrix::SERVER_CPU
     );
     println!("- the cilium-rs column with {} rules loaded ({} policy entries)", policy::RULES, m.entries);
+    println!(
+        "- every veth path (veth pair, Docker bridge, cilium-rs) at MTU {}, cilium-rs's default here (its \
+         default-route interface's), after one warm-up measurement of each",
+        m.mtu
+    );
     println!("- no netkit column: this kernel is built without CONFIG_NETKIT");
     println!("- connect/request/close from {CRR_THREADS} client threads; UDP: the rate the server received");
     println!();
     println!("{}", matrix_table(m));
+}
+
+/// Both tables, with what they were measured under.
+pub fn print(r: &Results) {
+    print_matrix(&r.matrix);
     println!();
     println!(
         "## the rest: medians of {ROUNDS} rounds (iperf3 {IPERF_SECONDS} s, connection rate {CRR_SECONDS} s, not \

@@ -41,7 +41,7 @@ pub fn docker_runs(daemon: &Daemon) -> Result<RunLatency> {
     let net = format!("{PREFIX}run");
     let bridge6 = format!("{PREFIX}bridge6");
     docker(&["network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--ipv6", &net])?;
-    dual_stack_bridge(&bridge6, 0x94, 238)?;
+    dual_stack_bridge(&bridge6, 0x94, 238, None)?;
     let mut runs = RunLatency {
         cilium_rs: Vec::new(),
         bridge: Vec::new(),
