@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -225,12 +226,22 @@ pub struct RedbStore {
     backups: OnceLock<Backups>,
 }
 
-/// A thread that writes `state.redb.bak` whenever asked, once for any number of requests that
-/// came while it was writing. Dropping it lets the last requested copy finish first.
+/// A thread that writes `state.redb.bak` whenever asked: once a burst of requests has been
+/// quiet for [`BACKUP_QUIET`] (or has gone on for [`BACKUP_LATEST`]), once for all of them, at a
+/// lower CPU priority than the daemon's calls. A full copy takes tens of milliseconds with
+/// 10,000 rules; written while the next change of a burst ran, it slowed that change down.
+/// Dropping it writes the last requested copy at once.
 struct Backups {
     requests: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long the policy must stay unchanged before its backup is written.
+const BACKUP_QUIET: Duration = Duration::from_millis(250);
+/// How long a backup waits at most, however long the changes go on.
+const BACKUP_LATEST: Duration = Duration::from_secs(2);
+/// The backup thread's nice value (the daemon's threads keep 0).
+const BACKUP_NICE: libc::c_int = 10;
 
 impl Backups {
     fn start(db: Arc<redb::Database>, to: PathBuf) -> Backups {
@@ -238,8 +249,16 @@ impl Backups {
         let thread = std::thread::Builder::new()
             .name("state-backup".to_owned())
             .spawn(move || {
+                // SAFETY: setpriority has no memory effects; on Linux it takes a thread's id.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKUP_NICE) };
                 while pending.recv().is_ok() {
-                    while pending.try_recv().is_ok() {}
+                    let first = Instant::now();
+                    while first.elapsed() < BACKUP_LATEST {
+                        match pending.recv_timeout(BACKUP_QUIET) {
+                            Ok(()) => continue,
+                            Err(_) => break,
+                        }
+                    }
                     if let Err(e) = load_records(&db).and_then(|records| write_records(&to, &records)) {
                         tracing::warn!(error = %e, "back up the state after a policy change");
                     }
@@ -427,8 +446,8 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(|e| StoreError::Commit(boxed(e)))?;
         // Rules exist nowhere else (Docker and the kernel cannot give them back): the backup
-        // follows every change of them, written by a thread of its own (a full copy takes
-        // tens of milliseconds with 10,000 rules; the change is durable already).
+        // follows every change of them, written by a thread of its own once the changes pause
+        // (the change is durable already).
         if changes.iter().any(|c| c.table == Table::Rules) {
             let backup = || Backups::start(self.db.clone(), state_file::backup_path(&self.path));
             self.backups.get_or_init(backup).request();

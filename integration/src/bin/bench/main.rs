@@ -81,6 +81,7 @@ fn main() -> Result<()> {
     if let Some(rows) = wanted {
         let matrix = matrix::run(&daemon, rows)?;
         report::print_matrix(&matrix);
+        println!("\n{}", report::policy_summary(&matrix));
         println!("\n(only the rows {} names; took {:.0} s)", matrix::ROWS_VARIABLE, started.elapsed().as_secs_f64());
         let path = dir.join("results-rows.json");
         std::fs::write(&path, serde_json::to_string_pretty(&matrix.to_json())?)?;

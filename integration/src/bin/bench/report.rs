@@ -234,6 +234,18 @@ pub fn print_matrix(m: &Matrix) {
     println!("{}", matrix_table(m));
 }
 
+/// The policy figures of the matrix's setup, in one line.
+pub fn policy_summary(m: &Matrix) -> String {
+    format!(
+        "policy import of {} rules: {:.0} ms; one-rule change on {} entries: median {:.1} ms, max {:.1} ms",
+        policy::RULES,
+        m.import_ms,
+        m.entries,
+        median(&mut m.one_rule_ms.clone()),
+        m.one_rule_ms.iter().copied().fold(f64::NAN, f64::max)
+    )
+}
+
 /// Both tables, with what they were measured under.
 pub fn print(r: &Results) {
     print_matrix(&r.matrix);
