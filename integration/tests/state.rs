@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::time::Duration;
 
 use integration::env::Env;
 use integration::*;
@@ -58,9 +59,14 @@ fn a_damaged_state_file_is_refused_and_recovered_without_touching_running_contai
     let mut env = Env::setup(PLUGIN, PREFIX, &[]);
     let net = format!("{PREFIX}net");
     env.network(&net, &["--ipv6"]).expect("network");
-    // The policy change backs the state up: the network and the rule are in the backup, the
-    // containers that follow only in Docker and the kernel.
+    // The policy change backs the state up (once the changes pause): the network and the rule
+    // are in the backup, the containers that follow only in Docker and the kernel.
+    let backup = env.daemon.state_dir.join("state.redb.bak");
+    let modified = || std::fs::metadata(&backup).and_then(|m| m.modified()).ok();
+    let taken_at_start = modified();
     env.import_policy(APP2_TO_APP1_80).expect("import");
+    wait_until(Duration::from_secs(10), "the backup after the policy change", || modified() != taken_at_start)
+        .expect("backup");
     let (app1, app2, app3) = (format!("{PREFIX}app1"), format!("{PREFIX}app2"), format!("{PREFIX}app3"));
     run_container_with(
         &app1,
