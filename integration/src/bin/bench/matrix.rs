@@ -1,6 +1,7 @@
 //! The performance matrix: every workload of [`ROWS`] through every path of [`COLUMNS`] —
 //! loopback in one namespace (the limit), a bare veth pair, Docker's bridge, cilium-rs (the big
-//! policy loaded) — in interleaved rounds, client and server pinned to different CPUs; and the
+//! policy loaded), every veth path at cilium-rs's default MTU — in interleaved rounds, client
+//! and server pinned to different CPUs (or both to one, for the rows that say so); and the
 //! TCP IPv6 stream through a veth pair behind as many ip6tables rules as the policy has
 //! entries. There is no netkit column: this machine's kernel is built without CONFIG_NETKIT.
 
