@@ -253,12 +253,7 @@ impl Backups {
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKUP_NICE) };
                 while pending.recv().is_ok() {
                     let first = Instant::now();
-                    while first.elapsed() < BACKUP_LATEST {
-                        match pending.recv_timeout(BACKUP_QUIET) {
-                            Ok(()) => continue,
-                            Err(_) => break,
-                        }
-                    }
+                    while first.elapsed() < BACKUP_LATEST && pending.recv_timeout(BACKUP_QUIET).is_ok() {}
                     if let Err(e) = load_records(&db).and_then(|records| write_records(&to, &records)) {
                         tracing::warn!(error = %e, "back up the state after a policy change");
                     }
